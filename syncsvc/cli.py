@@ -1,0 +1,155 @@
+"""The typer app: every command builds Settings once, configures logging, and passes them down."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from syncsvc import logs
+from syncsvc.errors import ConfigError, SyncError
+from syncsvc.settings import Settings
+
+T = TypeVar("T")
+
+# Exit codes (documented in the README): 0 success, 1 a failed run or command, 2 bad configuration.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+app = typer.Typer(
+    name="syncsvc",
+    help="Bulk data sync from the Cvent Conference API into PostgreSQL, with an exact change log.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="The database: migrations and where it is.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """Print one line on stderr and return the Exit to raise."""
+    typer.echo(f"syncsvc: {logs.redact(message)}", err=True)
+    return typer.Exit(code)
+
+
+def run_async(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a command's coroutine; SyncErrors become one line and an exit code, never a traceback."""
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_CONFIG) from None
+    except SyncError as exc:
+        raise fail(str(exc), EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="A TOML settings file.", exists=False)
+    ] = None,
+) -> None:
+    try:
+        settings = Settings.load(config_file=config)
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_CONFIG) from None
+    logs.register_secrets(settings.secrets)
+    logs.configure(settings.log_level, settings.log_format)
+    ctx.obj = settings
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Create or migrate the schema (the embedded PostgreSQL when SYNCSVC_DATABASE_URL is unset)."""
+    from syncsvc.store import db
+
+    settings = _settings(ctx)
+
+    async def go() -> tuple[str | None, str | None]:
+        async with db.connect(settings) as engine:
+            await db.upgrade(engine, revision)
+            return await db.current_revision(engine)
+
+    current, _ = run_async(go)
+    _say_where(settings)
+    typer.echo(f"schema at revision {current}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    ctx: typer.Context, revision: Annotated[str, typer.Argument(help="Target revision, e.g. -1.")]
+) -> None:
+    """Migrate the schema down to a revision (`base` drops everything)."""
+    from syncsvc.store import db
+
+    settings = _settings(ctx)
+
+    async def go() -> tuple[str | None, str | None]:
+        async with db.connect(settings) as engine:
+            await db.downgrade(engine, revision)
+            return await db.current_revision(engine)
+
+    current, _ = run_async(go)
+    typer.echo(f"schema at revision {current or 'base (empty)'}")
+
+
+@db_app.command("current")
+def db_current(ctx: typer.Context) -> None:
+    """Print the database's schema revision and the code's; exit 1 if they differ."""
+    from syncsvc.store import db
+
+    settings = _settings(ctx)
+
+    async def go() -> tuple[str | None, str | None]:
+        async with db.connect(settings) as engine:
+            return await db.current_revision(engine)
+
+    current, head = run_async(go)
+    _say_where(settings)
+    typer.echo(f"database revision: {current or 'none (run `syncsvc db upgrade`)'}")
+    typer.echo(f"code head revision: {head}")
+    if current != head:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@db_app.command("url")
+def db_url(ctx: typer.Context) -> None:
+    """Print the database URL (for psql); starts the embedded server if that is the one in use."""
+    from syncsvc.store import db
+
+    settings = _settings(ctx)
+    try:
+        url = db.resolve_url(settings)
+    except SyncError as exc:
+        raise fail(str(exc), EXIT_FAILED) from None
+    typer.echo(db.libpq_url(url))
+
+
+def _say_where(settings: Settings) -> None:
+    if settings.database_url:
+        from syncsvc.store import db
+
+        url = db.sqlalchemy_url(settings.database_url).set(drivername="postgresql")
+        typer.echo(f"database: {db.redacted(url)}")
+    else:
+        typer.echo(f"database: embedded PostgreSQL, data in {settings.data_dir / 'pgdata'}")
+
+
+def main(argv: list[str] | None = None) -> Any:
+    return app(args=argv if argv is not None else sys.argv[1:], prog_name="syncsvc")

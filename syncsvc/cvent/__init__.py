@@ -1,0 +1,1 @@
+"""The Conference API: resource catalog, response codes, client and streaming parser."""

@@ -1,0 +1,136 @@
+"""structlog, configured once: JSON lines or console rendering, run_id via contextvars, redaction.
+
+Redaction is the last line of defence: the client keeps the token out of messages in the first
+place, but any string that reaches a log line (event, values, nested values, exception text,
+stdlib records from aiohttp or asyncpg) passes through `redact` after exceptions are formatted.
+Tracebacks are rendered as plain text, never with local variables (tokens live in locals).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+import structlog
+from structlog.types import EventDict, Processor, WrappedLogger
+
+REDACTED = "***"
+
+_secrets: tuple[str, ...] = ()
+_lock = threading.Lock()
+
+
+def register_secrets(values: Iterable[str | None]) -> None:
+    """Add values that must never appear in a log line (the API token, the DB password)."""
+    global _secrets
+    with _lock:
+        merged = set(_secrets) | {v for v in values if v and len(v) >= 4}
+        # Longest first so a secret containing another is removed whole.
+        _secrets = tuple(sorted(merged, key=len, reverse=True))
+
+
+def clear_secrets() -> None:
+    global _secrets
+    with _lock:
+        _secrets = ()
+
+
+def redact(value: Any) -> Any:
+    """`value` with every registered secret replaced, recursing into containers."""
+    secrets = _secrets
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for s in secrets:
+            if s in value:
+                value = value.replace(s, REDACTED)
+        return value
+    if isinstance(value, bytes):
+        for s in secrets:
+            value = value.replace(s.encode(), REDACTED.encode())
+        return value
+    if isinstance(value, dict):
+        return {redact(k): redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return type(value)(redact(v) for v in value)
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    # Anything else (exceptions, paths, objects) is rendered by its str(): redact that text.
+    return redact(str(value))
+
+
+def redact_processor(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    for key in list(event_dict):
+        event_dict[key] = redact(event_dict[key])
+    return event_dict
+
+
+def _shared_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        # Plain-text tracebacks: never rich's with locals, whatever renders them afterwards.
+        structlog.processors.format_exc_info,
+        structlog.processors.UnicodeDecoder(),
+        redact_processor,
+    ]
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Configure structlog and route stdlib logging through the same chain. Idempotent."""
+    stream = stream or sys.stderr
+    use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
+    renderer: Processor
+    if use_console:
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    shared = _shared_processors()
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_syncsvc", False):
+            root.removeHandler(h)
+    handler._syncsvc = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # Library chatter at info level is noise in a nightly job's log.
+    for name in ("asyncio", "aiohttp.access", "alembic", "pgserver"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+def get_logger(name: str | None = None) -> Any:
+    return structlog.stdlib.get_logger(name)
+
+
+def bind(**values: Any) -> None:
+    """Bind values (run_id, unit, event) to every log line of the current task."""
+    structlog.contextvars.bind_contextvars(**values)
+
+
+def unbind(*keys: str) -> None:
+    structlog.contextvars.unbind_contextvars(*keys)

@@ -1,0 +1,315 @@
+"""Frozen settings, built once by the CLI from SYNCSVC_* variables, a TOML file and secret files.
+
+Precedence, highest first: the environment (`SYNCSVC_<NAME>`), then `SYNCSVC_<NAME>_FILE` for
+secrets, then the TOML file (`--config` or `SYNCSVC_CONFIG`, keys are the lower-case names), then
+the default. Stages receive the object; none of them reads os.environ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from syncsvc.errors import ConfigError
+
+ENV_PREFIX = "SYNCSVC_"
+ENVIRONMENTS = ("uat", "production")
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _setting(default: Any, doc: str, *, secret: bool = False, **kw: Any) -> Any:
+    """A dataclass field carrying the documentation the config reference is generated from."""
+    if isinstance(default, list):
+        default = tuple(default)
+    return field(default=default, metadata={"doc": doc, "secret": secret, **kw})
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_DATA_HOME") or (env.get("HOME") and str(Path(env["HOME"]) / ".local/share"))
+    return Path(base or Path.home() / ".local" / "share") / "syncsvc"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Settings:
+    """Every knob of syncsvc. Built by `Settings.load`; never mutated."""
+
+    # --- the API -------------------------------------------------------------------------------
+    base_url: str | None = _setting(
+        None,
+        "The Conference API base URL, e.g. https://EVENTURL.smarteventscloud.com/api/ "
+        "(https required unless the host is loopback).",
+    )
+    api_token: str | None = _setting(None, "The API token (apiToken).", secret=True)
+    environment: str = _setting(
+        "uat", "Which Cvent site base_url points at: uat or production; recorded on every run."
+    )
+    rate_limit: float = _setting(10.0, "Request starts allowed per rate_period seconds.")
+    rate_period: float = _setting(1.0, "The window, in seconds, of rate_limit.")
+    max_concurrency: int = _setting(4, "Requests in flight at once (all units of a run share it).")
+    connect_timeout: float = _setting(15.0, "Seconds to open a connection.")
+    read_timeout: float = _setting(120.0, "Seconds of silence tolerated while a dump streams.")
+    fetch_deadline: float = _setting(3600.0, "Seconds one fetch attempt may take in all.")
+    max_dump_bytes: int = _setting(
+        8 * 1024**3, "Decoded bytes one dump may reach before it is refused."
+    )
+    retry_attempts: int = _setting(5, "Attempts per call, the first included.")
+    retry_base_delay: float = _setting(1.0, "Base of the exponential backoff, in seconds.")
+    retry_max_delay: float = _setting(60.0, "Cap of a single backoff delay, in seconds.")
+    retry_budget: float = _setting(300.0, "Total seconds one call may spend waiting to retry.")
+
+    # --- what to sync --------------------------------------------------------------------------
+    resources: tuple[str, ...] = _setting(
+        ["users", "sessions", "exhibitors"], "Which data resources to sync (events always are)."
+    )
+    events_include: tuple[str, ...] = _setting([], "Only these event GUIDs (empty: all).")
+    events_exclude: tuple[str, ...] = _setting([], "Never these event GUIDs.")
+    use_event_all: bool = _setting(True, "Use one event=all call where the resource allows it.")
+    delete_hold_ratio: float = _setting(
+        0.5, "Hold a unit that would delete more than this share of its scope's live rows."
+    )
+    delete_hold_min_rows: int = _setting(
+        20, "Scopes with fewer live rows than this are never held."
+    )
+
+    # --- the database --------------------------------------------------------------------------
+    database_url: str | None = _setting(
+        None, "postgresql://user@host:port/db; unset: an embedded PostgreSQL under data_dir."
+    )
+    database_password: str | None = _setting(
+        None, "Overrides the password of database_url.", secret=True
+    )
+    data_dir: Path = _setting(  # noqa: RUF009 (Path is immutable)
+        Path("~/.local/share/syncsvc"),
+        "Where the embedded PostgreSQL keeps its data ($XDG_DATA_HOME/syncsvc when that is set).",
+    )
+
+    # --- serve ---------------------------------------------------------------------------------
+    schedule: str = _setting("0 2 * * *", "The cron schedule of `syncsvc serve` (UTC).")
+    serve_host: str = _setting(
+        "0.0.0.0",  # noqa: S104 (serve must be reachable by the orchestrator's probes)
+        "Address `syncsvc serve` listens on for /healthz, /metrics.",
+    )
+    serve_port: int = _setting(9108, "Port of /healthz and /metrics.")
+
+    # --- logging -------------------------------------------------------------------------------
+    log_level: str = _setting("info", "debug, info, warning or error.")
+    log_format: str = _setting(
+        "auto", "auto (console on a terminal, JSON otherwise), json, console."
+    )
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and value is not None:
+                value = "***"
+            parts.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The secret values in force, for the log redaction (a password inside the URL too)."""
+        values = [
+            v
+            for f in dataclasses.fields(self)
+            if f.metadata.get("secret") and isinstance(v := getattr(self, f.name), str) and v
+        ]
+        if self.database_url and (password := urlsplit(self.database_url).password):
+            values.append(password)
+        return tuple(values)
+
+    def require_api(self) -> tuple[str, str]:
+        """The base URL and token, or a ConfigError naming what is missing."""
+        if not self.base_url:
+            raise ConfigError("SYNCSVC_BASE_URL is not set", setting="base_url")
+        if not self.api_token:
+            raise ConfigError(
+                "SYNCSVC_API_TOKEN (or SYNCSVC_API_TOKEN_FILE) is not set", setting="api_token"
+            )
+        return self.base_url, self.api_token
+
+    def replace(self, **changes: Any) -> Settings:
+        new = dataclasses.replace(self, **changes)
+        _validate(new)
+        return new
+
+    @classmethod
+    def load(
+        cls, env: Mapping[str, str] | None = None, config_file: str | Path | None = None
+    ) -> Settings:
+        """Build the settings; raises ConfigError with one line naming the bad setting."""
+        env = os.environ if env is None else env
+        config_file = config_file or env.get(ENV_PREFIX + "CONFIG")
+        file_values: dict[str, Any] = {}
+        if config_file:
+            path = Path(config_file)
+            try:
+                file_values = tomllib.loads(path.read_text())
+            except OSError as exc:
+                raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+            file_values = {k.lower(): v for k, v in file_values.items()}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(file_values) - known)
+        if unknown:
+            raise ConfigError(f"config file {config_file}: unknown setting {unknown[0]!r}")
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            raw: Any
+            if name in env:
+                raw = env[name]
+            elif f.metadata.get("secret") and name + "_FILE" in env:
+                raw = _read_secret_file(name, env[name + "_FILE"])
+            elif f.name in file_values:
+                raw = file_values[f.name]
+            else:
+                continue
+            values[f.name] = _coerce(f, raw, name)
+        values.setdefault("data_dir", default_data_dir(env))
+        settings = cls(**values)
+        _validate(settings)
+        return settings
+
+
+def _read_secret_file(name: str, path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"{name}_FILE: cannot read {path}: {exc.strerror}", setting=name.lower()
+        ) from exc
+
+
+def _coerce(f: dataclasses.Field[Any], raw: Any, name: str) -> Any:
+    parsers: dict[str, Callable[[Any], Any]] = {
+        "float": float,
+        "int": int,
+        "bool": _parse_bool,
+        "Path": lambda v: Path(v).expanduser(),
+        "tuple[str, ...]": _parse_list,
+    }
+    kind = str(f.type).replace("| None", "").strip()
+    parse = parsers.get(kind)
+    if parse is None:
+        if not isinstance(raw, str):
+            raise ConfigError(f"{name} must be a string, got {type(raw).__name__}", setting=f.name)
+        return raw
+    try:
+        return parse(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} is not a valid {kind}: {raw!r}", setting=f.name) from exc
+
+
+def _parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _parse_list(raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, list | tuple):
+        return tuple(str(x).strip() for x in raw if str(x).strip())
+    if isinstance(raw, str):
+        return tuple(x.strip() for x in raw.split(",") if x.strip())
+    raise TypeError(raw)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _validate(s: Settings) -> None:
+    if s.base_url is not None:
+        try:
+            parts = urlsplit(s.base_url)
+            host = parts.hostname
+        except ValueError as exc:
+            raise ConfigError(f"SYNCSVC_BASE_URL is malformed: {exc}", setting="base_url") from exc
+        if parts.scheme not in ("http", "https") or not host:
+            raise ConfigError(
+                "SYNCSVC_BASE_URL is malformed: expected https://HOST/api/", setting="base_url"
+            )
+        if parts.username or parts.password or parts.query:
+            raise ConfigError(
+                "SYNCSVC_BASE_URL must not carry credentials or a query string", setting="base_url"
+            )
+        if parts.scheme == "http" and not is_loopback_host(host):
+            raise ConfigError(
+                f"SYNCSVC_BASE_URL must use https (plain http only to loopback, not {host})",
+                setting="base_url",
+            )
+    if s.environment not in ENVIRONMENTS:
+        raise ConfigError(
+            f"SYNCSVC_ENVIRONMENT must be one of {', '.join(ENVIRONMENTS)}, not {s.environment!r}",
+            setting="environment",
+        )
+    if s.database_url is not None:
+        scheme = urlsplit(s.database_url).scheme
+        if scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
+            raise ConfigError(
+                "SYNCSVC_DATABASE_URL must be a postgresql:// URL", setting="database_url"
+            )
+    if s.log_format not in LOG_FORMATS:
+        raise ConfigError(
+            f"SYNCSVC_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}", setting="log_format"
+        )
+    if s.log_level not in LOG_LEVELS:
+        raise ConfigError(
+            f"SYNCSVC_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}", setting="log_level"
+        )
+    from syncsvc.cvent.catalog import DATA_RESOURCES
+
+    valid = {r.table for r in DATA_RESOURCES}
+    for r in s.resources:
+        if r not in valid:
+            raise ConfigError(
+                f"SYNCSVC_RESOURCES: unknown resource {r!r} (one of {', '.join(sorted(valid))})",
+                setting="resources",
+            )
+    positive = (
+        "rate_limit",
+        "rate_period",
+        "max_concurrency",
+        "connect_timeout",
+        "read_timeout",
+        "fetch_deadline",
+        "max_dump_bytes",
+        "retry_attempts",
+    )
+    for name in positive:
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"SYNCSVC_{name.upper()} must be positive", setting=name)
+    if not 0 < s.delete_hold_ratio <= 1:
+        raise ConfigError(
+            "SYNCSVC_DELETE_HOLD_RATIO must be in (0, 1]", setting="delete_hold_ratio"
+        )
+    try:
+        from croniter import croniter
+
+        croniter(s.schedule)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(
+            f"SYNCSVC_SCHEDULE is not a cron expression: {s.schedule!r}", setting="schedule"
+        ) from exc

@@ -1,0 +1,1 @@
+"""A Conference API simulator that knows the ground truth of every day it serves."""

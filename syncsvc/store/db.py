@@ -1,0 +1,168 @@
+"""Where the database is: the configured URL, or an embedded PostgreSQL; engines and migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from syncsvc.errors import ConfigError, MigrationError, StoreError
+from syncsvc.logs import get_logger
+from syncsvc.settings import Settings
+
+log = get_logger(__name__)
+
+
+def sqlalchemy_url(url: str, password: str | None = None) -> URL:
+    """A postgresql:// URL as SQLAlchemy's asyncpg dialect wants it (password override applied)."""
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError("SYNCSVC_DATABASE_URL is malformed", setting="database_url") from exc
+    parsed = parsed.set(drivername="postgresql+asyncpg")
+    if password is not None:
+        parsed = parsed.set(password=password)
+    return parsed
+
+
+def libpq_url(url: URL) -> str:
+    """The same URL in the form psql and asyncpg.connect accept."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def embedded_url(data_dir: Path) -> str:
+    """Start (or reuse) the embedded PostgreSQL under `data_dir` and return its URL.
+
+    The server keeps running after this process exits so the next command reuses it; the data
+    directory is what persists.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver copes.
+        warnings.simplefilter("ignore")
+        import pgserver
+
+    pgdata = data_dir / "pgdata"
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server = pgserver.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
+    except Exception as exc:  # pgserver raises bare exceptions from its subprocess calls
+        raise StoreError(f"could not start the embedded PostgreSQL under {pgdata}: {exc}") from exc
+    uri: str = server.get_uri()
+    return uri
+
+
+def resolve_url(settings: Settings) -> URL:
+    """The database URL in force: SYNCSVC_DATABASE_URL, or the embedded server's."""
+    if settings.database_url:
+        return sqlalchemy_url(settings.database_url, settings.database_password)
+    url = embedded_url(settings.data_dir)
+    log.info("embedded_postgres_ready", data_dir=str(settings.data_dir / "pgdata"))
+    return sqlalchemy_url(url)
+
+
+def make_engine(url: URL, **kw: Any) -> AsyncEngine:
+    return create_async_engine(url, pool_pre_ping=False, **kw)
+
+
+def migrations_dir() -> Path:
+    # Located through the import system: migrations/ is mapped to syncsvc.migrations at install.
+    spec = importlib.util.find_spec("syncsvc.migrations")
+    assert spec is not None, "syncsvc.migrations is not installed"
+    assert spec.origin is not None
+    return Path(spec.origin).parent
+
+
+def alembic_config(url: URL | None = None) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    if url is not None:
+        cfg.attributes["url"] = url
+    return cfg
+
+
+def _run_sync_alembic(connection: sa.Connection, fn_name: str, revision: str) -> None:
+    from alembic import command
+
+    cfg = alembic_config()
+    cfg.attributes["connection"] = connection
+    getattr(command, fn_name)(cfg, revision)
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(_run_sync_alembic, "upgrade", revision)
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(_run_sync_alembic, "downgrade", revision)
+
+
+def _current(connection: sa.Connection) -> tuple[str | None, str | None]:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    current = MigrationContext.configure(connection).get_current_revision()
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    return current, head
+
+
+async def current_revision(engine: AsyncEngine) -> tuple[str | None, str | None]:
+    """(the database's revision, the code's head revision)."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(_current)
+
+
+async def require_current(engine: AsyncEngine) -> None:
+    current, head = await current_revision(engine)
+    if current != head:
+        raise MigrationError(
+            f"the database schema is at {current or 'nothing'}, the code needs {head}: "
+            "run `syncsvc db upgrade`"
+        )
+
+
+@contextlib.asynccontextmanager
+async def connect(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """An engine on the database in force, disposed on exit."""
+    url = await asyncio.to_thread(resolve_url, settings)
+    engine = make_engine(url)
+    try:
+        try:
+            async with engine.connect():
+                pass
+        except (OSError, sa.exc.SQLAlchemyError) as exc:
+            reason = getattr(exc, "orig", None) or exc
+            raise StoreError(
+                f"cannot connect to the database at {url.host or url.query.get('host')}: "
+                f"{type(reason).__name__}: {str(reason).splitlines()[0] if str(reason) else ''}"
+            ) from exc
+        try:
+            yield engine
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"database error: {str(exc).splitlines()[0]}") from exc
+    finally:
+        await engine.dispose()
+
+
+async def raw_connection(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under a SQLAlchemy one (for COPY)."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection
+
+
+def redacted(url: URL) -> str:
+    return url.render_as_string(hide_password=True)

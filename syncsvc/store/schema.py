@@ -1,0 +1,199 @@
+"""The one MetaData: current-state tables (built from the resource catalog), the change log, runs.
+
+Alembic autogenerates from `metadata`; a test fails when it and the migrations drift.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Date,
+    Double,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+
+from syncsvc.cvent.catalog import RESOURCES, FieldKind, Resource
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+TZ = TIMESTAMP(timezone=True)
+
+RUN_STATUSES = ("running", "succeeded", "partial", "failed", "held", "abandoned")
+FETCH_STATUSES = ("pending", "running", "applied", "failed", "held", "superseded", "skipped")
+OPS = ("insert", "update", "delete", "rekey")
+ENTITIES = tuple(r.entity for r in RESOURCES)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("started_at", TZ, nullable=False, server_default=text("now()")),
+    Column("finished_at", TZ),
+    Column("status", Text, nullable=False, server_default="running"),
+    Column("environment", Text, nullable=False),
+    Column("api_host", Text, comment="host of the base URL; never the token"),
+    Column("trigger", Text, nullable=False, server_default="run"),
+    Column("options", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("units_total", Integer, nullable=False, server_default="0"),
+    Column("units_failed", Integer, nullable=False, server_default="0"),
+    Column("units_held", Integer, nullable=False, server_default="0"),
+    Column("records", BigInteger, nullable=False, server_default="0"),
+    Column("bytes", BigInteger, nullable=False, server_default="0"),
+    Column("inserted", BigInteger, nullable=False, server_default="0"),
+    Column("updated", BigInteger, nullable=False, server_default="0"),
+    Column("deleted", BigInteger, nullable=False, server_default="0"),
+    Column("rekeyed", BigInteger, nullable=False, server_default="0"),
+    Column("error_code", Integer),
+    Column("error_message", Text),
+    Column("hostname", Text),
+    Column("pid", Integer),
+    CheckConstraint(_in("status", RUN_STATUSES), name="status"),
+    CheckConstraint(_in("environment", ("uat", "production")), name="environment"),
+)
+
+fetches = Table(
+    "fetches",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("run_id", BigInteger, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("resource", Text, nullable=False),
+    Column("entity", Text, nullable=False),
+    Column("scope", Text, nullable=False, comment="'all' or one event GUID"),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("started_at", TZ),
+    Column("finished_at", TZ),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("http_status", Integer),
+    Column("bytes", BigInteger, nullable=False, server_default="0"),
+    Column("records", BigInteger, nullable=False, server_default="0"),
+    Column(
+        "rejected",
+        BigInteger,
+        nullable=False,
+        server_default="0",
+        comment="records without their key: counted, never stored",
+    ),
+    Column("duplicates", BigInteger, nullable=False, server_default="0"),
+    Column("inserted", BigInteger, nullable=False, server_default="0"),
+    Column("updated", BigInteger, nullable=False, server_default="0"),
+    Column("deleted", BigInteger, nullable=False, server_default="0"),
+    Column("rekeyed", BigInteger, nullable=False, server_default="0"),
+    Column("fetch_seconds", Double),
+    Column("stage_seconds", Double),
+    Column("apply_seconds", Double),
+    Column("error_code", Integer),
+    Column("error_message", Text),
+    Column("details", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    CheckConstraint(_in("status", FETCH_STATUSES), name="status"),
+    Index(None, "run_id"),
+)
+
+
+def _column_type(kind: FieldKind) -> Any:
+    types: dict[FieldKind, Any] = {
+        FieldKind.TEXT: Text(),
+        FieldKind.INT: BigInteger(),
+        FieldKind.DATE: Date(),
+        FieldKind.DATETIME: TIMESTAMP(timezone=True),
+        FieldKind.REFS: ARRAY(Text),
+        FieldKind.CUSTOM: JSONB(),
+    }
+    return types[kind]
+
+
+def _state_table(resource: Resource) -> Table:
+    """A current-state table: the catalog's fields plus soft delete, row hash and run marks."""
+    key_columns = (
+        ["event_guid"] if not resource.per_event else ["event_guid", resource.key_field.column]
+    )
+    columns = [
+        Column(
+            f.column,
+            _column_type(f.kind),
+            primary_key=f.column in key_columns,
+            nullable=f.column not in key_columns,
+        )
+        for f in resource.fields
+    ]
+    table = Table(
+        resource.table,
+        metadata,
+        *columns,
+        Column("extras", JSONB, comment="elements the catalog does not know, kept verbatim"),
+        Column("row_hash", LargeBinary, nullable=False, comment="hash of the normalized record"),
+        Column("first_seen_run", BigInteger, ForeignKey("runs.id"), nullable=False),
+        Column("last_seen_run", BigInteger, ForeignKey("runs.id"), nullable=False),
+        Column("last_changed_run", BigInteger, ForeignKey("runs.id"), nullable=False),
+        Column("deleted_at", TZ, comment="soft delete: set when a complete dump lacks the record"),
+        Column("deleted_run", BigInteger, ForeignKey("runs.id")),
+    )
+    if resource.has_client_id:
+        Index(
+            None,
+            table.c.event_guid,
+            table.c.client_id,
+            postgresql_where=table.c.client_id.isnot(None),
+        )
+    return table
+
+
+state_tables: dict[str, Table] = {r.entity: _state_table(r) for r in RESOURCES}
+events = state_tables["event"]
+users = state_tables["user"]
+sessions = state_tables["session"]
+exhibitors = state_tables["exhibitor"]
+
+changes = Table(
+    "changes",
+    metadata,
+    Column(
+        "seq",
+        BigInteger,
+        primary_key=True,
+        autoincrement=False,
+        comment="strictly increasing in commit order; allocated under an advisory lock",
+    ),
+    Column("run_id", BigInteger, ForeignKey("runs.id"), nullable=False),
+    Column("fetch_id", BigInteger, ForeignKey("fetches.id")),
+    Column("entity", Text, nullable=False),
+    Column("event_guid", Text, nullable=False),
+    Column("record_key", Text, nullable=False),
+    Column("client_id", Text),
+    Column("op", Text, nullable=False),
+    Column("changed_fields", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("before", JSONB),
+    Column("after", JSONB),
+    Column("source_modified_at", TZ),
+    Column("captured_at", TZ, nullable=False, server_default=text("now()")),
+    CheckConstraint(_in("op", OPS), name="op"),
+    CheckConstraint(_in("entity", ENTITIES), name="entity"),
+    Index(None, "run_id"),
+    Index(None, "entity", "event_guid", "record_key"),
+)

@@ -1,0 +1,118 @@
+"""Shared fixtures: one real PostgreSQL per test session, an isolated database per test.
+
+The server is SYNCSVC_TEST_DATABASE_URL when set (CI points it at the machine's PostgreSQL 15),
+otherwise an embedded PostgreSQL 16 (pgserver) started once for the session. A template database
+is migrated once; each test gets `CREATE DATABASE ... TEMPLATE` of it, which is a file copy.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from syncsvc import logs
+from syncsvc.store import db
+
+TEMPLATE = "syncsvc_test_template"
+
+
+@pytest.fixture(autouse=True)
+def _clean_secrets() -> Iterator[None]:
+    yield
+    logs.clear_secrets()
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
+    """The server's maintenance URL (database `postgres`)."""
+    given = os.environ.get("SYNCSVC_TEST_DATABASE_URL")
+    if given:
+        yield db.sqlalchemy_url(given)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        # A short path: the server's unix socket lives in it (107-byte limit).
+        pgdata = Path(tmp_path_factory.mktemp("pg")) / "d"
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    yield db.sqlalchemy_url(server.get_uri())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server.cleanup()
+
+
+async def _admin(url: URL) -> asyncpg.Connection:
+    return await asyncpg.connect(db.libpq_url(url))
+
+
+@pytest.fixture(scope="session")
+async def pg_template(pg_server_url: URL) -> AsyncIterator[URL]:
+    """A migrated template database, built once per test session."""
+    admin = await _admin(pg_server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
+    finally:
+        await admin.close()
+    url = pg_server_url.set(database=TEMPLATE)
+    engine = db.make_engine(url)
+    try:
+        await db.upgrade(engine)
+    finally:
+        await engine.dispose()
+    yield url
+    admin = await _admin(pg_server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def empty_db_url(pg_server_url: URL) -> AsyncIterator[URL]:
+    """A new, empty database (no schema) for this test alone."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await _admin(pg_server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield pg_server_url.set(database=name)
+    admin = await _admin(pg_server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def db_url(pg_server_url: URL, pg_template: URL) -> AsyncIterator[URL]:
+    """A migrated database for this test alone, cloned from the template."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await _admin(pg_server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
+    finally:
+        await admin.close()
+    yield pg_server_url.set(database=name)
+    admin = await _admin(pg_server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def engine(db_url: URL) -> AsyncIterator[AsyncEngine]:
+    eng = db.make_engine(db_url)
+    yield eng
+    await eng.dispose()
