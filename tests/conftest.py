@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from syncsvc import logs
 from syncsvc.store import db
 
-TEMPLATE = "syncsvc_test_template"
+# Unique per test session: several suites may share one server (CI, parallel checkouts).
+TEMPLATE = f"syncsvc_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture(autouse=True)
