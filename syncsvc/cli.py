@@ -153,3 +153,119 @@ def _say_where(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> Any:
     return app(args=argv if argv is not None else sys.argv[1:], prog_name="syncsvc")
+
+
+@app.command("changes")
+def changes_cmd(
+    ctx: typer.Context,
+    since: Annotated[int, typer.Option("--since", help="Only changes with seq > SINCE.")] = 0,
+    entity: Annotated[
+        list[str] | None, typer.Option("--entity", help="event, user, session, exhibitor.")
+    ] = None,
+    op: Annotated[
+        list[str] | None, typer.Option("--op", help="insert, update, delete, rekey.")
+    ] = None,
+    event: Annotated[list[str] | None, typer.Option("--event", help="An event GUID.")] = None,
+    run: Annotated[list[int] | None, typer.Option("--run", help="A run id.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="At most this many.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="ndjson or csv.")] = "ndjson",
+) -> None:
+    """Stream the change log in seq order from a cursor, as NDJSON or CSV on stdout."""
+    from syncsvc import changefeed
+    from syncsvc.store import db
+    from syncsvc.store.schema import ENTITIES, OPS
+
+    if fmt not in changefeed.FORMATS:
+        raise fail(f"--format must be one of {', '.join(changefeed.FORMATS)}", EXIT_CONFIG)
+    for name, values, allowed in (("--entity", entity, ENTITIES), ("--op", op, OPS)):
+        bad = [v for v in values or () if v not in allowed]
+        if bad:
+            raise fail(f"{name} {bad[0]!r} is not one of {', '.join(allowed)}", EXIT_CONFIG)
+    flt = changefeed.ChangeFilter(
+        since=since,
+        entity=entity or (),
+        op=op or (),
+        event=event or (),
+        run=run or (),
+        limit=limit,
+    )
+    settings = _settings(ctx)
+
+    async def go() -> int:
+        async with db.connect(settings) as engine:
+            await db.require_current(engine)
+            return await changefeed.export(engine, flt, fmt, sys.stdout)
+
+    try:
+        run_async(go)
+    except BrokenPipeError:  # `syncsvc changes | head` is a normal way to peek
+        sys.stderr.close()
+
+
+@app.command("status")
+def status_cmd(
+    ctx: typer.Context,
+    last: Annotated[int, typer.Option("--last", help="How many runs.")] = 5,
+) -> None:
+    """The last runs and their units, failed and held units first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from syncsvc import status
+    from syncsvc.store import db
+
+    settings = _settings(ctx)
+
+    async def go() -> list[status.RunStatus]:
+        async with db.connect(settings) as engine:
+            await db.require_current(engine)
+            return await status.last_runs(engine, last)
+
+    runs = run_async(go)
+    # Piped output (a log, a ticket) gets full-width rows rather than folding at 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    if not runs:
+        console.print("no runs yet: `syncsvc run` starts one")
+        return
+    for r in runs:
+        took = (r.finished_at - r.started_at).total_seconds() if r.finished_at else None
+        console.print(
+            f"[bold]run {r.run_id}[/bold] {r.status} ({r.environment}, {r.trigger}) "
+            f"started {r.started_at:%Y-%m-%d %H:%M:%S}Z"
+            + (f", {took:.1f}s" if took is not None else "")
+            + f": {r.records} records, +{r.inserted} ~{r.updated} -{r.deleted} rekey {r.rekeyed}"
+            + (f"\n  {r.error_message}" if r.error_message else "")
+        )
+        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+        for col in (
+            "id",
+            "resource",
+            "scope",
+            "status",
+            "tries",
+            "records",
+            "MB",
+            "ins",
+            "upd",
+            "del",
+            "rekey",
+            "error",
+        ):
+            table.add_column(col, no_wrap=col != "error", overflow="fold")
+        for u in r.units:
+            error = f"{u.error_code or ''} {u.error_message or ''}".strip()
+            table.add_row(
+                str(u.fetch_id),
+                f"{u.resource}",
+                u.scope,
+                u.status,
+                str(u.attempts),
+                str(u.records),
+                f"{u.bytes / 1e6:.1f}",
+                str(u.inserted),
+                str(u.updated),
+                str(u.deleted),
+                str(u.rekeyed),
+                error,
+            )
+        console.print(table)
