@@ -11,15 +11,17 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from syncsvc import logs
-from syncsvc.errors import ConfigError, SyncError
+from syncsvc.errors import ConfigError, RunLockedError, SyncError
 from syncsvc.settings import Settings
 
 T = TypeVar("T")
 
-# Exit codes (documented in the README): 0 success, 1 a failed run or command, 2 bad configuration.
+# Exit codes (documented in the README): 0 success, 1 a failed run or command, 2 bad
+# configuration, 3 a partial run, 4 a held run, 5 another run holds the database.
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_LOCKED = 5
 
 app = typer.Typer(
     name="syncsvc",
@@ -44,6 +46,8 @@ def run_async(coro_fn: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(coro_fn())  # type: ignore[arg-type]
     except ConfigError as exc:
         raise fail(str(exc), EXIT_CONFIG) from None
+    except RunLockedError as exc:
+        raise fail(str(exc), EXIT_LOCKED) from None
     except SyncError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     except KeyboardInterrupt:
@@ -269,3 +273,91 @@ def status_cmd(
                 error,
             )
         console.print(table)
+
+
+@app.command("run")
+def run_cmd(
+    ctx: typer.Context,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for a run in progress.")] = False,
+    override_hold: Annotated[
+        bool,
+        typer.Option("--override-hold", help="Apply units held for mass deletes (after checking)."),
+    ] = False,
+) -> None:
+    """One run now. Exit: 0 succeeded, 1 failed, 2 config, 3 partial, 4 held, 5 locked."""
+    from syncsvc import console, scheduler
+    from syncsvc.store import db
+
+    settings = _settings(ctx)
+    try:
+        settings.require_api()
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_CONFIG) from None
+    out = console.console()
+
+    async def go() -> scheduler.RunResult:
+        async with db.connect(settings) as engine:
+            await db.require_current(engine)
+            with console.RunProgress(out) as progress:
+                return await scheduler.run_once(
+                    settings,
+                    engine,
+                    override_hold=override_hold,
+                    wait_lock=wait,
+                    on_unit=progress.unit_done,
+                    on_plan=progress.planned,
+                )
+
+    result = run_async(go)
+    console.print_summary(out, result)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command("demo")
+def demo_cmd(
+    ctx: typer.Context,
+    events: Annotated[int, typer.Option(help="Events in the simulated account.")] = 6,
+    users_per_event: Annotated[int, typer.Option(help="Mean users per event.")] = 400,
+    seed: Annotated[int, typer.Option(help="The simulator's seed.")] = 7,
+) -> None:
+    """Sync two days of a simulated account into the embedded PostgreSQL and show the changes."""
+    from syncsvc import console, demo
+    from syncsvc.simulator import SimConfig
+
+    settings = _settings(ctx)
+    if settings.log_level == "info":  # the demo speaks through its own output
+        logs.configure("warning", settings.log_format)
+    out = console.console()
+    config = SimConfig(seed=seed, events=events, users_per_event=users_per_event)
+    raise typer.Exit(run_async(lambda: demo.run_demo(settings, out, config)))
+
+
+@app.command("serve")
+def serve_cmd(
+    ctx: typer.Context,
+    run_now: Annotated[bool, typer.Option("--run-now", help="Run once at start-up too.")] = False,
+) -> None:
+    """Run on SYNCSVC_SCHEDULE and serve /healthz and /metrics until SIGTERM."""
+    from syncsvc import scheduler, serve
+    from syncsvc.metrics import Metrics
+    from syncsvc.store import db
+
+    settings = _settings(ctx)
+    try:
+        settings.require_api()
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_CONFIG) from None
+
+    async def go() -> int:
+        async with db.connect(settings) as engine:
+            await db.require_current(engine)
+            metrics = Metrics()
+
+            async def one_run(stop: asyncio.Event) -> scheduler.RunResult:
+                return await scheduler.run_once(
+                    settings, engine, metrics=metrics, stop=stop, trigger="serve"
+                )
+
+            return await serve.serve(settings, one_run, metrics, run_now=run_now)
+
+    raise typer.Exit(run_async(go))

@@ -1,0 +1,464 @@
+"""Plan a run's units, fan them out under the client's shared budget, and keep the run's record.
+
+A run: take the database's run lock, sync `event.do` (events are diffed like any entity), plan
+one `event=all` unit per resource where the catalog and the token allow it (else one unit per
+event), run the units concurrently (a unit's failure never cancels its siblings; 101/102 stop
+everything), fall back to per-event units when `event=all` is refused or fails, and close the
+run with its status. Exit codes follow from the status (see `EXIT_CODES`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from syncsvc import logs
+from syncsvc.cvent.catalog import DATA_RESOURCES, EVENT_ALL, EVENTS, Resource
+from syncsvc.cvent.client import CventClient
+from syncsvc.errors import (
+    NoAccountAccessError,
+    RunLockedError,
+    RunStoppingError,
+    SyncError,
+)
+from syncsvc.metrics import Metrics
+from syncsvc.settings import Settings
+from syncsvc.store import runs as run_rows
+from syncsvc.store.schema import runs
+from syncsvc.store.unit import ApplyResult, HoldPolicy, UnitWriter
+
+log = logs.get_logger(__name__)
+
+# pg_advisory_lock key of "one run per database": the first 8 bytes of sha1("syncsvc.run").
+RUN_LOCK_KEY = 0x2A5F_1B3C_9D4E_7061
+
+EXIT_CODES = {"succeeded": 0, "failed": 1, "partial": 3, "held": 4}
+
+HOME = "home"  # the scope of a unit called without `event`: the endpoint's own event
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One fetch of one resource for one scope."""
+
+    resource: Resource
+    event: str | None  # the `event` parameter: "all", a GUID, or None (the home event)
+    covered: tuple[str, ...] = ()  # events an `event=all` dump speaks for
+
+    @property
+    def scope(self) -> str:
+        """The scope recorded on the fetch row."""
+        if not self.resource.per_event:
+            return "account"
+        return self.event if self.event is not None else HOME
+
+    @property
+    def writer_scope(self) -> str:
+        """The store's scope: one GUID, or "all" (per event present in the dump)."""
+        return EVENT_ALL if self.event in (None, EVENT_ALL) else self.event
+
+    @property
+    def name(self) -> str:
+        return f"{self.resource.entity}:{self.scope}"
+
+
+@dataclass(slots=True)
+class UnitOutcome:
+    unit: Unit
+    status: str  # applied | held | failed | superseded | skipped
+    fetch_id: int | None = None
+    result: ApplyResult | None = None
+    records: int = 0
+    bytes: int = 0
+    attempts: int = 0
+    seconds: float = 0.0
+    error: SyncError | None = None
+
+
+@dataclass(slots=True)
+class RunResult:
+    run_id: int
+    status: str
+    outcomes: list[UnitOutcome] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.status, 1)
+
+    def totals(self) -> dict[tuple[str, str], int]:
+        """(entity, op) -> count over applied units."""
+        out: dict[tuple[str, str], int] = {}
+        for o in self.outcomes:
+            if o.result is None:
+                continue
+            for op in ("inserted", "updated", "deleted", "rekeyed"):
+                key = (o.unit.resource.entity, op)
+                out[key] = out.get(key, 0) + getattr(o.result, op)
+        return out
+
+
+def plan(
+    resources: Sequence[Resource],
+    events: Sequence[str],
+    *,
+    use_event_all: bool = True,
+    account_level: bool = True,
+) -> list[Unit]:
+    """The data units of a run: `event=all` where allowed, otherwise one unit per event."""
+    units: list[Unit] = []
+    for resource in resources:
+        if use_event_all and account_level and resource.allows_event_all:
+            units.append(Unit(resource, EVENT_ALL, tuple(events)))
+        elif not account_level:
+            units.append(Unit(resource, None))
+        else:
+            units.extend(Unit(resource, guid) for guid in events)
+    return units
+
+
+def fallback(unit: Unit, error: SyncError) -> list[Unit]:
+    """The units replacing a failed `event=all` unit."""
+    if isinstance(error, NoAccountAccessError):
+        # Without account-level access only the endpoint's own event can be read.
+        return [Unit(unit.resource, None)]
+    return [Unit(unit.resource, guid) for guid in unit.covered]
+
+
+def select_events(settings: Settings, guids: Sequence[str]) -> list[str]:
+    include = set(settings.events_include)
+    exclude = set(settings.events_exclude)
+    return [g for g in guids if (not include or g in include) and g not in exclude]
+
+
+@contextlib.asynccontextmanager
+async def run_lock(engine: AsyncEngine, *, wait: bool) -> AsyncIterator[AsyncConnection]:
+    """Hold the database's run lock for the block (a session lock: a crash releases it)."""
+    async with engine.connect() as conn:
+        if wait:
+            await conn.execute(sa.select(sa.func.pg_advisory_lock(RUN_LOCK_KEY)))
+        elif not await conn.scalar(sa.select(sa.func.pg_try_advisory_lock(RUN_LOCK_KEY))):
+            raise RunLockedError(
+                "another syncsvc run is in progress on this database; wait for it or pass --wait"
+            )
+        await conn.commit()
+        try:
+            yield conn
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.execute(sa.select(sa.func.pg_advisory_unlock(RUN_LOCK_KEY)))
+                await conn.commit()
+
+
+OnUnit = Callable[[UnitOutcome], None]
+OnPlan = Callable[[int], None]
+
+
+class Runner:
+    """One run of the sync against one database and one API client."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        client: CventClient,
+        *,
+        metrics: Metrics | None = None,
+        override_hold: bool = False,
+        stop: asyncio.Event | None = None,
+        on_unit: OnUnit | None = None,
+        on_plan: OnPlan | None = None,
+        trigger: str = "run",
+    ) -> None:
+        self.on_plan = on_plan
+        self.settings = settings
+        self.engine = engine
+        self.client = client
+        self.metrics = metrics or Metrics()
+        self.override_hold = override_hold
+        self.stop = stop or asyncio.Event()
+        self.on_unit = on_unit
+        self.trigger = trigger
+        self.hold = HoldPolicy.from_settings(settings)
+        self.run_id = 0
+        self.outcomes: list[UnitOutcome] = []
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
+
+    async def run(self, *, wait_lock: bool = False) -> RunResult:
+        async with run_lock(self.engine, wait=wait_lock):
+            await self._abandon_stale_runs()
+            self.run_id = await run_rows.create_run(
+                self.engine,
+                environment=self.settings.environment,
+                api_host=urlsplit(self.settings.base_url or "").hostname,
+                trigger=self.trigger,
+                options={"override_hold": self.override_hold},
+            )
+            logs.bind(run_id=self.run_id)
+            self.metrics.running.set(1)
+            started = time.monotonic()
+            try:
+                result = await self._run()
+            except BaseException as exc:
+                message = str(exc) if isinstance(exc, SyncError) else type(exc).__name__
+                await run_rows.finish_run(
+                    self.engine,
+                    self.run_id,
+                    status="failed",
+                    error_code=getattr(exc, "code", None),
+                    error_message=message,
+                )
+                self._count_run("failed", started)
+                raise
+            finally:
+                self.metrics.running.set(0)
+                logs.unbind("run_id")
+            await run_rows.finish_run(
+                self.engine, self.run_id, status=result.status, error_message=result.error
+            )
+            self._count_run(result.status, started)
+            log.info("run_finished", run_id=self.run_id, status=result.status)
+            return result
+
+    def _count_run(self, status: str, started: float) -> None:
+        now = time.time()
+        self.metrics.runs.labels(status=status).inc()
+        self.metrics.last_finished.set(now)
+        self.metrics.last_duration.set(time.monotonic() - started)
+        if status == "succeeded":
+            self.metrics.last_success.set(now)
+
+    async def _abandon_stale_runs(self) -> None:
+        # We hold the run lock, so any run still marked running died without closing.
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(runs)
+                .where(runs.c.status == "running")
+                .values(
+                    status="abandoned",
+                    finished_at=sa.func.now(),
+                    error_message="the process ended before the run finished",
+                )
+            )
+
+    async def _run(self) -> RunResult:
+        events_outcome = await self._run_unit(Unit(EVENTS, None))
+        if events_outcome.status != "applied":
+            return self._result(f"event.do failed: {events_outcome.error}")
+        guids = await self._live_events()
+        by_table = {r.table: r for r in DATA_RESOURCES}
+        resources = [by_table[name] for name in self.settings.resources]
+        units = plan(
+            resources,
+            select_events(self.settings, guids),
+            use_event_all=self.settings.use_event_all,
+        )
+        if self.on_plan is not None:
+            self.on_plan(len(units))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for unit in units:
+                    tg.create_task(self._run_with_fallback(unit), name=unit.name)
+        except* RunStoppingError as group:
+            error = group.exceptions[0]
+            raise error from None
+        return self._result(None)
+
+    async def _live_events(self) -> list[str]:
+        from syncsvc.store.schema import events
+
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(events.c.event_guid)
+                .where(events.c.deleted_at.is_(None))
+                .order_by(events.c.event_guid)
+            )
+            return [r[0] for r in rows]
+
+    async def _run_with_fallback(self, unit: Unit) -> None:
+        outcome = await self._run_unit(unit)
+        # Refused (103/104) or failed after retries: per-event units can still get the data.
+        if unit.event == EVENT_ALL and outcome.status == "failed" and outcome.error is not None:
+            replacements = fallback(unit, outcome.error)
+            outcome.status = "superseded"
+            if outcome.fetch_id is not None:
+                await run_rows.finish_fetch(self.engine, outcome.fetch_id, status="superseded")
+            log.warning(
+                "event_all_fell_back",
+                resource=unit.resource.path,
+                reason=str(outcome.error),
+                units=len(replacements),
+            )
+            async with asyncio.TaskGroup() as tg:
+                for u in replacements:
+                    tg.create_task(self._run_unit(u), name=u.name)
+
+    async def _run_unit(self, unit: Unit) -> UnitOutcome:
+        outcome = UnitOutcome(unit, "pending")
+        if self.stop.is_set():
+            outcome.status = "skipped"
+            return self._done(outcome)
+        async with self._slots:
+            if self.stop.is_set():
+                outcome.status = "skipped"
+                return self._done(outcome)
+            return await self._fetch_and_apply(unit, outcome)
+
+    async def _fetch_and_apply(self, unit: Unit, outcome: UnitOutcome) -> UnitOutcome:
+        outcome.fetch_id = await run_rows.create_fetch(
+            self.engine, run_id=self.run_id, resource=unit.resource, scope=unit.scope
+        )
+        started = time.monotonic()
+        with structlog_unit(unit):
+            try:
+                async with UnitWriter(
+                    self.engine,
+                    run_id=self.run_id,
+                    fetch_id=outcome.fetch_id,
+                    resource=unit.resource,
+                    scope=unit.writer_scope,
+                ) as writer:
+                    fetched = await self.client.fetch(
+                        unit.resource, unit.event, writer.stage, on_record=writer.normalize
+                    )
+                    outcome.records = fetched.records
+                    outcome.bytes = fetched.bytes
+                    outcome.attempts = fetched.attempts
+                    result = await writer.apply(
+                        complete=True,
+                        covered_events=unit.covered or None,
+                        hold=self.hold,
+                        override_hold=self.override_hold,
+                    )
+                outcome.result = result
+                outcome.status = result.status
+                outcome.seconds = time.monotonic() - started
+                await run_rows.finish_fetch(
+                    self.engine,
+                    outcome.fetch_id,
+                    status=result.status,
+                    attempts=fetched.attempts,
+                    http_status=fetched.http_status,
+                    bytes_read=fetched.bytes,
+                    fetch_seconds=fetched.elapsed,
+                )
+                self._count_applied(unit, result, fetched.bytes)
+            except RunStoppingError as exc:
+                outcome.error = exc
+                outcome.status = "failed"
+                await self._record_failure(outcome, exc)
+                raise
+            except SyncError as exc:
+                outcome.error = exc
+                outcome.status = "failed"
+                await self._record_failure(outcome, exc)
+                log.warning("unit_failed", unit=unit.name, error=str(exc))
+            return self._done(outcome)
+
+    async def _record_failure(self, outcome: UnitOutcome, exc: SyncError) -> None:
+        assert outcome.fetch_id is not None
+        attempts = exc.context.get("attempts")
+        await run_rows.finish_fetch(
+            self.engine,
+            outcome.fetch_id,
+            status="failed",
+            attempts=attempts if isinstance(attempts, int) else None,
+            error_code=exc.code,
+            error_message=str(exc),
+        )
+
+    def _count_applied(self, unit: Unit, result: ApplyResult, nbytes: int) -> None:
+        entity = unit.resource.entity
+        m = self.metrics
+        m.records.labels(entity=entity).inc(result.records)
+        m.bytes.inc(nbytes)
+        for op, n in (
+            ("insert", result.inserted),
+            ("update", result.updated),
+            ("delete", result.deleted),
+            ("rekey", result.rekeyed),
+        ):
+            if n:
+                m.changes.labels(entity=entity, op=op).inc(n)
+
+    def _done(self, outcome: UnitOutcome) -> UnitOutcome:
+        self.outcomes.append(outcome)
+        self.metrics.units.labels(resource=outcome.unit.resource.path, status=outcome.status).inc()
+        if self.on_unit is not None:
+            self.on_unit(outcome)
+        return outcome
+
+    def _result(self, error: str | None) -> RunResult:
+        final = [o for o in self.outcomes if o.status != "superseded"]
+        failed = [o for o in final if o.status == "failed"]
+        skipped = [o for o in final if o.status == "skipped"]
+        held = [o for o in final if o.status == "held"]
+        applied = [o for o in final if o.status == "applied"]
+        if error is not None or (failed and not applied):
+            status = "failed"
+        elif failed or skipped:
+            status = "partial"
+        elif held:
+            status = "held"
+        else:
+            status = "succeeded"
+        if error is None and (failed or skipped or held):
+            parts = []
+            if failed:
+                parts.append(
+                    f"{len(failed)} unit(s) failed: " + ", ".join(o.unit.name for o in failed[:5])
+                )
+            if held:
+                parts.append(
+                    f"{len(held)} unit(s) held for mass deletes (re-run with --override-hold)"
+                )
+            if skipped:
+                parts.append(f"{len(skipped)} unit(s) not started (stopped)")
+            error = "; ".join(parts)
+        return RunResult(self.run_id, status, list(self.outcomes), error)
+
+
+@contextlib.contextmanager
+def structlog_unit(unit: Unit) -> Any:
+    logs.bind(unit=unit.name, event_guid=unit.scope)
+    try:
+        yield
+    finally:
+        logs.unbind("unit", "event_guid")
+
+
+async def run_once(
+    settings: Settings,
+    engine: AsyncEngine,
+    *,
+    metrics: Metrics | None = None,
+    override_hold: bool = False,
+    wait_lock: bool = False,
+    stop: asyncio.Event | None = None,
+    on_unit: OnUnit | None = None,
+    on_plan: OnPlan | None = None,
+    trigger: str = "run",
+) -> RunResult:
+    """One whole run with its own API client."""
+    settings.require_api()
+    async with CventClient.open(settings) as client:
+        runner = Runner(
+            settings,
+            engine,
+            client,
+            metrics=metrics,
+            override_hold=override_hold,
+            stop=stop,
+            on_unit=on_unit,
+            on_plan=on_plan,
+            trigger=trigger,
+        )
+        return await runner.run(wait_lock=wait_lock)
