@@ -33,7 +33,6 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
         --shell /usr/sbin/nologin syncsvc
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
-WORKDIR /tmp
 EXPOSE 9108
 # For `syncsvc serve` (/healthz answers 200 only when the last run finished within its window).
 # The slim image has no curl, so Python's own urllib asks; other commands ignore the result.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fnmatch
 import importlib.resources
 import json
 import re
@@ -94,6 +95,23 @@ def test_runtime_stage_is_non_root_without_build_tools_or_embedded_postgres() ->
     command = json.loads(healthcheck.group(1).replace("\\\n", ""))
     assert command[0] == "python"
     assert "/healthz" in command[-1]
+
+
+def test_dockerignore_keeps_out_local_state_but_not_what_the_build_copies() -> None:
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert {".git", ".venv"} <= set(ignored)
+    copied = [
+        src
+        for line in re.findall(r"^COPY (?!--from)(.+)$", DOCKERFILE.read_text(), flags=re.M)
+        for src in line.split()[:-1]
+    ]
+    assert "migrations" in copied
+    for src in copied:
+        assert not any(fnmatch.fnmatch(src, pattern) for pattern in ignored), src
 
 
 # --- Kubernetes ----------------------------------------------------------------------------------
@@ -305,21 +323,24 @@ def test_compose_validation_fails_on_an_unknown_key() -> None:
 
 def test_compose_runs_postgres_the_simulator_migrations_and_serve() -> None:
     services = _compose()["services"]
-    assert set(services) == {"postgres", "simulator", "migrate", "serve"}
-    serve = services["serve"]
-    assert serve["command"] == ["serve"]
+    assert set(services) == {"postgres", "simulator", "migrate", "first-run", "serve"}
+    assert services["serve"]["command"] == ["serve"]
+    assert services["first-run"]["command"] == ["run", "--wait"]
     assert services["simulator"]["command"][0] == "simulate"
     assert services["migrate"]["command"] == ["db", "upgrade"]
-    assert serve["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    # Plain http is allowed to loopback only: serve shares the simulator's network namespace.
-    assert serve["network_mode"] == "service:simulator"
-    assert serve["environment"]["SYNCSVC_BASE_URL"].startswith("http://127.0.0.1:8080/")
+    for name in ("serve", "first-run"):
+        service = services[name]
+        # Migrations first.
+        assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        # Plain http is allowed to loopback only: they share the simulator's network namespace.
+        assert service["network_mode"] == "service:simulator"
+        assert service["environment"]["SYNCSVC_BASE_URL"].startswith("http://127.0.0.1:8080/")
 
 
 def test_settings_load_from_the_compose_environment() -> None:
     compose = _compose()
     secrets = {n: COMPOSE.parent / s["file"] for n, s in compose["secrets"].items()}
-    for name in ("migrate", "serve"):
+    for name in ("migrate", "first-run", "serve"):
         service = compose["services"][name]
         env = {
             k: str(secrets[Path(v).name]) if k.endswith("_FILE") else str(v)
@@ -327,7 +348,7 @@ def test_settings_load_from_the_compose_environment() -> None:
         }
         settings = Settings.load(env=env)
         assert settings.database_url
-        if name == "serve":
+        if name != "migrate":
             assert settings.require_api() == ("http://127.0.0.1:8080/api/", "sim-account-token")
 
 
