@@ -81,6 +81,11 @@ def _final_stage(text: str) -> str:
 def test_runtime_stage_is_non_root_without_build_tools_or_embedded_postgres() -> None:
     stages = re.findall(r"^FROM (\S+)", DOCKERFILE.read_text(), flags=re.M)
     assert len(stages) >= 2, "the image must build wheels in a separate stage"
+    # hadolint cannot see through the ARG, so the tag pin is checked here: Python 3.11, slim.
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", DOCKERFILE.read_text(), flags=re.M)
+    assert base
+    assert re.fullmatch(r"python:3\.11(\.\d+)?-slim(-[a-z]+)?(@sha256:[0-9a-f]{64})?", base[1])
+    assert set(stages) == {"${PYTHON_IMAGE}"}
     final = _final_stage(DOCKERFILE.read_text())
     users = re.findall(r"^USER (\S+)", final, flags=re.M)
     assert users, "the runtime stage must switch to a non-root user"
