@@ -257,15 +257,19 @@ def test_deployment_probes_healthz_and_exposes_the_metrics_port() -> None:
     assert container["args"] == ["serve"]
     [port] = container["ports"]
     assert (port["name"], port["containerPort"]) == ("metrics", Settings().serve_port)
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    # Readiness is data freshness; liveness only that the process serves (see the manifest).
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert service["spec"]["publishNotReadyAddresses"] is True
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
-def test_migration_job_runs_db_upgrade() -> None:
+def test_migration_job_runs_db_upgrade_from_the_same_image_as_the_runs() -> None:
     [job] = kube_documents(KUBE_DIR / "migrate-job.yaml")
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["db", "upgrade"]
+    images = {c["image"] for _, pod in pod_specs() for c in pod["containers"]}
+    assert len(images) == 1, images
 
 
 def _kube_env(container: Mapping[str, Any], secret_dir: Path) -> dict[str, str]:
@@ -333,6 +337,10 @@ def test_compose_runs_postgres_the_simulator_migrations_and_serve() -> None:
     assert services["first-run"]["command"] == ["run", "--wait"]
     assert services["simulator"]["command"][0] == "simulate"
     assert services["migrate"]["command"] == ["db", "upgrade"]
+    for name, service in services.items():
+        if "network_mode" in service:
+            # Docker refuses ports or networks on a service that borrows another's namespace.
+            assert not {"ports", "networks"} & set(service), name
     for name in ("serve", "first-run"):
         service = services[name]
         # Migrations first.
