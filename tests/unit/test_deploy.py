@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -234,6 +235,14 @@ def test_the_pod_policy_check_fails_on_a_root_writable_pod_with_the_token_in_env
     container["env"].append({"name": "SYNCSVC_API_TOKEN", "value": "oops"})
     problems = pod_policy_problems(pod)
     assert len(problems) == 3, problems
+
+
+def test_the_configmap_carries_no_secret() -> None:
+    [configmap] = kube_documents(KUBE_DIR / "configmap.yaml")
+    data = configmap["data"]
+    assert not _secret_env_names() & set(data)
+    assert Settings.load(env=data).database_url == data["SYNCSVC_DATABASE_URL"]
+    assert urlsplit(data["SYNCSVC_DATABASE_URL"]).password is None
 
 
 def test_cronjob_runs_nightly_one_at_a_time_with_backoff_and_deadlines() -> None:
