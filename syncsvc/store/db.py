@@ -45,10 +45,17 @@ def embedded_url(data_dir: Path) -> str:
     """
     import warnings
 
-    with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver copes.
-        warnings.simplefilter("ignore")
-        import pgserver
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver copes.
+            warnings.simplefilter("ignore")
+            import pgserver
+    except ImportError as exc:  # the container image ships without it
+        raise ConfigError(
+            "SYNCSVC_DATABASE_URL is not set and the embedded PostgreSQL (pgserver) is not "
+            "installed here",
+            setting="database_url",
+        ) from exc
 
     pgdata = data_dir / "pgdata"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
