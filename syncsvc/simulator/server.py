@@ -136,13 +136,15 @@ class Stats:
     """What the simulator saw: requests per resource, peaks, rejections by code."""
 
     def __init__(self) -> None:
+        self.changed = asyncio.Event()  # set whenever in_flight moves (tests wait on it)
         self.reset()
 
     def reset(self) -> None:
         self.requests: collections.Counter[str] = collections.Counter()
         self.rejections: collections.Counter[str] = collections.Counter()
-        self.in_flight = 0
-        self.peak_concurrency = 0
+        # Requests still being served stay counted, so finishing them never goes negative.
+        self.in_flight: int = getattr(self, "in_flight", 0)
+        self.peak_concurrency = self.in_flight
         self.peak_starts = 0
         self.total = 0
         self.bytes_sent = 0
@@ -152,6 +154,7 @@ class Stats:
         self.total += 1
         self.requests[path] += 1
         self.in_flight += 1
+        self.changed.set()
         self.peak_concurrency = max(self.peak_concurrency, self.in_flight)
         starts = self._starts
         starts.append(now)
@@ -161,6 +164,13 @@ class Stats:
 
     def finished(self) -> None:
         self.in_flight -= 1
+        self.changed.set()
+
+    async def wait_in_flight(self, n: int) -> None:
+        """Return once at least n requests are being served (no polling, no sleeping)."""
+        while self.in_flight < n:
+            self.changed.clear()
+            await self.changed.wait()
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -606,6 +616,10 @@ class RunningSimulator:
     def set_day(self, day: int) -> None:
         self.simulator.set_day(day)
 
+    async def wait_in_flight(self, n: int) -> None:
+        """Return once at least n API requests are in flight (e.g. parked by a `hold` fault)."""
+        await self.simulator.stats.wait_in_flight(n)
+
     async def control(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST a control document to the running server (over HTTP, like any other client)."""
         url = self.root_url + CONTROL_PATH
@@ -634,9 +648,7 @@ async def run_simulator(
 ) -> AsyncIterator[RunningSimulator]:
     """Serve a simulator on host:port (0: a free port) for the duration of the block."""
     sim = Simulator(config or SimConfig(), build_options(**options))
-    runner = web.AppRunner(
-        sim.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0
-    )
+    runner = web.AppRunner(sim.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
