@@ -15,6 +15,14 @@ SMALL = SimConfig(
 )
 
 
+def cached(directory: Path) -> dict[Path, bytes]:
+    return {f: f.read_bytes() for f in directory.glob("*.xml")}
+
+
+def tamper(path: Path) -> None:
+    path.write_bytes(path.read_bytes().replace(b"<users>", b"<users >", 1))
+
+
 async def test_cache_mode_renders_once_and_serves_the_same_bytes_from_the_file(
     simulator: Any, tmp_path: Path
 ) -> None:
