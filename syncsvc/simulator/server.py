@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from syncsvc.cvent import catalog
 from syncsvc.cvent.catalog import Resource
@@ -574,10 +575,19 @@ class Simulator:
         async with lock:
             if not path.exists():
                 await asyncio.to_thread(_write_atomic, path, chunks)
-        resp = web.FileResponse(path, headers={"Content-Type": render.CONTENT_TYPE})
+        resp = _SentFile(path, headers={"Content-Type": render.CONTENT_TYPE})
         await resp.prepare(request)
         self.stats.bytes_sent += path.stat().st_size
         return resp
+
+
+class _SentFile(web.FileResponse):
+    """A FileResponse sent inside the handler (so in-flight stats cover the transfer)."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None  # aiohttp prepares returned responses again: the file went already
+        return await super().prepare(request)
 
 
 def _write_atomic(path: Path, chunks: Iterable[bytes]) -> None:
