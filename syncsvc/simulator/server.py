@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -495,11 +495,15 @@ class Simulator:
             ),
             invalid_xml="invalid_xml" in by_kind,
         )
-        raws = self.universe.raw_records(resource.entity, day, events)
         style = render.style_for(self.config.seed, day)
-        chunks = render.iter_document(resource, raws, style, doc_faults, self.batch_records)
+
+        def make_chunks() -> Iterator[bytes]:
+            raws = self.universe.raw_records(resource.entity, day, events)
+            return render.iter_document(resource, raws, style, doc_faults, self.batch_records)
+
         if "truncate" in by_kind:
-            return await self._truncated(request, chunks, by_kind["truncate"].value)
+            return await self._truncated(request, make_chunks, by_kind["truncate"].value)
+        chunks = make_chunks()
         bandwidth = float(by_kind["bandwidth"].value) if "bandwidth" in by_kind else None
         if self.cache_dir is not None and bandwidth is None and doc_faults == render.DocFaults():
             return await self._cached(request, resource, scope, day, chunks)
@@ -531,32 +535,47 @@ class Simulator:
         return resp
 
     async def _truncated(
-        self, request: web.Request, chunks: Iterable[bytes], spec: Mapping[str, Any]
+        self,
+        request: web.Request,
+        make_chunks: Callable[[], Iterable[bytes]],
+        spec: Mapping[str, Any],
     ) -> web.StreamResponse:
-        """Write a cut-off response straight to the socket, then close it (no terminal chunk)."""
-        body = b"".join(chunks)  # fault path: documents here are test-sized
+        """Write a cut-off response straight to the socket, then close it (no terminal chunk).
+
+        The document is rendered twice (once to learn its length, once to send the cut), so
+        memory stays flat however large the dump.
+        """
+        total = sum(len(c) for c in make_chunks())
         at = spec.get("at", 0.5)
-        cut = int(len(body) * at) if isinstance(at, float) and at < 1 else int(at)
-        cut = max(0, min(cut, len(body) - 1))
+        cut = int(total * at) if isinstance(at, float) and at < 1 else int(at)
+        cut = max(0, min(cut, total - 1))
         mode = spec["mode"]
         head = ["HTTP/1.1 200 OK", f"Content-Type: {render.CONTENT_TYPE}", "Connection: close"]
         if mode == "content_length":
-            head.append(f"Content-Length: {len(body)}")
-            payload = body[:cut]
+            head.append(f"Content-Length: {total}")
         elif mode == "chunked":
             head.append("Transfer-Encoding: chunked")
-            part = body[:cut]
-            payload = b"".join(
-                b"%x\r\n%s\r\n" % (len(part[i : i + 4096]), part[i : i + 4096])
-                for i in range(0, len(part), 4096)
-            )
-        else:  # close_delimited: nothing in HTTP says the body is short, only the XML does
-            payload = body[:cut]
-        transport = request.transport
+        # close_delimited: no length at all, so nothing in HTTP says the body is short.
         self.stats.rejections[f"truncated_{mode}"] += 1
-        if transport is not None and not transport.is_closing():
-            transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
-            transport.close()  # flushes what was written, then closes
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return web.Response()
+        transport.write(("\r\n".join(head) + "\r\n\r\n").encode())
+        remaining = cut
+        for chunk in make_chunks():
+            if remaining <= 0:
+                break
+            part = chunk[:remaining]
+            remaining -= len(part)
+            if mode == "chunked":
+                transport.write(b"%x\r\n%s\r\n" % (len(part), part))
+            else:
+                transport.write(part)
+            self.stats.bytes_sent += len(part)
+            # A raw transport has no public drain(): poll its buffer so memory stays flat.
+            while transport.get_write_buffer_size() > (1 << 20) and not transport.is_closing():  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+        transport.close()  # flushes what was written, then closes
         # aiohttp finds the transport closing and drops this response: the client saw only the cut.
         return web.Response()
 
