@@ -444,15 +444,21 @@ class Simulator:
             raise _Reject(catalog.NO_ACCOUNT_ACCESS)
         return [event], event.guid
 
-    def _take_faults(self, path: str, scope: str | None) -> list[Fault]:
-        hit: list[Fault] = []
+    def _take_faults(self, path: str, scope: str | None) -> dict[str, Fault]:
+        """The first matching fault of each kind, each counted down by one use.
+
+        Faults of one kind queue up in the order they were set, so `[500 once, 503 once]`
+        answers 500, then 503, then succeeds.
+        """
+        hit: dict[str, Fault] = {}
         for fault in list(self.faults):
-            if fault.matches(path, scope):
-                hit.append(fault)
-                if fault.times is not None:
-                    fault.times -= 1
-                    if fault.times <= 0:
-                        self.faults.remove(fault)
+            if fault.kind in hit or not fault.matches(path, scope):
+                continue
+            hit[fault.kind] = fault
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults.remove(fault)
         return hit
 
     async def _serve_accepted(
@@ -469,8 +475,7 @@ class Simulator:
         except _Reject as rej:
             return self._error(rej.code)
         day = self.day
-        faults = self._take_faults(resource.path, scope)
-        by_kind = {f.kind: f for f in faults}
+        by_kind = self._take_faults(resource.path, scope)
         if "hold" in by_kind:
             await self._release.wait()
         if "latency" in by_kind:

@@ -71,6 +71,19 @@ async def test_api_code_fault_answers_any_code_in_the_envelope(simulator: Any, c
     assert then.code == 0
 
 
+async def test_faults_of_one_kind_apply_in_the_order_they_were_set(simulator: Any) -> None:
+    faults = [
+        {"kind": "api_code", "value": 500, "times": 1},
+        {"kind": "api_code", "value": 503, "times": 2},
+        {"kind": "latency", "value": 0, "times": 1},
+    ]
+    async with simulator(SMALL, faults=faults) as sim:
+        codes = [(await post(sim.base_url, "userData.do")).code for _ in range(4)]
+        left = (await sim.control({}))["faults"]
+    assert codes == [500, 503, 503, 0]
+    assert left == []
+
+
 async def test_a_fault_without_times_lasts_until_cleared(simulator: Any) -> None:
     async with simulator(SMALL, faults=[{"kind": "api_code", "value": 500}]) as sim:
         codes = [(await post(sim.base_url, "event.do")).code for _ in range(3)]
