@@ -82,3 +82,34 @@ async def test_simulate_command_serves_the_configured_account(tmp_path: Path) ->
     assert [r.findtext("userRef") for r in answer.records("user")] == [
         r["userRef"] for r in truth.records("user", 1)
     ]
+
+
+async def _traced_fetch(simulator: Any, cfg: SimConfig) -> tuple[int, int, int]:
+    """(bytes, chunks, peak traced bytes) of one event=all user dump; server and client here."""
+    import tracemalloc
+
+    import aiohttp
+
+    size = chunks = 0
+    tracemalloc.start()
+    try:
+        async with simulator(cfg) as sim, aiohttp.ClientSession() as session:
+            tracemalloc.reset_peak()
+            form = {"apiToken": "sim-account-token", "event": "all"}
+            async with session.post(sim.base_url + "userData.do", data=form) as resp:
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    size += len(chunk)
+                    chunks += 1
+            _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return size, chunks, peak
+
+
+async def test_a_large_dump_streams_in_chunks_with_flat_memory(simulator: Any) -> None:
+    small = await _traced_fetch(simulator, SimConfig(seed=1, events=1, users_per_event=1000))
+    large = await _traced_fetch(simulator, SimConfig(seed=1, events=4, users_per_event=2500))
+    assert large[0] > 10 * small[0]
+    assert large[1] > 100
+    # Ten times the document, about the same memory: nothing grows with the dump's size.
+    assert large[2] < 2 * small[2] + 1_000_000, (small, large)
