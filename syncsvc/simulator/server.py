@@ -378,7 +378,9 @@ class Simulator:
         try:
             pairs = parse_qsl(body, keep_blank_values=True, strict_parsing=bool(body))
         except ValueError:
-            pairs = [("", "")]  # unparseable: reported as a bad parameter once the token checks out
+            # Malformed form: still find the token (101 comes first), then the nameless pair
+            # makes _resolve answer 202.
+            pairs = [*parse_qsl(body, keep_blank_values=True), ("", "")]
         tokens = [v for k, v in pairs if k == catalog.PARAM_TOKEN]
         spec = self.tokens.get(tokens[0]) if len(tokens) == 1 else None
         if spec is None:

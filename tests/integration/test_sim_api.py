@@ -169,8 +169,18 @@ async def test_unknown_guid_and_an_event_not_yet_added_are_code_201(simulator: A
         ("apiToken=sim-account-token&event=all&page=2", ""),
         ("apiToken=sim-account-token&event=all&event=all", ""),
         ("apiToken=sim-account-token", "?event=all"),
+        ("apiToken=sim-account-token&event=all&garbage", ""),
+        ("apiToken=sim-account-token&&event=all", ""),
     ],
-    ids=["empty-event", "malformed-event", "unknown-param", "duplicate-param", "query-string"],
+    ids=[
+        "empty-event",
+        "malformed-event",
+        "unknown-param",
+        "duplicate-param",
+        "query-string",
+        "field-without-value",
+        "empty-field",
+    ],
 )
 async def test_missing_malformed_or_extra_parameters_are_code_202(
     simulator: Any, data: str, suffix: str
