@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -128,10 +129,12 @@ SIZES = {
     "exhibitor": "exhibitors_per_event",
 }
 
-# Bit layout of a slot's 512-bit hash.
-_B_DEATH, _B_RESTORE, _B_RESTORE_DELAY = 0, 24, 40
-_B_REC, _B_CID_MODE, _B_CID_DELAY = 44, 76, 92
-_B_SEED64, _B_GROUPS, _B_CREATED = 96, 160, 416
+# A slot's hash is five 64-bit words (small ints are much cheaper than one 320-bit int):
+# w[0] death (24 bits) | restore (16) | restore delay (2) | re-creation period and phase (16)
+# w[1] clientID mode (16) | clientID delay (3) | created second (16) | created days back (rest)
+# w[2] the seed of field values; w[3], w[4] four groups each: period (4 bits), phase (12)
+_WORDS = struct.Struct("<5Q")
+Words = tuple[int, ...]
 
 
 def _periods(rate: float) -> tuple[int, ...]:
@@ -234,9 +237,10 @@ class Population:
         self.cid_cut = round(self.cid_share * 0x10000)
         self.cid_later_cut = round((self.cid_share + self.cid_later) * 0x10000)
         self.rec_periods = _periods(self.rec_rate)
+        # Per group: (hash word, bit shift, periods, silent, mixing salt, seed rotation).
         self.group_table = tuple(
-            (_periods(rate), silent)
-            for rate, silent in zip(self.group_rates, self.silent, strict=True)
+            (3 + (i >> 2), 16 * (i & 3), _periods(rate), silent, (i + 1) << 56, 11 * i + 7)
+            for i, (rate, silent) in enumerate(zip(self.group_rates, self.silent, strict=True))
         )
         self.key_prefix = KEY_PREFIX[entity]
         self.key_salt = self.salt & 0xFFFFFFFF
@@ -259,11 +263,12 @@ class Population:
         need = (slot - self.n0 + 1) * 1_000_000
         return base + -(-need // self.ipd_micro)
 
-    def life(self, slot: int) -> tuple[int, int, int, int]:
+    def life(self, slot: int) -> tuple[int, int, int, Words]:
         """(birth, death, restore, hash): alive on d iff birth <= d and not death <= d < restore."""
-        h = int.from_bytes(
-            hashlib.blake2b(self.salt_bytes + slot.to_bytes(6, "little")).digest(), "little"
+        w = _WORDS.unpack(
+            hashlib.blake2b(self.salt_bytes + slot.to_bytes(6, "little"), digest_size=40).digest()
         )
+        w0 = w[0]
         birth = self.base if slot < self.n0 else self.birth(slot)
         dl = self.delete_log
         if dl == 0.0:
@@ -271,26 +276,26 @@ class Population:
         elif dl == -math.inf:
             death = birth + 1
         else:
-            death = birth + 1 + int(math.log(((h & 0xFFFFFF) + 1) / 0x1000000) / dl)
+            death = birth + 1 + int(math.log(((w0 & 0xFFFFFF) + 1) / 0x1000000) / dl)
         restore = NEVER
-        if death < NEVER and ((h >> _B_RESTORE) & 0xFFFF) < self.restore_cut:
-            restore = death + 1 + ((h >> _B_RESTORE_DELAY) & 3)
-        return birth, death, restore, h
+        if death < NEVER and ((w0 >> 24) & 0xFFFF) < self.restore_cut:
+            restore = death + 1 + ((w0 >> 40) & 3)
+        return birth, death, restore, w
 
-    def client_id_day(self, birth: int, h: int) -> int:
+    def client_id_day(self, birth: int, w: Words) -> int:
         """The day the slot's clientID appears (NEVER: it has none)."""
-        u = (h >> _B_CID_MODE) & 0xFFFF
+        u = w[1] & 0xFFFF
         if u < self.cid_cut:
             return birth
         if u < self.cid_later_cut:
-            return birth + 1 + ((h >> _B_CID_DELAY) & 7)
+            return birth + 1 + ((w[1] >> 16) & 7)
         return NEVER
 
-    def generation(self, birth: int, h: int, day: int, cid_day: int) -> tuple[int, int]:
+    def generation(self, birth: int, w: Words, day: int, cid_day: int) -> tuple[int, int]:
         """(how many times re-created by `day`, the day of the last re-creation)."""
         if not self.rec_periods or cid_day != birth:
             return 0, birth  # only records with a clientID from birth are re-created
-        bits = (h >> _B_REC) & 0xFFFF
+        bits = (w[0] >> 44) & 0xFFFF
         period = self.rec_periods[bits & 15]
         phase = (bits >> 4) % period
         gen = (day - birth + phase) // period
@@ -308,35 +313,35 @@ class Population:
 
     def ref_on(self, slot: int, day: int) -> str | None:
         """The key a slot carries on `day`, None when it is not alive (for speaker/contact refs)."""
-        birth, death, restore, h = self.life(slot)
+        birth, death, restore, w = self.life(slot)
         if day < birth or death <= day < restore:
             return None
-        gen = self.generation(birth, h, day, self.client_id_day(birth, h))[0]
+        gen = self.generation(birth, w, day, self.client_id_day(birth, w))[0]
         return self.key(slot, gen)
 
     def state(self, slot: int, day: int) -> tuple[Any, ...] | None:
         """The raw record of a slot on `day` (catalog field order), None when it is not alive."""
-        birth, death, restore, h = self.life(slot)
+        birth, death, restore, w = self.life(slot)
         if day < birth or death <= day < restore:
             return None
-        return self._raw(slot, birth, h, day)
+        return self._raw(slot, birth, w, day)
 
     def states(self, day: int) -> Iterator[tuple[Any, ...]]:
         life, raw = self.life, self._raw
         for slot in range(self.count(day)):
-            birth, death, restore, h = life(slot)
+            birth, death, restore, w = life(slot)
             if day < birth or death <= day < restore:
                 continue
-            yield raw(slot, birth, h, day)
+            yield raw(slot, birth, w, day)
 
     # --- field values --------------------------------------------------------------------------
 
-    def _raw(self, slot: int, birth: int, h: int, day: int) -> tuple[Any, ...]:
-        seed64 = (h >> _B_SEED64) & MASK64
-        cid_day = self.client_id_day(birth, h)
-        gen, gen_day = self.generation(birth, h, day, cid_day)
+    def _raw(self, slot: int, birth: int, w: Words, day: int) -> tuple[Any, ...]:
+        seed64 = w[2]
+        cid_day = self.client_id_day(birth, w)
+        gen, gen_day = self.generation(birth, w, day, cid_day)
         day0 = self.day0_ts
-        cbits = h >> _B_CREATED
+        cbits = w[1] >> 19
         secs = 28800 + (cbits & 0xFFFF) % 43200  # business hours, UTC
         if birth <= 0 and slot < self.n0:
             created = day0 + (birth - 1 - (cbits >> 16) % 180) * 86400 + secs
@@ -349,28 +354,23 @@ class Population:
         if birth < cid_day <= day:
             last = max(last, day0 + cid_day * 86400 + secs + 60)
         rs = []
-        gbits = h >> _B_GROUPS
         age = day - birth
-        for i, (periods, silent) in enumerate(self.group_table):
-            bits = gbits & 0xFFFF
-            gbits >>= 16
-            period = periods[bits & 15] if periods else 0
-            if period:
+        for wi, shift, periods, silent, salt, rot in self.group_table:
+            if periods:
+                bits = (w[wi] >> shift) & 0xFFFF
+                period = periods[bits & 15]
                 phase = (bits >> 4) % period
                 e = (age + phase) // period
-            else:
-                e = 0
-            if e > 0:
-                r = mix64(seed64 ^ ((i + 1) << 56) ^ ((e * 0x9E3779B97F4A7C15) & MASK64))
-                if not silent:
-                    ts = day0 + (birth + e * period - phase) * 86400 + 3600 + r % 72000
-                    if ts > last:
-                        last = ts
-            else:
-                # Epoch 0 needs no mixing: rotate the slot's seed so groups draw distinct bits.
-                k = 11 * i + 7
-                r = ((seed64 << k) | (seed64 >> (64 - k))) & MASK64
-            rs.append(r)
+                if e > 0:
+                    r = mix64(seed64 ^ salt ^ ((e * 0x9E3779B97F4A7C15) & MASK64))
+                    if not silent:
+                        ts = day0 + (birth + e * period - phase) * 86400 + 3600 + r % 72000
+                        if ts > last:
+                            last = ts
+                    rs.append(r)
+                    continue
+            # Epoch 0 needs no mixing: rotate the slot's seed so groups draw distinct bits.
+            rs.append(((seed64 << rot) | (seed64 >> (64 - rot))) & MASK64)
         client_id = self.client_id(slot) if cid_day <= day else None
         if self.entity == "user":
             return self._user(slot, gen, seed64, client_id, created, last, rs)
