@@ -513,7 +513,7 @@ class Simulator:
         chunks = make_chunks()
         bandwidth = float(by_kind["bandwidth"].value) if "bandwidth" in by_kind else None
         if self.cache_dir is not None and bandwidth is None and doc_faults == render.DocFaults():
-            return await self._cached(request, resource, scope, day, chunks)
+            return await self._cached(request, resource, events, day, chunks)
         return await self._stream(request, chunks, bandwidth)
 
     async def _stream(
@@ -590,12 +590,14 @@ class Simulator:
         self,
         request: web.Request,
         resource: Resource,
-        scope: str | None,
+        events: Sequence[Event] | None,
         day: int,
         chunks: Iterable[bytes],
     ) -> web.StreamResponse:
         assert self.cache_dir is not None
-        name = (scope or "account").lower()
+        # Name the file by what is in it (not by the request): event.do without `event` is the
+        # whole account for one token and a single event for another.
+        name = "all" if events is None else "+".join(e.guid.lower() for e in events)
         path = self.cache_dir / f"{self._cache_tag}-{resource.entity}-{name}-d{day}.xml"
         lock = self._cache_locks.setdefault(path, asyncio.Lock())
         async with lock:

@@ -113,3 +113,15 @@ async def test_a_large_dump_streams_in_chunks_with_flat_memory(simulator: Any) -
     assert large[1] > 100
     # Ten times the document, about the same memory: nothing grows with the dump's size.
     assert large[2] < 2 * small[2] + 1_000_000, (small, large)
+
+
+async def test_cache_files_are_per_scope_so_tokens_never_see_each_others_answers(
+    simulator: Any, tmp_path: Path
+) -> None:
+    async with simulator(SMALL, cache_dir=tmp_path) as sim:
+        account = await post(sim.base_url, "event.do")
+        own = await post(sim.base_url, "event.do", token="sim-event-token")
+        account_again = await post(sim.base_url, "event.do")
+    assert len(account.records("event")) == SMALL.events
+    assert len(own.records("event")) == 1
+    assert account_again.body == account.body
