@@ -173,6 +173,12 @@ class Stats:
             self.changed.clear()
             await self.changed.wait()
 
+    async def wait_idle(self) -> None:
+        """Return once no request is being served."""
+        while self.in_flight > 0:
+            self.changed.clear()
+            await self.changed.wait()
+
     def as_json(self) -> dict[str, Any]:
         return {
             "requests": dict(self.requests),
@@ -524,21 +530,26 @@ class Simulator:
         await resp.prepare(request)
         start = time.monotonic()
         sent = 0
-        for chunk in chunks:
-            if bandwidth is None:
-                await resp.write(chunk)
-                sent += len(chunk)
-                continue
-            piece = max(1, int(bandwidth / 20))
-            for i in range(0, len(chunk), piece):
-                part = chunk[i : i + piece]
-                await resp.write(part)
-                sent += len(part)
-                ahead = start + sent / bandwidth - time.monotonic()
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-        self.stats.bytes_sent += sent
-        await resp.write_eof()
+        try:
+            for chunk in chunks:
+                if bandwidth is None:
+                    await resp.write(chunk)
+                    sent += len(chunk)
+                    continue
+                piece = max(1, int(bandwidth / 20))
+                for i in range(0, len(chunk), piece):
+                    part = chunk[i : i + piece]
+                    await resp.write(part)
+                    sent += len(part)
+                    ahead = start + sent / bandwidth - time.monotonic()
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+            await resp.write_eof()
+        except ConnectionError:
+            # The client hung up mid-dump (a client test cancelling, a timeout): not our error.
+            self.stats.rejections["client_disconnected"] += 1
+        finally:
+            self.stats.bytes_sent += sent
         return resp
 
     async def _truncated(
@@ -657,6 +668,10 @@ class RunningSimulator:
     async def wait_in_flight(self, n: int) -> None:
         """Return once at least n API requests are in flight (e.g. parked by a `hold` fault)."""
         await self.simulator.stats.wait_in_flight(n)
+
+    async def wait_idle(self) -> None:
+        """Return once no API request is in flight."""
+        await self.simulator.stats.wait_idle()
 
     async def control(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST a control document to the running server (over HTTP, like any other client)."""

@@ -245,3 +245,22 @@ async def test_unknown_elements_fault_adds_a_new_element_to_every_record(simulat
         assert new.findtext("loyaltyTier") == f"new-{plain.findtext('exhibitorID')}"
         new.remove(new.find("loyaltyTier"))  # type: ignore[arg-type]
         assert ET.tostring(new) == ET.tostring(plain)
+
+
+async def test_a_client_hanging_up_mid_dump_leaves_the_simulator_serving(simulator: Any) -> None:
+    cfg = SimConfig(seed=1, events=2, users_per_event=15000)  # ~28 MB: more than socket buffers
+    async with simulator(cfg) as sim:
+        reader, writer = await asyncio.open_connection(sim.host, sim.port)
+        form = b"apiToken=sim-account-token&event=all"
+        writer.write(
+            b"POST /api/userData.do HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(form), form)
+        )
+        await reader.readexactly(4096)  # the dump has started streaming
+        writer.transport.abort()  # hang up without reading the rest
+        await sim.wait_idle()  # the aborted request winds down
+        answer = await post(sim.base_url, "event.do")
+        stats = await sim.stats()
+    assert answer.code == 0
+    assert stats["rejections"] == {"client_disconnected": 1}
