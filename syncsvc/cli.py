@@ -187,7 +187,7 @@ def simulate(
     import json
 
     from syncsvc.simulator.data import SimConfig
-    from syncsvc.simulator.server import serve_forever
+    from syncsvc.simulator.server import build_options, serve_forever
 
     config = SimConfig(
         seed=seed,
@@ -211,8 +211,15 @@ def simulate(
         raise fail(f"bad JSON option: {exc}", EXIT_CONFIG) from None
     if allow:
         options["allow_list"] = allow
+    try:
+        build_options(**options)  # refuse a bad fault or network here, with one line
+    except (ValueError, TypeError, KeyError) as exc:
+        raise fail(f"bad simulator option: {exc}", EXIT_CONFIG) from None
 
     def announce(line: str) -> None:
         typer.echo(line)
 
-    run_async(lambda: serve_forever(config, host, port, announce=announce, **options))
+    try:
+        run_async(lambda: serve_forever(config, host, port, announce=announce, **options))
+    except OSError as exc:  # the port is taken, the address is not ours
+        raise fail(f"cannot listen on {host}:{port}: {exc}", EXIT_FAILED) from None

@@ -230,6 +230,8 @@ def build_options(**options: Any) -> ServerOptions:
             value = [f if isinstance(f, Fault) else Fault.from_json(f) for f in value]
         elif name == "cache_dir" and value is not None:
             value = Path(value)
+        elif name == "allow_list":
+            value = tuple(str(ipaddress.ip_network(n, strict=False)) for n in value)
         elif name not in ServerOptions.__dataclass_fields__:
             raise TypeError(f"unknown simulator option {name!r}")
         setattr(opts, name, value)

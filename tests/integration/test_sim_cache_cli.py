@@ -125,3 +125,17 @@ async def test_cache_files_are_per_scope_so_tokens_never_see_each_others_answers
     assert len(account.records("event")) == SMALL.events
     assert len(own.records("event")) == 1
     assert account_again.body == account.body
+
+
+def test_simulate_refuses_bad_options_with_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-m", "syncsvc", "simulate", "--fault", '{"kind": "boom"}'],
+        capture_output=True,
+        text=True,
+        env={"SYNCSVC_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == "syncsvc: bad simulator option: unknown fault kind 'boom'"
