@@ -178,6 +178,13 @@ class _Batches(Generic[T]):
         self.finished = True
 
 
+async def _collect_all(batches: AsyncIterator[list[T]]) -> list[T]:
+    out: list[T] = []
+    async for batch in batches:
+        out.extend(batch)
+    return out
+
+
 def _check_base_url(base_url: str) -> str:
     """The base URL, refused unless https or loopback http (settings checks it too)."""
     parts = urlsplit(base_url)
@@ -313,7 +320,7 @@ class CventClient:
                 log.warning(
                     "fetch_retrying",
                     resource=resource.path,
-                    event=event,
+                    event_guid=event,
                     attempt=attempt,
                     delay=round(delay, 3),
                     error=str(exc),
@@ -325,7 +332,7 @@ class CventClient:
             log.info(
                 "dump_fetched",
                 resource=resource.path,
-                event=event,
+                event_guid=event,
                 records=parser.records,
                 bytes=parser.bytes,
                 attempts=attempt,
@@ -340,6 +347,11 @@ class CventClient:
                 elapsed=elapsed,
                 delays=delays,
             )
+
+    async def list_events(self) -> list[dict[str, Any]]:
+        """The account's events (event.do), as plain dicts."""
+        result = await self.fetch(catalog.EVENTS, None, _collect_all, element_to_dict)
+        return result.value
 
     async def _attempt(
         self,
@@ -405,7 +417,13 @@ class CventClient:
 
 
 def _local_address(resp: aiohttp.ClientResponse) -> str | None:
+    """The local address the request left from (for the 102 message), best effort."""
     conn = resp.connection
     transport = conn.transport if conn is not None else None
+    if transport is None:
+        # A small body is read with the headers and the connection already released; its
+        # protocol (private, hence getattr) still knows the socket while it is kept alive.
+        protocol = getattr(resp, "_protocol", None)
+        transport = getattr(protocol, "transport", None)
     sock = transport.get_extra_info("sockname") if transport is not None else None
     return str(sock[0]) if sock else None
