@@ -1,4 +1,4 @@
-"""A small real Conference API on loopback for the client tests: the contract's codes, crafted bytes.
+"""A small real Conference API on loopback for client tests: the contract's codes, crafted bytes.
 
 A raw asyncio HTTP/1.1 server (not aiohttp.web) so a test controls every byte: framing
 (Content-Length, chunked, close-delimited), cuts at any offset, gzip, Retry-After. It implements
