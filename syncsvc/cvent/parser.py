@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 # The prolog (XML declaration, comments, PIs, whitespace) before the root element is short in
 # any sane document; a longer one is refused rather than buffered.
-MAX_PROLOG_BYTES = 64 * 1024
+MAX_PROLOG_BYTES = 8 * 1024
 _WHITESPACE = b" \t\r\n"
 _UTF8_BOM = b"\xef\xbb\xbf"
 CUSTOM_FIELDS = "customFields"
