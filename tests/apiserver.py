@@ -320,10 +320,11 @@ class ApiServer:
             f"{k}: {v}\r\n" for k, v in headers
         )
         writer.write(head.encode("latin-1") + b"\r\n")
-        sent = body if reply.cut is None else body[: reply.cut]
-        pieces = [sent[i : i + reply.chunk] for i in range(0, len(sent), reply.chunk)] or [b""]
-        for n, piece in enumerate(pieces):
-            last = n == len(pieces) - 1
+        view = memoryview(body)[: reply.cut]  # slices of a view: a big body is never copied
+        starts = range(0, len(view), reply.chunk) if len(view) else range(1)
+        for start in starts:
+            piece = bytes(view[start : start + reply.chunk])
+            last = start + reply.chunk >= len(view)
             if reply.framing == "chunked":
                 data = f"{len(piece):x}\r\n".encode() + piece + b"\r\n" if piece else b""
                 if last and reply.cut is None:

@@ -29,6 +29,10 @@ T = TypeVar("T")
 # The prolog (XML declaration, comments, PIs, whitespace) before the root element is short in
 # any sane document; a longer one is refused rather than buffered.
 MAX_PROLOG_BYTES = 8 * 1024
+# libxml2 builds a record's whole subtree before its end event; anything that is not a record
+# (an unknown element between records, a record that never ends) stays in the tree. Bounding
+# the bytes between two record ends bounds that memory: a real record is a few kB.
+MAX_RECORD_BYTES = 1024 * 1024
 _WHITESPACE = b" \t\r\n"
 _UTF8_BOM = b"\xef\xbb\xbf"
 CUSTOM_FIELDS = "customFields"
@@ -129,8 +133,11 @@ class DumpParser(Generic[T]):
         event: str | None = None,
         egress: str | None = None,
         headers: Mapping[str, str] | None = None,
+        max_record_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
         self.resource = resource
+        self.max_record_bytes = max_record_bytes
+        self._since_record = 0  # bytes fed since a record last ended
         self.headers = headers  # a Retry-After on a code-301 answer is honoured
         self.event = event
         self.egress = egress
@@ -196,7 +203,17 @@ class DumpParser(Generic[T]):
             self._parser.feed(data)
         except etree.XMLSyntaxError as exc:
             raise self._syntax_error(exc, closing=False) from exc
+        before = self.records
         self._drain()
+        if self.records != before:
+            self._since_record = 0
+        else:
+            self._since_record += len(data)
+            if self._since_record > self.max_record_bytes and not self._root_ended:
+                raise UnsafeXmlError(
+                    f"More than {self.max_record_bytes} bytes without a record ending; refused",
+                    **self._where(),
+                )
 
     def _drain(self) -> None:
         record_tag = self._record_tag

@@ -236,3 +236,26 @@ def test_errors_carry_resource_and_event() -> None:
     with pytest.raises(SyncError) as info:
         parse(DOC[:100])
     assert (info.value.resource, info.value.event_guid) == ("userData.do", "E")
+
+
+def test_libxml2_limits_stay_on_behind_the_record_size_guard() -> None:
+    def parser() -> DumpParser[Any]:
+        return DumpParser(catalog.USERS, element_to_dict, max_bytes=10**9, max_record_bytes=10**9)
+
+    def feed_all(p: DumpParser[Any], data: bytes) -> None:
+        for i in range(0, len(data), 1 << 20):
+            p.feed(data[i : i + (1 << 20)])
+
+    text = b"<response><users><user><abstract>" + b"x" * (11 * 1024 * 1024)
+    with pytest.raises(UnsafeXmlError, match="Text node too long"):
+        feed_all(parser(), text)
+    with pytest.raises(UnsafeXmlError, match="depth"):
+        parser().feed(b"<response><users><user>" + b"<x>" * 300)
+
+
+def test_bytes_without_a_record_ending_are_bounded() -> None:
+    p: DumpParser[Any] = DumpParser(catalog.USERS, element_to_dict, max_bytes=10**9)
+    p.feed(b"<response><users>")
+    p.feed(b"<a/>" * 65536)  # 256 kB: still within the bound
+    with pytest.raises(UnsafeXmlError, match="without a record ending"):
+        p.feed(b"<a/>" * 4 * 65536)
