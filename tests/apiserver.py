@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gzip as gzip_mod
 import ipaddress
+import ssl
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -132,7 +133,9 @@ class ApiServer:
         max_concurrent: int | None = None,
         limit_mode: str = "code",
         service_time: float = 0.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        self.tls = tls
         self.tokens = {ACCOUNT_TOKEN: True, EVENT_TOKEN: False}  # token -> account-level access
         self.allow = [ipaddress.ip_network(a) for a in allow]
         self.records_per_event = records_per_event
@@ -152,7 +155,8 @@ class ApiServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api/"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/api/"
 
     def push(self, *replies: Reply, resource: str = "*") -> None:
         """Answer the next matching requests with these replies, in order."""
@@ -169,7 +173,7 @@ class ApiServer:
         return best
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -199,7 +203,7 @@ class ApiServer:
                 keep = await self._respond(peer, target, form, headers, writer)
                 if not keep:
                     return
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             return
         finally:
             writer.close()

@@ -374,6 +374,13 @@ class CventClient:
                     )
                 except TimeoutError as exc:
                     raise TransportError("Connecting to the API timed out", **where) from exc
+                except aiohttp.ClientConnectorCertificateError as exc:
+                    # Retrying will not fix a certificate (a wrong host, or someone in between).
+                    raise ConfigError(
+                        "TLS verification of the API host failed; check SYNCSVC_BASE_URL",
+                        setting="base_url",
+                        **where,
+                    ) from exc
                 except (aiohttp.ClientError, OSError) as exc:
                     raise TransportError(
                         f"The request failed: {type(exc).__name__}", **where

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ssl
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -307,3 +310,42 @@ async def test_plain_http_to_a_non_loopback_host_is_refused_at_the_client() -> N
     with pytest.raises(ConfigError, match="https"):
         async with CventClient.open(settings):
             pass
+
+
+def _self_signed(tmp: Path) -> ssl.SSLContext:
+    key, cert = tmp / "key.pem", tmp / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+async def test_tls_verification_is_always_on_and_a_bad_certificate_is_terminal(
+    tmp_path: Path,
+) -> None:
+    async with serve_api(tls=_self_signed(tmp_path)) as server, client_for(server) as client:
+        assert client.url(catalog.USERS).startswith("https://")
+        with pytest.raises(ConfigError, match="TLS verification"):
+            await client.fetch(catalog.USERS, EVENTS[0], collect)
+    assert server.seen == []  # the handshake failed: no request, no token, went out
