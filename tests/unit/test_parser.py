@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lxml import etree
 
 from syncsvc.cvent import catalog
@@ -259,3 +262,11 @@ def test_bytes_without_a_record_ending_are_bounded() -> None:
     p.feed(b"<a/>" * 65536)  # 256 kB: still within the bound
     with pytest.raises(UnsafeXmlError, match="without a record ending"):
         p.feed(b"<a/>" * 4 * 65536)
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=len(DOC_CODE_AFTER)), max_size=12))
+@settings(max_examples=150, deadline=None)
+def test_any_chunking_parses_the_same(cuts: list[int]) -> None:
+    bounds = [0, *sorted(cuts), len(DOC_CODE_AFTER)]
+    chunks = [DOC_CODE_AFTER[a:b] for a, b in itertools.pairwise(bounds)]
+    assert parse(*chunks) == parse(DOC_CODE_AFTER)
