@@ -381,7 +381,7 @@ class UnitWriter:
                 log.warning(
                     "mass_delete_held",
                     resource=self.resource.path,
-                    event=h.event_guid,
+                    event_guid=h.event_guid,
                     live=h.live,
                     deletes=h.deletes,
                     ratio=hold.ratio,
