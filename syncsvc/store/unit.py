@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -56,7 +56,8 @@ log = get_logger(__name__)
 
 DEFAULT_BATCH_ROWS = 10_000
 
-Checkpoint = Callable[[str], None]
+# Test hook: called with each step's name (may return an awaitable to pause the unit there).
+Checkpoint = Callable[[str], Awaitable[None] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +179,7 @@ class UnitWriter:
         except BaseException:
             await self._conn.close()
             raise
-        self._step("begun")
+        await self._step("begun")
         return self
 
     async def __aexit__(
@@ -197,9 +198,11 @@ class UnitWriter:
             if self._conn is not None:
                 await self._conn.close()
 
-    def _step(self, name: str) -> None:
+    async def _step(self, name: str) -> None:
         if self._checkpoint is not None:
-            self._checkpoint(name)
+            pending = self._checkpoint(name)
+            if pending is not None:
+                await pending
 
     async def _execute(self, sql: str, *args: Any) -> str:
         try:
@@ -232,7 +235,7 @@ class UnitWriter:
         self._staged = True
         self._records = self._rejected = 0
         self._events = {}
-        self._step("staging_ready")
+        await self._step("staging_ready")
 
     async def stage(self, batches: AsyncIterable[Sequence[Record | None]]) -> StageResult:
         """Stage a whole dump (a client sink); calling it again starts over."""
@@ -278,7 +281,7 @@ class UnitWriter:
                 rejected=rejected,
                 reason="missing key or eventGUID, or outside the unit's event",
             )
-        self._step("staged")
+        await self._step("staged")
         return StageResult(records=ordinal, rejected=rejected, events=tuple(events))
 
     async def stage_records(self, records: Iterable[Record]) -> StageResult:
@@ -307,7 +310,7 @@ class UnitWriter:
                 f"staging {self.resource.entity} records failed: {type(exc).__name__}: {exc}",
                 resource=self.resource.path,
             ) from exc
-        self._step("batch_copied")
+        await self._step("batch_copied")
 
     # --- diff + apply ----------------------------------------------------------------------------
 
@@ -355,15 +358,15 @@ class UnitWriter:
                 duplicates=duplicates,
                 kept="last",
             )
-        self._step("deduped")
+        await self._step("deduped")
         if self._records > 50_000:
             # Temp tables get no autovacuum statistics; the join plans need row counts.
             await self._execute(sql.analyze_stage)
         await self._execute(sql.diff, *args)
-        self._step("diffed")
+        await self._step("diffed")
         if self.resource.has_client_id:
             await self._execute(sql.pair_rekeys)
-            self._step("rekeys_paired")
+            await self._step("rekeys_paired")
 
         would_hold = [
             HeldScope(r["event_guid"], int(r["live"]), int(r["deletes"]))
@@ -386,21 +389,21 @@ class UnitWriter:
                     deletes=h.deletes,
                     ratio=hold.ratio,
                 )
-        self._step("hold_checked")
+        await self._step("hold_checked")
 
         await self._execute(sql.build_changes)
-        self._step("changes_built")
+        await self._step("changes_built")
         counts = {r["op"]: int(r["count"]) for r in await self._fetch(sql.count_changes)}
         await self._execute(sql.upsert_state, self.run_id)
-        self._step("state_upserted")
+        await self._step("state_upserted")
         await self._execute(sql.soft_delete_state, self.run_id)
-        self._step("state_deleted")
+        await self._step("state_deleted")
 
         # Only now take the seq lock: it is held until commit, so seq order is commit order.
         await self._execute(sql.lock_seq, queries.SEQ_LOCK_KEY)
-        self._step("seq_locked")
+        await self._step("seq_locked")
         seqs = [r["seq"] for r in await self._fetch(sql.insert_changes, self.run_id, self.fetch_id)]
-        self._step("changes_inserted")
+        await self._step("changes_inserted")
 
         result = ApplyResult(
             status="held" if held else "applied",
@@ -421,7 +424,7 @@ class UnitWriter:
         )
         if self.fetch_id is not None:
             await self._record_fetch(result)
-        self._step("before_commit")
+        await self._step("before_commit")
         try:
             await self._tx.commit()
         except asyncpg.PostgresError as exc:
@@ -430,7 +433,7 @@ class UnitWriter:
                 resource=self.resource.path,
             ) from exc
         self._done = True
-        self._step("committed")
+        await self._step("committed")
         log.info(
             "unit_applied",
             resource=self.resource.path,
