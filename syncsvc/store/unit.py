@@ -37,6 +37,7 @@ import json
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring as encode_json_string
 from types import TracebackType
 from typing import Any
 
@@ -55,6 +56,24 @@ from syncsvc.store.db import raw_connection
 log = get_logger(__name__)
 
 DEFAULT_BATCH_ROWS = 10_000
+
+# The steps a unit passes, in order (rekeys_paired: entities with clientID only).
+STEPS = (
+    "begun",
+    "staging_ready",
+    "batch_copied",
+    "staged",
+    "deduped",
+    "diffed",
+    "rekeys_paired",
+    "hold_checked",
+    "state_upserted",
+    "state_deleted",
+    "seq_locked",
+    "changes_inserted",
+    "before_commit",
+    "committed",
+)
 
 # Test hook: called with each step's name (may return an awaitable to pause the unit there).
 Checkpoint = Callable[[str], Awaitable[None] | None]
@@ -244,8 +263,8 @@ class UnitWriter:
         only = None if self.scope == EVENT_ALL else self.scope
         guid_at, key_at, json_at = self._guid_at, self._key_at, self._json_at
         events = self._events
-        dumps = json.dumps
-        rows: list[tuple[Any, ...]] = []
+        enc = encode_json_string
+        rows: list[list[Any]] = []
         ordinal = self._records
         rejected = 0
         async for batch in batches:
@@ -260,11 +279,15 @@ class UnitWriter:
                 events[guid] = events.get(guid, 0) + 1
                 row: list[Any] = list(record)
                 for i in json_at:
-                    if row[i] is not None:
-                        row[i] = dumps(row[i])
+                    if (mapping := row[i]) is not None:
+                        row[i] = (
+                            "{"
+                            + ",".join([enc(k) + ":" + enc(v) for k, v in mapping.items()])
+                            + "}"
+                        )
                 ordinal += 1
                 row.append(ordinal)
-                rows.append(tuple(row))
+                rows.append(row)
             if len(rows) >= self.batch_rows:
                 await self._copy(rows)
                 rows = []
@@ -300,7 +323,7 @@ class UnitWriter:
 
         return await self.stage(batches())
 
-    async def _copy(self, rows: list[tuple[Any, ...]]) -> None:
+    async def _copy(self, rows: list[list[Any]]) -> None:
         try:
             await self._raw.copy_records_to_table(
                 queries.STAGE, records=rows, columns=self._sql.stage_columns
@@ -345,11 +368,15 @@ class UnitWriter:
             await self._prepare_staging()  # an empty dump: everything in scope is gone
         scope_events = self._scope_events(covered_events)
         args = (scope_events,) if self.resource.per_event else ()
-        # JSON images render timestamps in the session zone: make them UTC.
+        # JSON images render timestamps in the session zone: make them UTC. The diff's hash join
+        # holds one side in memory; JIT compiles for longer than these set-based statements run.
         await self._execute("SET LOCAL TimeZone = 'UTC'")
+        await self._execute("SET LOCAL work_mem = '256MB'")
+        await self._execute("SET LOCAL jit = off")
 
-        status = await self._execute(sql.dedupe_stage)
-        duplicates = int(status.split()[-1])
+        dup_rows = await self._fetch(sql.dedupe_stage)
+        dups = {r["event_guid"]: int(r["duplicates"]) for r in dup_rows}
+        duplicates = sum(dups.values())
         if duplicates:
             log.warning(
                 "duplicate_keys_found",
@@ -359,20 +386,25 @@ class UnitWriter:
                 kept="last",
             )
         await self._step("deduped")
-        if self._records > 50_000:
-            # Temp tables get no autovacuum statistics; the join plans need row counts.
-            await self._execute(sql.analyze_stage)
         await self._execute(sql.diff, *args)
+        await self._execute(sql.analyze_diff)
         await self._step("diffed")
         if self.resource.has_client_id:
             await self._execute(sql.pair_rekeys)
             await self._step("rekeys_paired")
 
-        would_hold = [
-            HeldScope(r["event_guid"], int(r["live"]), int(r["deletes"]))
-            for r in await self._fetch(sql.hold_counts)
-            if hold.holds(int(r["live"]), int(r["deletes"]))
-        ]
+        # Live rows before = staged (distinct) - inserts + deletes: no scan of the current table.
+        if self.resource.per_event:
+            staged = {e: n - dups.get(e, 0) for e, n in self._events.items()}
+        else:
+            staged = {"*": self._records - duplicates}
+        would_hold = []
+        for r in await self._fetch(sql.diff_counts):
+            scope, deletes = r["event_guid"], int(r["deletes"])
+            live = staged.get(scope, 0) - int(r["inserts"]) + deletes
+            if deletes and hold.holds(live, deletes):
+                would_hold.append(HeldScope(scope, live, deletes))
+        would_hold.sort(key=lambda h: h.event_guid)
         held: list[HeldScope] = []
         overridden: list[HeldScope] = []
         if would_hold and override_hold:
@@ -391,8 +423,6 @@ class UnitWriter:
                 )
         await self._step("hold_checked")
 
-        await self._execute(sql.build_changes)
-        await self._step("changes_built")
         counts = {r["op"]: int(r["count"]) for r in await self._fetch(sql.count_changes)}
         await self._execute(sql.upsert_state, self.run_id)
         await self._step("state_upserted")

@@ -20,27 +20,13 @@ import pytest
 from syncsvc.records import Record, from_typed
 from syncsvc.store import db
 from syncsvc.store.runs import create_run
+from syncsvc.store.unit import STEPS as UNIT_STEPS
 from syncsvc.store.unit import HoldPolicy, UnitWriter
 
 pytestmark = pytest.mark.db
 
 NO_HOLD = HoldPolicy(ratio=1.0, min_rows=10**9)
-STEPS = (
-    "begun",
-    "staging_ready",
-    "batch_copied",
-    "staged",
-    "deduped",
-    "diffed",
-    "rekeys_paired",
-    "hold_checked",
-    "changes_built",
-    "state_upserted",
-    "state_deleted",
-    "seq_locked",
-    "changes_inserted",
-    "before_commit",
-)
+STEPS = tuple(s for s in UNIT_STEPS if s != "committed")
 
 
 def day(n: int) -> list[dict[str, Any]]:
