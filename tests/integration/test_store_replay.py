@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from syncsvc.cvent.catalog import CUSTOM_PREFIX, USERS, FieldKind
+from syncsvc.cvent.catalog import BY_ENTITY, CUSTOM_PREFIX, USERS, FieldKind
 from syncsvc.records import EXTRAS, EXTRAS_PREFIX, from_typed
 from syncsvc.store.read import ChangeRow, live_records, read_changes
 from syncsvc.store.runs import create_run
@@ -88,10 +88,11 @@ def observed(changes: list[ChangeRow]) -> set[tuple[Any, ...]]:
 
 
 def replay(changes: list[ChangeRow]) -> dict[Key, Typed]:
-    """Apply the change log in seq order to an empty state."""
+    """Apply the change log (one entity's) in seq order to an empty state."""
     state: dict[Key, Typed] = {}
     for c in sorted(changes, key=lambda c: c.seq):
         key = (c.event_guid, c.record_key)
+        key_field = BY_ENTITY[c.entity].key
         if c.op == "insert":
             assert key not in state
             assert c.after is not None
@@ -105,7 +106,7 @@ def replay(changes: list[ChangeRow]) -> dict[Key, Typed]:
         else:
             assert c.before is not None
             assert c.after is not None
-            assert state.pop((c.event_guid, c.before["userRef"])) == c.before
+            assert state.pop((c.event_guid, c.before[key_field])) == c.before
             assert key not in state
             state[key] = c.after
     return state
