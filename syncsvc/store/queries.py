@@ -1,0 +1,274 @@
+"""The stage/diff/apply SQL, as named statements generated once per resource from the catalog.
+
+Every statement is set-based and takes bound parameters only ($1, $2, ...); identifiers come from
+the catalog, never from data. They run in this order inside one unit's transaction (see
+syncsvc.store.unit):
+
+1. `create_stage` / `truncate_stage`, then COPY into the staging table.
+2. `dedupe_stage`: duplicate keys in the dump, last one wins; returns counts per event.
+3. `diff`: ONE pass, staged rows FULL JOIN the scope's current rows; only rows that differ (hash
+   first, typed per-field comparison only for those) land in the small diff table, with their
+   op, changed_fields, before/after images and the staged values.
+4. `pair_rekeys`: a clientID that left exactly one vanished key for exactly one new key turns
+   that delete + insert into one `rekey`.
+5. `diff_counts`: per event inserts/deletes (the hold's input; live rows are derived from them).
+6. `drop_held`: held events leave the diff: nothing of theirs is applied.
+7. `upsert_state`, `soft_delete_state`: the current-state table, from the diff table only.
+8. `lock_seq` then `insert_changes`: seq numbers allocated under a transaction-level advisory
+   lock held until commit, so seq order is commit order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from syncsvc.cvent.catalog import CUSTOM_PREFIX, Field, FieldKind, Resource
+from syncsvc.records import EXTRAS, EXTRAS_PREFIX
+
+# Transaction-level advisory lock serializing change-log `seq` allocation (commit order).
+SEQ_LOCK_KEY = 0x5E9C_5EC0_0001
+
+STAGE = "syncsvc_stage"
+DIFF = "syncsvc_diff"
+
+_SQL_TYPES = {
+    FieldKind.TEXT: "text",
+    FieldKind.INT: "bigint",
+    FieldKind.DATE: "date",
+    FieldKind.DATETIME: "timestamptz",
+    FieldKind.REFS: "text[]",
+    FieldKind.CUSTOM: "jsonb",
+}
+
+_EXTRAS_FIELD = Field(EXTRAS, "extras", FieldKind.CUSTOM)
+
+
+def _image(resource: Resource, alias: str) -> str:
+    """The whole record as JSON keyed by API names (custom fields and extras included)."""
+    pairs = [f"'{f.api}', {alias}.{f.column}" for f in resource.fields]
+    pairs.append(f"'{EXTRAS}', {alias}.extras")
+    return "jsonb_build_object(" + ", ".join(pairs) + ")"
+
+
+def _changed_fields(
+    resource: Resource, old: Callable[[Field], str], new: Callable[[Field], str]
+) -> str:
+    """API names of the fields whose value differs between two records, catalog order; mapping
+    fields (customFields, extras) name each differing key as custom.<code> / extras.<name>.
+
+    `old(field)` / `new(field)` render a field's SQL value on each side (a typed column, or a
+    JSON image's member)."""
+    plain = [
+        f"CASE WHEN {new(f)} IS DISTINCT FROM {old(f)} THEN '{f.api}' END"
+        for f in resource.fields
+        if f.kind is not FieldKind.CUSTOM
+    ]
+    parts = [f"array_remove(ARRAY[{', '.join(plain)}]::text[], NULL)"]
+    mappings = [f for f in resource.fields if f.kind is FieldKind.CUSTOM] + [_EXTRAS_FIELD]
+    for f in mappings:
+        prefix = EXTRAS_PREFIX if f is _EXTRAS_FIELD else CUSTOM_PREFIX
+        a, b = old(f), new(f)
+        parts.append(
+            f"ARRAY(SELECT '{prefix}' || k FROM jsonb_object_keys("
+            f"coalesce({a}, '{{}}'::jsonb) || coalesce({b}, '{{}}'::jsonb)) AS k "
+            f"WHERE ({a}) -> k IS DISTINCT FROM ({b}) -> k ORDER BY k)"
+        )
+    return " || ".join(parts)
+
+
+def _column(alias: str) -> Callable[[Field], str]:
+    return lambda f: f"{alias}.{f.column}"
+
+
+def _member(image: str) -> Callable[[Field], str]:
+    # A JSON null member is SQL NULL here, so "no value" compares the same on both sides.
+    return lambda f: f"nullif({image} -> '{f.api}', 'null'::jsonb)"
+
+
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """The statements of one resource. Parameters are documented next to each."""
+
+    entity: str
+    table: str
+    key: str  # the key column (events: event_guid)
+    stage_columns: tuple[str, ...]
+    create_stage: str
+    truncate_stage: str
+    dedupe_stage: str  # -> (event_guid, duplicates)
+    diff: str  # $1 scope event GUIDs (data entities only)
+    analyze_diff: str
+    pair_rekeys: str  # users, exhibitors
+    diff_counts: str  # -> (event_guid, inserts, deletes)
+    drop_held: str  # $1 held event GUIDs ('*' for event.do)
+    upsert_state: str  # $1 run_id
+    soft_delete_state: str  # $1 run_id
+    lock_seq: str  # $1 lock key
+    insert_changes: str  # $1 run_id, $2 fetch_id -> seq
+    count_changes: str  # -> (op, count)
+
+
+def statements(resource: Resource) -> Statements:
+    """Generate `resource`'s statements from the catalog."""
+    t = resource.table
+    key = resource.key_field.column
+    per_event = resource.per_event
+    cols = [f.column for f in resource.fields]
+    data_cols = [*cols, "extras", "row_hash"]
+    stage_columns = (*data_cols, "ord")
+    keys = ["event_guid", key] if per_event else ["event_guid"]
+    # Staged values the diff table carries for the upsert (identity lives in event_guid/record_key).
+    # client_id is carried as the change's client_id (the staged one for all but deletes).
+    carried = [c for c in data_cols if c not in ("event_guid", key, "client_id")]
+
+    def on(a: str, b: str) -> str:
+        return " AND ".join(f"{a}.{k} = {b}.{k}" for k in keys)
+
+    col_defs = ", ".join(
+        [f"{f.column} {_SQL_TYPES[f.kind]}" for f in resource.fields]
+        + ["extras jsonb", "row_hash bytea NOT NULL", "ord bigint NOT NULL"]
+    )
+    client = resource.has_client_id
+    s_client_id = "s.client_id" if client else "NULL::text"
+    c_client_id = "c.client_id" if client else "NULL::text"
+    has_modified = any(f.column == "last_modified" for f in resource.fields)
+    modified = (
+        "CASE WHEN x.op = 'delete' THEN c.last_modified ELSE s.last_modified END"
+        if has_modified
+        else "NULL::timestamptz"
+    )
+    # Data entities: only the unit's scope events (through the key's event_guid prefix);
+    # event.do lists the whole account.
+    current = f"(SELECT * FROM {t} WHERE event_guid = ANY($1::text[]))" if per_event else t
+
+    diff = f"""
+CREATE TEMP TABLE {DIFF} ON COMMIT DROP AS
+SELECT x.op,
+       coalesce(s.event_guid, c.event_guid) AS event_guid,
+       coalesce(s.{key}, c.{key}) AS record_key,
+       CASE WHEN x.op = 'delete' THEN {c_client_id} ELSE {s_client_id} END AS client_id,
+       NULL::text AS old_key,
+       CASE WHEN x.op = 'update' THEN {_changed_fields(resource, _column("c"), _column("s"))}
+            ELSE '{{}}'::text[] END AS changed_fields,
+       CASE WHEN x.op <> 'insert' THEN {_image(resource, "c")} END AS before,
+       CASE WHEN x.op <> 'delete' THEN {_image(resource, "s")} END AS after,
+       {modified} AS source_modified_at,
+       {", ".join(f"s.{c}" for c in carried)}
+FROM {STAGE} s
+FULL JOIN {current} c ON {on("c", "s")}
+CROSS JOIN LATERAL (
+    SELECT CASE
+        WHEN s.event_guid IS NULL THEN CASE WHEN c.deleted_at IS NULL THEN 'delete' END
+        WHEN c.event_guid IS NULL OR c.deleted_at IS NOT NULL THEN 'insert'
+        WHEN s.row_hash <> c.row_hash THEN 'update'
+    END AS op
+) AS x
+WHERE x.op IS NOT NULL
+"""
+
+    pair_rekeys = f"""
+WITH vanished AS (
+    SELECT event_guid, client_id FROM {DIFF}
+    WHERE op = 'delete' AND client_id IS NOT NULL
+    GROUP BY event_guid, client_id HAVING count(*) = 1
+), born AS (
+    SELECT event_guid, client_id FROM {DIFF}
+    WHERE op = 'insert' AND client_id IS NOT NULL
+    GROUP BY event_guid, client_id HAVING count(*) = 1
+), pairs AS (
+    SELECT event_guid, client_id FROM vanished JOIN born USING (event_guid, client_id)
+), old AS (
+    DELETE FROM {DIFF} d USING pairs p
+    WHERE d.op = 'delete' AND d.event_guid = p.event_guid AND d.client_id = p.client_id
+    RETURNING d.event_guid, d.client_id, d.record_key, d.before
+)
+UPDATE {DIFF} d
+SET op = 'rekey',
+    old_key = old.record_key,
+    before = old.before,
+    changed_fields = {_changed_fields(resource, _member("old.before"), _member("d.after"))}
+FROM old
+WHERE d.op = 'insert' AND d.event_guid = old.event_guid AND d.client_id = old.client_id
+"""
+
+    scope_name = "event_guid" if per_event else "'*'"
+    diff_counts = f"""
+SELECT {scope_name} AS event_guid,
+       count(*) FILTER (WHERE op = 'insert') AS inserts,
+       count(*) FILTER (WHERE op = 'delete') AS deletes
+FROM {DIFF} GROUP BY 1
+"""
+    drop_held = f"DELETE FROM {DIFF} WHERE {scope_name} = ANY($1::text[])"
+
+    upsert_values = ", ".join(
+        "d.event_guid" if c == "event_guid" else "d.record_key" if c == key else f"d.{c}"
+        for c in data_cols
+    )
+    upsert_state = f"""
+INSERT INTO {t} ({", ".join(data_cols)},
+                 first_seen_run, last_seen_run, last_changed_run, deleted_at, deleted_run)
+SELECT {upsert_values}, $1, $1, $1, NULL, NULL
+FROM {DIFF} d
+WHERE d.op IN ('insert', 'update', 'rekey')
+ON CONFLICT ({", ".join(keys)}) DO UPDATE SET
+    {", ".join(f"{c} = EXCLUDED.{c}" for c in data_cols if c not in keys)},
+    last_seen_run = EXCLUDED.last_seen_run,
+    last_changed_run = EXCLUDED.last_changed_run,
+    deleted_at = NULL,
+    deleted_run = NULL
+"""
+    c_key_match = " AND ".join(
+        ["c.event_guid = d.event_guid"]
+        + ([f"c.{key} = coalesce(d.old_key, d.record_key)"] if per_event else [])
+    )
+    soft_delete_state = f"""
+UPDATE {t} c SET deleted_at = now(), deleted_run = $1, last_changed_run = $1
+FROM {DIFF} d
+WHERE d.op IN ('delete', 'rekey') AND {c_key_match}
+"""
+    # An update whose hash moved but no value did (e.g. a new hash function) refreshes the row
+    # but is no change.
+    emitted = "op <> 'update' OR cardinality(changed_fields) > 0"
+    insert_changes = f"""
+INSERT INTO changes (seq, run_id, fetch_id, entity, event_guid, record_key, client_id, op,
+                     changed_fields, before, after, source_modified_at)
+SELECT (SELECT coalesce(max(seq), 0) FROM changes)
+           + row_number() OVER (ORDER BY event_guid, record_key),
+       $1, $2, '{resource.entity}', event_guid, record_key, client_id, op,
+       changed_fields, before, after, source_modified_at
+FROM {DIFF}
+WHERE {emitted}
+RETURNING seq
+"""
+    count_changes = f"SELECT op, count(*) FROM {DIFF} WHERE {emitted} GROUP BY op"
+    dedupe_stage = f"""
+WITH dup AS (
+    SELECT {", ".join(keys)}, max(ord) AS keep FROM {STAGE}
+    GROUP BY {", ".join(keys)} HAVING count(*) > 1
+), dropped AS (
+    DELETE FROM {STAGE} s USING dup d
+    WHERE {on("s", "d")} AND s.ord <> d.keep
+    RETURNING s.event_guid
+)
+SELECT event_guid, count(*) AS duplicates FROM dropped GROUP BY event_guid
+"""
+    return Statements(
+        entity=resource.entity,
+        table=t,
+        key=key,
+        stage_columns=stage_columns,
+        create_stage=f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} ({col_defs}) ON COMMIT DROP",
+        truncate_stage=f"TRUNCATE {STAGE}",
+        dedupe_stage=dedupe_stage,
+        diff=diff,
+        analyze_diff=f"ANALYZE {DIFF}",
+        pair_rekeys=pair_rekeys,
+        diff_counts=diff_counts,
+        drop_held=drop_held,
+        upsert_state=upsert_state,
+        soft_delete_state=soft_delete_state,
+        lock_seq="SELECT pg_advisory_xact_lock($1)",
+        insert_changes=insert_changes,
+        count_changes=count_changes,
+    )

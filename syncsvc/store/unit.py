@@ -1,0 +1,534 @@
+"""One unit of work into PostgreSQL: stage a dump with COPY, diff it, apply it, in one transaction.
+
+The scheduler's API::
+
+    async with UnitWriter(engine, run_id=run_id, fetch_id=fetch_id,
+                          resource=USERS, scope="all") as unit:
+        fetched = await client.fetch(USERS, "all", unit.stage, on_record=unit.normalize)
+        result = await unit.apply(
+            complete=True,                    # the client's iterator ended normally
+            covered_events=event_guids,       # for scope "all": events the dump speaks for
+            hold=HoldPolicy.from_settings(settings),
+            override_hold=False,
+        )
+    # result.inserted/updated/deleted/rekeyed, result.held (per event), result.rejected, ...
+
+- `UnitWriter.__aenter__` checks a connection out of the engine and opens the unit's
+  transaction on its asyncpg driver connection; `__aexit__` rolls back anything not applied.
+- `stage(batches)` is a client sink: it (re)creates the temporary staging table (ON COMMIT DROP),
+  truncates it when called again (a retried fetch starts over), and COPYs the normalized records in
+  bounded batches, so memory stays flat. Records without their key (or outside a per-event scope)
+  are counted as rejected, never staged.
+- `apply(...)` refuses (IncompleteDumpError, nothing applied) unless `complete=True`. Then, in the
+  same transaction: duplicate keys are dropped (last wins), the staged rows are diffed against the
+  scope's current rows, clientID moves become `rekey`s, scopes that would lose more than the hold
+  allows are held (nothing of theirs applied), the change records (with changed_fields and whole
+  before/after images) are built, the current-state tables are updated (soft delete), and finally,
+  under a transaction-level advisory lock, change rows get `seq` numbers in commit order. Commit.
+- A unit's scope: its event GUID; for "all", every event present in the dump plus
+  `covered_events` (events the dump speaks for even when it holds none of their records); for
+  event.do, the whole account. The hold is judged per event of the scope.
+- `checkpoint` (tests only) is called with each step's name; a test kills the process there.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from json.encoder import encode_basestring as encode_json_string
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from syncsvc.cvent.catalog import BY_ENTITY, BY_PATH, EVENT_ALL, Resource
+from syncsvc.errors import IncompleteDumpError, StoreError
+from syncsvc.logs import get_logger
+from syncsvc.normalize import Normalizer, normalizer
+from syncsvc.records import Record, mapping_positions
+from syncsvc.settings import Settings
+from syncsvc.store import queries
+from syncsvc.store.db import raw_connection
+
+log = get_logger(__name__)
+
+DEFAULT_BATCH_ROWS = 10_000
+
+# The steps a unit passes, in order (rekeys_paired: entities with clientID only).
+STEPS = (
+    "begun",
+    "staging_ready",
+    "batch_copied",
+    "staged",
+    "deduped",
+    "diffed",
+    "rekeys_paired",
+    "hold_checked",
+    "state_upserted",
+    "state_deleted",
+    "seq_locked",
+    "changes_inserted",
+    "before_commit",
+    "committed",
+)
+
+# Test hook: called with each step's name (may return an awaitable to pause the unit there).
+Checkpoint = Callable[[str], Awaitable[None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class HoldPolicy:
+    """The mass-delete hold: a scope with at least `min_rows` live rows is held when the unit
+    would delete more than `ratio` of them."""
+
+    ratio: float = 0.5
+    min_rows: int = 20
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HoldPolicy:
+        return cls(ratio=settings.delete_hold_ratio, min_rows=settings.delete_hold_min_rows)
+
+    def holds(self, live: int, deletes: int) -> bool:
+        return live >= self.min_rows and deletes > self.ratio * live
+
+
+@dataclass(frozen=True, slots=True)
+class HeldScope:
+    """One event (or '*' for event.do) whose deletes tripped the hold."""
+
+    event_guid: str
+    live: int
+    deletes: int
+
+
+@dataclass(frozen=True, slots=True)
+class StageResult:
+    """What one staging attempt took in (the client's FetchResult.value)."""
+
+    records: int  # staged, duplicates included
+    rejected: int  # without their key (or outside the unit's event), never staged
+    events: tuple[str, ...]  # event GUIDs present in the dump
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What a unit applied, and what it held."""
+
+    status: str  # "applied" | "held" (at least one scope held, override not given)
+    records: int  # distinct records in the dump
+    rejected: int
+    duplicates: int  # extra copies of a key dropped (last wins)
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    rekeyed: int = 0
+    held: tuple[HeldScope, ...] = ()  # not applied
+    overridden: tuple[HeldScope, ...] = ()  # would have been held; applied by override
+    first_seq: int | None = None
+    last_seq: int | None = None
+    stage_seconds: float = 0.0
+    apply_seconds: float = 0.0
+    scope_events: tuple[str, ...] = field(default=())
+
+    @property
+    def changes(self) -> int:
+        return self.inserted + self.updated + self.deleted + self.rekeyed
+
+
+def _resource(resource: Resource | str) -> Resource:
+    if isinstance(resource, Resource):
+        return resource
+    found = BY_PATH.get(resource) or BY_ENTITY.get(resource)
+    if found is None:
+        raise ValueError(f"unknown resource {resource!r}")
+    return found
+
+
+class UnitWriter:
+    """Stage, diff and apply one unit (resource, scope) in one transaction. See the module doc."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        run_id: int,
+        resource: Resource | str,
+        scope: str,
+        fetch_id: int | None = None,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        self.resource = _resource(resource)
+        if not self.resource.per_event and scope != EVENT_ALL:
+            raise ValueError("event.do units have scope 'all' (the whole account)")
+        self.engine = engine
+        self.run_id = run_id
+        self.fetch_id = fetch_id
+        self.scope = scope
+        self.batch_rows = batch_rows
+        self.normalize: Normalizer = normalizer(self.resource)
+        self._sql = queries.statements(self.resource)
+        self._checkpoint = checkpoint
+        self._conn: AsyncConnection | None = None
+        self._raw: Any = None
+        self._tx: Any = None
+        self._staged = False
+        self._done = False
+        self._records = 0
+        self._rejected = 0
+        self._events: dict[str, int] = {}
+        self._stage_seconds = 0.0
+        fields = self.resource.fields
+        self._guid_at = fields.index(self.resource.field("eventGUID"))
+        self._key_at = fields.index(self.resource.key_field)
+        # Slots COPY must send as JSON text (customFields, extras).
+        self._json_at = mapping_positions(self.resource)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> UnitWriter:
+        self._conn = await self.engine.connect()
+        try:
+            self._raw = await raw_connection(self._conn)
+            self._tx = self._raw.transaction()
+            await self._tx.start()
+        except BaseException:
+            await self._conn.close()
+            raise
+        await self._step("begun")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if not self._done and self._tx is not None:
+                try:
+                    await self._tx.rollback()
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    log.warning("unit_rollback_failed", resource=self.resource.path)
+        finally:
+            if self._conn is not None:
+                await self._conn.close()
+
+    async def _step(self, name: str) -> None:
+        if self._checkpoint is not None:
+            pending = self._checkpoint(name)
+            if pending is not None:
+                await pending
+
+    async def _execute(self, sql: str, *args: Any) -> str:
+        try:
+            status: str = await self._raw.execute(sql, *args)
+        except asyncpg.PostgresError as exc:
+            raise StoreError(
+                f"{self.resource.entity} unit failed: {type(exc).__name__}: {exc}",
+                resource=self.resource.path,
+            ) from exc
+        return status
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        try:
+            rows: list[Any] = await self._raw.fetch(sql, *args)
+        except asyncpg.PostgresError as exc:
+            raise StoreError(
+                f"{self.resource.entity} unit failed: {type(exc).__name__}: {exc}",
+                resource=self.resource.path,
+            ) from exc
+        return rows
+
+    # --- stage -----------------------------------------------------------------------------------
+
+    async def _prepare_staging(self) -> None:
+        if self._done:
+            raise StoreError("this unit is already applied", resource=self.resource.path)
+        await self._execute(self._sql.create_stage)
+        if self._staged:
+            await self._execute(self._sql.truncate_stage)
+        self._staged = True
+        self._records = self._rejected = 0
+        self._events = {}
+        await self._step("staging_ready")
+
+    async def stage(self, batches: AsyncIterable[Sequence[Record | None]]) -> StageResult:
+        """Stage a whole dump (a client sink); calling it again starts over."""
+        started = time.perf_counter()
+        await self._prepare_staging()
+        only = None if self.scope == EVENT_ALL else self.scope
+        guid_at, key_at, json_at = self._guid_at, self._key_at, self._json_at
+        events = self._events
+        enc = encode_json_string
+        rows: list[list[Any]] = []
+        ordinal = self._records
+        rejected = 0
+        async for batch in batches:
+            for record in batch:
+                if record is None:
+                    rejected += 1
+                    continue
+                guid: Any = record[guid_at]
+                if guid is None or record[key_at] is None or (only is not None and guid != only):
+                    rejected += 1
+                    continue
+                events[guid] = events.get(guid, 0) + 1
+                row: list[Any] = list(record)
+                for i in json_at:
+                    if (mapping := row[i]) is not None:
+                        row[i] = (
+                            "{"
+                            + ",".join([enc(k) + ":" + enc(v) for k, v in mapping.items()])
+                            + "}"
+                        )
+                ordinal += 1
+                row.append(ordinal)
+                rows.append(row)
+            if len(rows) >= self.batch_rows:
+                await self._copy(rows)
+                rows = []
+        if rows:
+            await self._copy(rows)
+        self._records = ordinal
+        self._rejected = rejected
+        self._stage_seconds = time.perf_counter() - started
+        if rejected:
+            log.warning(
+                "records_rejected",
+                resource=self.resource.path,
+                scope=self.scope,
+                rejected=rejected,
+                reason="missing key or eventGUID, or outside the unit's event",
+            )
+        await self._step("staged")
+        return StageResult(records=ordinal, rejected=rejected, events=tuple(events))
+
+    async def stage_records(self, records: Iterable[Record]) -> StageResult:
+        """Stage records from a plain iterable (tests, benchmarks): `stage` in batches."""
+        batch_rows = self.batch_rows
+
+        async def batches() -> Any:
+            batch: list[Record] = []
+            for r in records:
+                batch.append(r)
+                if len(batch) >= batch_rows:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+
+        return await self.stage(batches())
+
+    async def _copy(self, rows: list[list[Any]]) -> None:
+        try:
+            await self._raw.copy_records_to_table(
+                queries.STAGE, records=rows, columns=self._sql.stage_columns
+            )
+        except (asyncpg.PostgresError, asyncpg.DataError, ValueError, TypeError) as exc:
+            raise StoreError(
+                f"staging {self.resource.entity} records failed: {type(exc).__name__}: {exc}",
+                resource=self.resource.path,
+            ) from exc
+        await self._step("batch_copied")
+
+    # --- diff + apply ----------------------------------------------------------------------------
+
+    def _scope_events(self, covered_events: Iterable[str] | None) -> list[str]:
+        if not self.resource.per_event:
+            return []
+        if self.scope != EVENT_ALL:
+            return [self.scope]
+        return sorted(set(self._events) | set(covered_events or ()))
+
+    async def apply(
+        self,
+        *,
+        complete: bool,
+        covered_events: Iterable[str] | None = None,
+        hold: HoldPolicy | None = None,
+        override_hold: bool = False,
+    ) -> ApplyResult:
+        """Diff the staged dump against the current state and apply it; commit. See module doc."""
+        if not complete:
+            await self._tx.rollback()
+            self._done = True
+            raise IncompleteDumpError(
+                "apply refused: the dump is not complete; nothing applied",
+                resource=self.resource.path,
+                event_guid=None if self.scope == EVENT_ALL else self.scope,
+            )
+        started = time.perf_counter()
+        hold = hold or HoldPolicy()
+        sql = self._sql
+        if not self._staged:
+            await self._prepare_staging()  # an empty dump: everything in scope is gone
+        scope_events = self._scope_events(covered_events)
+        args = (scope_events,) if self.resource.per_event else ()
+        # JSON images render timestamps in the session zone: make them UTC. The diff's hash join
+        # holds one side in memory; JIT compiles for longer than these set-based statements run.
+        await self._execute("SET LOCAL TimeZone = 'UTC'")
+        await self._execute("SET LOCAL work_mem = '256MB'")
+        await self._execute("SET LOCAL jit = off")
+
+        dup_rows = await self._fetch(sql.dedupe_stage)
+        dups = {r["event_guid"]: int(r["duplicates"]) for r in dup_rows}
+        duplicates = sum(dups.values())
+        if duplicates:
+            log.warning(
+                "duplicate_keys_found",
+                resource=self.resource.path,
+                scope=self.scope,
+                duplicates=duplicates,
+                kept="last",
+            )
+        await self._step("deduped")
+        await self._execute(sql.diff, *args)
+        await self._execute(sql.analyze_diff)
+        await self._step("diffed")
+        if self.resource.has_client_id:
+            await self._execute(sql.pair_rekeys)
+            await self._step("rekeys_paired")
+
+        # Live rows before = staged (distinct) - inserts + deletes: no scan of the current table.
+        if self.resource.per_event:
+            staged = {e: n - dups.get(e, 0) for e, n in self._events.items()}
+        else:
+            staged = {"*": self._records - duplicates}
+        would_hold = []
+        for r in await self._fetch(sql.diff_counts):
+            scope, deletes = r["event_guid"], int(r["deletes"])
+            live = staged.get(scope, 0) - int(r["inserts"]) + deletes
+            if deletes and hold.holds(live, deletes):
+                would_hold.append(HeldScope(scope, live, deletes))
+        would_hold.sort(key=lambda h: h.event_guid)
+        held: list[HeldScope] = []
+        overridden: list[HeldScope] = []
+        if would_hold and override_hold:
+            overridden = would_hold
+        elif would_hold:
+            held = would_hold
+            await self._execute(sql.drop_held, [h.event_guid for h in held])
+            for h in held:
+                log.warning(
+                    "mass_delete_held",
+                    resource=self.resource.path,
+                    event_guid=h.event_guid,
+                    live=h.live,
+                    deletes=h.deletes,
+                    ratio=hold.ratio,
+                )
+        await self._step("hold_checked")
+
+        counts = {r["op"]: int(r["count"]) for r in await self._fetch(sql.count_changes)}
+        await self._execute(sql.upsert_state, self.run_id)
+        await self._step("state_upserted")
+        await self._execute(sql.soft_delete_state, self.run_id)
+        await self._step("state_deleted")
+
+        # Only now take the seq lock: it is held until commit, so seq order is commit order.
+        await self._execute(sql.lock_seq, queries.SEQ_LOCK_KEY)
+        await self._step("seq_locked")
+        seqs = [r["seq"] for r in await self._fetch(sql.insert_changes, self.run_id, self.fetch_id)]
+        await self._step("changes_inserted")
+
+        result = ApplyResult(
+            status="held" if held else "applied",
+            records=self._records - duplicates,
+            rejected=self._rejected,
+            duplicates=duplicates,
+            inserted=counts.get("insert", 0),
+            updated=counts.get("update", 0),
+            deleted=counts.get("delete", 0),
+            rekeyed=counts.get("rekey", 0),
+            held=tuple(held),
+            overridden=tuple(overridden),
+            first_seq=min(seqs) if seqs else None,
+            last_seq=max(seqs) if seqs else None,
+            stage_seconds=self._stage_seconds,
+            apply_seconds=time.perf_counter() - started,
+            scope_events=tuple(scope_events),
+        )
+        if self.fetch_id is not None:
+            await self._record_fetch(result)
+        await self._step("before_commit")
+        try:
+            await self._tx.commit()
+        except asyncpg.PostgresError as exc:
+            raise StoreError(
+                f"committing the {self.resource.entity} unit failed: {exc}",
+                resource=self.resource.path,
+            ) from exc
+        self._done = True
+        await self._step("committed")
+        log.info(
+            "unit_applied",
+            resource=self.resource.path,
+            scope=self.scope,
+            status=result.status,
+            inserted=result.inserted,
+            updated=result.updated,
+            deleted=result.deleted,
+            rekeyed=result.rekeyed,
+            held=len(result.held),
+            apply_seconds=round(result.apply_seconds, 3),
+        )
+        return result
+
+    async def _record_fetch(self, result: ApplyResult) -> None:
+        details = {
+            "held": [vars_of(h) for h in result.held],
+            "overridden": [vars_of(h) for h in result.overridden],
+            "scope_events": list(result.scope_events),
+            "first_seq": result.first_seq,
+            "last_seq": result.last_seq,
+        }
+        await self._execute(
+            """
+UPDATE fetches SET status = $2, records = $3, rejected = $4, duplicates = $5,
+       inserted = $6, updated = $7, deleted = $8, rekeyed = $9,
+       stage_seconds = $10, apply_seconds = $11, details = details || $12::jsonb
+WHERE id = $1
+""",
+            self.fetch_id,
+            result.status,
+            result.records,
+            result.rejected,
+            result.duplicates,
+            result.inserted,
+            result.updated,
+            result.deleted,
+            result.rekeyed,
+            result.stage_seconds,
+            result.apply_seconds,
+            json.dumps(details),
+        )
+
+
+def vars_of(h: HeldScope) -> dict[str, Any]:
+    return {"event_guid": h.event_guid, "live": h.live, "deletes": h.deletes}
+
+
+async def apply_records(
+    engine: AsyncEngine,
+    *,
+    run_id: int,
+    resource: Resource | str,
+    scope: str,
+    records: Iterable[Record],
+    fetch_id: int | None = None,
+    covered_events: Iterable[str] | None = None,
+    hold: HoldPolicy | None = None,
+    override_hold: bool = False,
+) -> ApplyResult:
+    """Stage `records` as one complete dump of (resource, scope) and apply it (tests, tools)."""
+    async with UnitWriter(
+        engine, run_id=run_id, fetch_id=fetch_id, resource=resource, scope=scope
+    ) as unit:
+        await unit.stage_records(records)
+        return await unit.apply(
+            complete=True, covered_events=covered_events, hold=hold, override_hold=override_hold
+        )

@@ -1,0 +1,125 @@
+"""Commit order: a reader polling `seq > cursor` during concurrent applies never skips a seq."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from syncsvc.records import Record, from_typed
+from syncsvc.store import db
+from syncsvc.store.runs import create_run
+from syncsvc.store.unit import HoldPolicy, UnitWriter
+
+pytestmark = pytest.mark.db
+
+NO_HOLD = HoldPolicy(ratio=1.0, min_rows=10**9)
+T0 = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
+
+
+def users(event: str, version: int, n: int = 40) -> list[Record]:
+    # Each version updates every user, adds 3 and drops 3: every apply writes change rows.
+    return [
+        from_typed(
+            "user",
+            {"eventGUID": event, "userRef": f"U{i}", "city": f"v{version}", "lastModified": T0},
+        )
+        for i in range(3 * version, 3 * version + n)
+    ]
+
+
+class Poller:
+    """A consumer: reads seq > cursor in a loop, and records any seq it could have skipped."""
+
+    def __init__(self, url: URL) -> None:
+        self.url = url
+        self.cursor = 0
+        self.gaps: list[tuple[int, int]] = []
+        self.polls = 0
+
+    async def poll_once(self, conn: asyncpg.Connection) -> None:
+        rows = await conn.fetch("SELECT seq FROM changes WHERE seq > $1 ORDER BY seq", self.cursor)
+        self.polls += 1
+        for (seq,) in rows:
+            if seq != self.cursor + 1:
+                self.gaps.append((self.cursor, seq))
+            self.cursor = seq
+
+    async def run(self, stop: asyncio.Event) -> None:
+        conn = await asyncpg.connect(db.libpq_url(self.url))
+        try:
+            while not stop.is_set():
+                await self.poll_once(conn)
+                await asyncio.sleep(0)
+            await self.poll_once(conn)
+        finally:
+            await conn.close()
+
+
+async def _apply(engine: AsyncEngine, event: str, records: list[Record], **kw: Any) -> int:
+    run_id = await create_run(engine)
+    async with UnitWriter(engine, run_id=run_id, resource="user", scope=event, **kw) as unit:
+        await unit.stage_records(records)
+        result = await unit.apply(complete=True, hold=NO_HOLD)
+    return result.changes
+
+
+async def test_a_poller_never_skips_a_seq_while_units_commit_concurrently(
+    engine: AsyncEngine, db_url: URL
+) -> None:
+    poller = Poller(db_url)
+    stop = asyncio.Event()
+    poll_task = asyncio.create_task(poller.run(stop))
+
+    async def writer(event: str) -> int:
+        return sum([await _apply(engine, event, users(event, v)) for v in range(8)])
+
+    written = await asyncio.gather(*(writer(e) for e in ("E1", "E2", "E3")))
+    stop.set()
+    await poll_task
+    assert poller.gaps == []
+    assert poller.cursor == sum(written) > 0
+    assert poller.polls > 1
+
+
+async def test_a_unit_committing_late_holds_back_the_next_seq(
+    engine: AsyncEngine, db_url: URL
+) -> None:
+    """A has numbered its rows but not committed; B must wait, so no reader sees B's seq first."""
+    await _apply(engine, "E1", users("E1", 0))
+    await _apply(engine, "E2", users("E2", 0))
+    reader = await asyncpg.connect(db.libpq_url(db_url))
+    poller = Poller(db_url)
+    await poller.poll_once(reader)
+    start = poller.cursor
+
+    a_numbered = asyncio.Event()
+    release_a = asyncio.Event()
+
+    async def pause_a(step: str) -> None:
+        if step == "changes_inserted":
+            a_numbered.set()
+            await release_a.wait()
+
+    task_a = asyncio.create_task(_apply(engine, "E1", users("E1", 1), checkpoint=pause_a))
+    await a_numbered.wait()
+    task_b = asyncio.create_task(_apply(engine, "E2", users("E2", 1)))
+    # B reaches the seq lock and waits on it (observed in pg_locks, not assumed from a sleep).
+    while not await reader.fetchval(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    ):
+        assert not task_b.done()
+        await asyncio.sleep(0.01)
+    await poller.poll_once(reader)
+    assert poller.cursor == start  # nothing of A (uncommitted) nor B (blocked) is visible
+    release_a.set()
+    a_changes, b_changes = await asyncio.gather(task_a, task_b)
+    await poller.poll_once(reader)
+    await reader.close()
+    assert poller.gaps == []
+    assert poller.cursor == start + a_changes + b_changes
