@@ -362,6 +362,7 @@ def serve_cmd(
 
     raise typer.Exit(run_async(go))
 
+
 @app.command()
 def simulate(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",

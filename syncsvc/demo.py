@@ -99,7 +99,7 @@ async def run_demo(settings: Settings, out: Console, config: SimConfig) -> int:
         async with db.connect(settings) as engine:
             out.print("[bold]1.[/bold] migrating the database")
             await _reset_schema(engine)
-            results = []
+            results: list[scheduler.RunResult] = []
             for day in (config.day, config.day + 1):
                 sim.set_day(day)
                 out.print(f"[bold]{len(results) + 2}.[/bold] syncing the simulator's day {day}")

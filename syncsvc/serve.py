@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 from croniter import croniter
@@ -26,7 +27,7 @@ from syncsvc.settings import Settings
 
 log = logs.get_logger(__name__)
 
-RunFn = Callable[[asyncio.Event], Awaitable[object]]
+RunFn = Callable[[asyncio.Event], Coroutine[Any, Any, object]]
 
 
 @dataclass(slots=True)
@@ -120,7 +121,7 @@ async def serve(
 
 async def _one_run(run: RunFn, stop: asyncio.Event, health: Health, drain: float) -> int:
     health.running_since = time.time()
-    task = asyncio.create_task(run(stop), name="scheduled-run")
+    task: asyncio.Task[object] = asyncio.create_task(run(stop), name="scheduled-run")
     try:
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)

@@ -74,7 +74,7 @@ def resolve_url(settings: Settings) -> URL:
     if settings.database_url:
         return sqlalchemy_url(settings.database_url, settings.database_password)
     url = embedded_url(settings.data_dir)
-    log.info("embedded_postgres_ready", data_dir=str(settings.data_dir / "pgdata"))
+    log.debug("embedded_postgres_ready", data_dir=str(settings.data_dir / "pgdata"))
     return sqlalchemy_url(url)
 
 

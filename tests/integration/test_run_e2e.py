@@ -37,17 +37,31 @@ SimFactory = Callable[..., AbstractAsyncContextManager[Any]]
 
 # A full account in small: big and small events, all three resources, every kind of change.
 CONFIG = SimConfig(
-    seed=11, events=6, users_per_event=60, sessions_per_event=8, exhibitors_per_event=4,
-    update_rate=0.1, delete_rate=0.04, insert_rate=0.05, recreate_rate=0.03,
-    big_event_every=3, new_event_every=2,
+    seed=11,
+    events=6,
+    users_per_event=60,
+    sessions_per_event=8,
+    exhibitors_per_event=4,
+    update_rate=0.1,
+    delete_rate=0.04,
+    insert_rate=0.05,
+    recreate_rate=0.03,
+    big_event_every=3,
+    new_event_every=2,
 )
 
 
 def _settings(sim: Any, **over: Any) -> Settings:
     base = Settings.load({})
     return base.replace(
-        base_url=sim.base_url, api_token="sim-account-token", retry_base_delay=0.01,
-        retry_max_delay=0.05, retry_attempts=3, rate_limit=200.0, max_concurrency=4, **over,
+        base_url=sim.base_url,
+        api_token="sim-account-token",
+        retry_base_delay=0.01,
+        retry_max_delay=0.05,
+        retry_attempts=3,
+        rate_limit=200.0,
+        max_concurrency=4,
+        **over,
     )
 
 
@@ -72,9 +86,9 @@ async def _db_state(url: URL) -> dict[str, dict[tuple[str, str], dict[str, Any]]
             cols = ", ".join(f.column for f in r.fields)
             rows = await conn.fetch(f"SELECT {cols} FROM {r.table} WHERE deleted_at IS NULL")
             out[r.entity] = {
-                (row["event_guid"], row[r.key_field.column]): {
-                    f.api: _typed(f.kind, row[f.column]) for f in r.fields
-                }
+                (row["event_guid"], row[r.key_field.column]): _present(
+                    {f.api: _typed(f.kind, row[f.column]) for f in r.fields}
+                )
                 for row in rows
             }
         return out
@@ -82,9 +96,16 @@ async def _db_state(url: URL) -> dict[str, dict[tuple[str, str], dict[str, Any]]
         await conn.close()
 
 
-def _truth(universe: Any, day: int, entities: tuple[str, ...] = ()) -> dict[str, Any]:
-    snap = universe.snapshot(day)
-    return {e: recs for e, recs in snap.items() if not entities or e in entities}
+def _present(record: dict[str, Any]) -> dict[str, Any]:
+    """A record without its null fields: absent and null are the same "no value"."""
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def _truth(universe: Any, day: int) -> dict[str, Any]:
+    return {
+        entity: {key: _present(rec) for key, rec in recs.items()}
+        for entity, recs in universe.snapshot(day).items()
+    }
 
 
 async def _run(settings: Settings, engine: AsyncEngine, **kw: Any) -> scheduler.RunResult:
@@ -115,10 +136,19 @@ async def test_event_all_refused_falls_back_to_per_event_with_the_same_state(
     simulator: SimFactory, engine: AsyncEngine, db_url: URL
 ) -> None:
     async with simulator(CONFIG) as sim:
-        await sim.control({"faults": [
-            {"resource": "userData.do", "event": "all", "kind": "api_code", "value": 104,
-             "times": None},
-        ]})
+        await sim.control(
+            {
+                "faults": [
+                    {
+                        "resource": "userData.do",
+                        "event": "all",
+                        "kind": "api_code",
+                        "value": 104,
+                        "times": None,
+                    },
+                ]
+            }
+        )
         result = await _run(_settings(sim), engine)
         assert result.status == "succeeded", result.error
         users = [o for o in result.outcomes if o.unit.resource.entity == "user"]
@@ -137,10 +167,19 @@ async def test_one_event_failing_leaves_its_state_and_the_next_run_completes_it(
         day0 = await _db_state(db_url)
         bad = sorted(g for g, _ in sim.universe.snapshot(0)["event"])[1]
         sim.set_day(1)
-        await sim.control({"faults": [
-            {"resource": "userData.do", "event": bad, "kind": "http_status", "value": 500,
-             "times": None},
-        ]})
+        await sim.control(
+            {
+                "faults": [
+                    {
+                        "resource": "userData.do",
+                        "event": bad,
+                        "kind": "http_status",
+                        "value": 500,
+                        "times": None,
+                    },
+                ]
+            }
+        )
         result = await _run(settings, engine)
         assert result.status == "partial"
         assert result.exit_code == 3
@@ -170,7 +209,10 @@ async def test_one_event_failing_leaves_its_state_and_the_next_run_completes_it(
     ],
 )
 async def test_bad_token_or_ip_stops_the_run_at_once_without_retries(
-    simulator: SimFactory, engine: AsyncEngine, control: dict[str, Any], error: type,
+    simulator: SimFactory,
+    engine: AsyncEngine,
+    control: dict[str, Any],
+    error: type,
     words: str,
 ) -> None:
     async with simulator(CONFIG) as sim:
@@ -193,12 +235,18 @@ def _cli(url: URL, sim: Any, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "syncsvc", *args],
         env={
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp",
-            "SYNCSVC_DATABASE_URL": db.libpq_url(url), "SYNCSVC_BASE_URL": sim.base_url,
-            "SYNCSVC_API_TOKEN": "sim-account-token", "SYNCSVC_LOG_FORMAT": "json",
-            "SYNCSVC_SERVE_PORT": "0", "SYNCSVC_SERVE_HOST": "127.0.0.1",
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": "/tmp",
+            "SYNCSVC_DATABASE_URL": db.libpq_url(url),
+            "SYNCSVC_BASE_URL": sim.base_url,
+            "SYNCSVC_API_TOKEN": "sim-account-token",
+            "SYNCSVC_LOG_FORMAT": "json",
+            "SYNCSVC_SERVE_PORT": "0",
+            "SYNCSVC_SERVE_HOST": "127.0.0.1",
         },
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -207,10 +255,19 @@ async def test_a_second_concurrent_run_refuses_with_exit_5(
 ) -> None:
     async with simulator(CONFIG) as sim:
         # Hold the first run inside its fetches so the second surely overlaps it.
-        await sim.control({"faults": [
-            {"resource": "sessionData.do", "event": "*", "kind": "latency", "value": 3,
-             "times": None},
-        ]})
+        await sim.control(
+            {
+                "faults": [
+                    {
+                        "resource": "sessionData.do",
+                        "event": "*",
+                        "kind": "latency",
+                        "value": 3,
+                        "times": None,
+                    },
+                ]
+            }
+        )
         first = _cli(db_url, sim, "run")
         await _wait_for_run_row(db_url)
         second = await asyncio.to_thread(_communicate, _cli(db_url, sim, "run"))
@@ -243,10 +300,19 @@ async def test_serve_sigterm_mid_run_exits_0_and_the_next_run_is_consistent(
     simulator: SimFactory, engine: AsyncEngine, db_url: URL
 ) -> None:
     async with simulator(CONFIG) as sim:
-        await sim.control({"faults": [
-            {"resource": "userData.do", "event": "*", "kind": "latency", "value": 2,
-             "times": None},
-        ]})
+        await sim.control(
+            {
+                "faults": [
+                    {
+                        "resource": "userData.do",
+                        "event": "*",
+                        "kind": "latency",
+                        "value": 2,
+                        "times": None,
+                    },
+                ]
+            }
+        )
         proc = _cli(db_url, sim, "serve", "--run-now")
         await _wait_for_run_row(db_url)
         proc.send_signal(signal.SIGTERM)
