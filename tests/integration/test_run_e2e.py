@@ -333,3 +333,38 @@ async def test_serve_sigterm_mid_run_exits_0_and_the_next_run_is_consistent(
         result = await _run(_settings(sim), engine, metrics=Metrics())
         assert result.status == "succeeded"
         assert await _db_state(db_url) == _truth(sim.universe, 0)
+
+
+async def test_serve_exposes_health_and_prometheus_metrics(
+    simulator: SimFactory, db_url: URL
+) -> None:
+    import aiohttp
+
+    async with simulator(CONFIG) as sim:
+        proc = _cli(db_url, sim, "serve", "--run-now")
+        try:
+            run_id = await _wait_for_run_row(db_url, "succeeded")
+            assert run_id == 1
+            port = await asyncio.to_thread(_serve_port, proc)
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    assert resp.status == 200
+                    assert (await resp.json())["healthy"] is True
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    text = await resp.text()
+            assert 'syncsvc_runs_total{status="succeeded"} 1.0' in text
+            assert 'syncsvc_changes_total{entity="user",op="insert"}' in text
+            assert "syncsvc_last_success_timestamp_seconds" in text
+            assert "sim-account-token" not in text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            rc, _, err = await asyncio.to_thread(_communicate, proc)
+        assert rc == 0, err
+
+
+def _serve_port(proc: subprocess.Popen[str]) -> int:
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if '"serve_started"' in line:
+            return int(json.loads(line)["port"])
+    raise AssertionError("serve never said it started")
