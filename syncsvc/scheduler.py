@@ -256,10 +256,13 @@ class Runner:
         guids = await self._live_events()
         by_table = {r.table: r for r in DATA_RESOURCES}
         resources = [by_table[name] for name in self.settings.resources]
+        # An event=all dump carries every event: with an include/exclude list, per-event units
+        # keep the excluded events out of the store entirely.
+        filtered = bool(self.settings.events_include or self.settings.events_exclude)
         units = plan(
             resources,
             select_events(self.settings, guids),
-            use_event_all=self.settings.use_event_all,
+            use_event_all=self.settings.use_event_all and not filtered,
         )
         if self.on_plan is not None:
             self.on_plan(len(units))
