@@ -269,3 +269,72 @@ def status_cmd(
                 error,
             )
         console.print(table)
+
+@app.command()
+def simulate(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8080,
+    events: Annotated[int, typer.Option(help="Events alive on day 0.")] = 8,
+    users_per_event: Annotated[int, typer.Option(help="Mean users per event.")] = 200,
+    sessions_per_event: Annotated[int, typer.Option(help="Mean sessions per event.")] = 20,
+    exhibitors_per_event: Annotated[int, typer.Option(help="Mean exhibitors per event.")] = 8,
+    seed: Annotated[int, typer.Option(help="The account's seed: same seed, same data.")] = 1,
+    day: Annotated[int, typer.Option(help="The day served (change it via the control API).")] = 0,
+    update_rate: Annotated[float, typer.Option(help="Daily share of records updated.")] = 0.05,
+    delete_rate: Annotated[float, typer.Option(help="Daily share of records deleted.")] = 0.01,
+    insert_rate: Annotated[float, typer.Option(help="Daily share of records inserted.")] = 0.02,
+    recreate_rate: Annotated[float, typer.Option(help="Daily share re-created.")] = 0.005,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Render each dump once into this directory, then sendfile.")
+    ] = None,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(help='A fault as JSON, e.g. {"kind": "latency", "value": 1}.'),
+    ] = None,
+    rate_limit: Annotated[
+        str | None, typer.Option(help='JSON, e.g. {"starts_per_second": 10, "max_concurrent": 4}.')
+    ] = None,
+    allow: Annotated[
+        list[str] | None, typer.Option(help="Allow-listed networks (default 127.0.0.0/8, ::1).")
+    ] = None,
+) -> None:
+    """Serve the Conference API simulator (a stand-in for Cvent with known ground truth)."""
+    import json
+
+    from syncsvc.simulator.data import SimConfig
+    from syncsvc.simulator.server import build_options, serve_forever
+
+    config = SimConfig(
+        seed=seed,
+        day=day,
+        events=events,
+        users_per_event=users_per_event,
+        sessions_per_event=sessions_per_event,
+        exhibitors_per_event=exhibitors_per_event,
+        update_rate=update_rate,
+        delete_rate=delete_rate,
+        insert_rate=insert_rate,
+        recreate_rate=recreate_rate,
+    )
+    options: dict[str, Any] = {"cache_dir": cache_dir}
+    try:
+        if fault:
+            options["faults"] = [json.loads(f) for f in fault]
+        if rate_limit:
+            options["rate_limit"] = json.loads(rate_limit)
+    except ValueError as exc:
+        raise fail(f"bad JSON option: {exc}", EXIT_CONFIG) from None
+    if allow:
+        options["allow_list"] = allow
+    try:
+        build_options(**options)  # refuse a bad fault or network here, with one line
+    except (ValueError, TypeError, KeyError) as exc:
+        raise fail(f"bad simulator option: {exc}", EXIT_CONFIG) from None
+
+    def announce(line: str) -> None:
+        typer.echo(line)
+
+    try:
+        run_async(lambda: serve_forever(config, host, port, announce=announce, **options))
+    except OSError as exc:  # the port is taken, the address is not ours
+        raise fail(f"cannot listen on {host}:{port}: {exc}", EXIT_FAILED) from None

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -19,6 +21,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import logs
+from syncsvc.simulator import RunningSimulator, SimConfig
 from syncsvc.store import db
 
 # Unique per test session: several suites may share one server (CI, parallel checkouts).
@@ -117,3 +120,19 @@ async def engine(db_url: URL) -> AsyncIterator[AsyncEngine]:
     eng = db.make_engine(db_url)
     yield eng
     await eng.dispose()
+
+
+# --- the Conference API simulator (stream sim) --------------------------------------------------
+
+
+@pytest.fixture
+def simulator() -> Callable[..., AbstractAsyncContextManager[RunningSimulator]]:
+    """A factory: `async with simulator(SimConfig(...), **options) as sim` serves on loopback."""
+    from syncsvc.simulator import run_simulator
+
+    def factory(
+        config: SimConfig | None = None, **options: Any
+    ) -> AbstractAsyncContextManager[RunningSimulator]:
+        return run_simulator(config, host="127.0.0.1", port=0, **options)
+
+    return factory
