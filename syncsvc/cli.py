@@ -270,6 +270,7 @@ def status_cmd(
             )
         console.print(table)
 
+
 @app.command()
 def simulate(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
