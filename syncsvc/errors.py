@@ -19,7 +19,8 @@
         │   │   └── EventAllUnsupportedError code 104
         │   ├── UnknownEventError     code 201
         │   ├── BadParameterError     code 202
-        │   └── UnknownCodeError      a code the catalog does not know
+        │   ├── UnknownCodeError      a code the catalog does not know
+        │   └── HttpStatusError       an HTTP status retrying will not change (3xx, 4xx but 429)
         ├── UnsafeXmlError            DOCTYPE, entities, size caps, malformed XML
         ├── RetriesExhaustedError     the retry policy gave up (wraps the last error)
         ├── StoreError                a database operation failed
@@ -153,6 +154,14 @@ class BadParameterError(ApiError):
 
 class UnknownCodeError(ApiError):
     """The API answered with a response code syncsvc does not know."""
+
+
+class HttpStatusError(ApiError):
+    """The API answered with an HTTP status that retrying will not change."""
+
+    def __init__(self, message: str | None = None, *, http_status: int | None = None, **kw: Any):
+        super().__init__(message, **kw)
+        self.http_status = http_status
 
 
 class UnsafeXmlError(TerminalError):

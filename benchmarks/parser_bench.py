@@ -1,0 +1,77 @@
+"""Parser throughput on a synthetic users dump, in-process (prints figures; never pass/fail)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+import tracemalloc
+
+from syncsvc.cvent import catalog
+from syncsvc.cvent.parser import DumpParser, element_to_dict
+
+
+def synthetic_users(n: int, event: str = "E-0001") -> bytes:
+    """A users dump of `n` realistic-looking records (17 fields, custom fields)."""
+    parts = [
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<response><responseCode>0</responseCode>'
+        b"<responseMessage>Success</responseMessage><users>\n"
+    ]
+    for i in range(n):
+        parts.append(
+            (
+                f"<user><userRef>U{i:07d}</userRef><clientID>C{i:07d}</clientID>"
+                f"<eventGUID>{event}</eventGUID><firstName>First{i}</firstName>"
+                f"<lastName>Last{i}</lastName><email>user{i}@example.com</email>"
+                f"<company>Company {i % 500}</company><title>Title {i % 40}</title>"
+                f"<phone>+1 555 {i:07d}</phone><city>City {i % 300}</city><state>ST</state>"
+                f"<country>US</country><attendeeType>Attendee</attendeeType>"
+                f"<registrationStatus>Accepted</registrationStatus>"
+                f"<registrationDate>2026-03-01T10:00:00Z</registrationDate>"
+                f"<lastModified>2026-04-01T10:00:00Z</lastModified>"
+                f"<customFields><type_business>govt</type_business>"
+                f"<diet>veg</diet></customFields></user>\n"
+            ).encode()
+        )
+    parts.append(b"</users></response>\n")
+    return b"".join(parts)
+
+
+def run(doc: bytes, on_record: object, chunk: int, batch: int) -> tuple[int, float]:
+    parser: DumpParser[object] = DumpParser(
+        catalog.USERS,
+        on_record,  # type: ignore[arg-type]
+        max_bytes=len(doc) + 1,
+    )
+    n = 0
+    t0 = time.perf_counter()
+    for i in range(0, len(doc), chunk):
+        parser.feed(doc[i : i + chunk])
+        if len(parser.pending) >= batch:
+            n += len(parser.take())
+    parser.close()
+    n += len(parser.take())
+    return n, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--records", type=int, default=100_000)
+    ap.add_argument("--chunk", type=int, default=256 * 1024)
+    ap.add_argument("--batch", type=int, default=2000)
+    args = ap.parse_args()
+    doc = synthetic_users(args.records)
+    print(f"document: {args.records} users, {len(doc) / 1e6:.1f} MB")
+    for name, fn in (("identity on_record", lambda e: e), ("element_to_dict", element_to_dict)):
+        best = min(run(doc, fn, args.chunk, args.batch)[1] for _ in range(3))
+        print(
+            f"{name:>20}: {args.records / best:,.0f} records/s, "
+            f"{len(doc) / best / 1e6:.0f} MB/s ({best:.2f} s)"
+        )
+    tracemalloc.start()
+    run(doc, element_to_dict, args.chunk, args.batch)
+    _, peak = tracemalloc.get_traced_memory()
+    print(f"peak Python allocations during a parse: {peak / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,437 @@
+"""The Conference API client: authenticated POSTs, one shared rate budget, retries, streaming parse.
+
+One `CventClient` per run (`async with CventClient.open(settings) as client`): one aiohttp session
+with a bounded connector, one Throttler (request starts per period) and one Semaphore (requests in
+flight) shared by every fetch. `fetch` streams a dump through the safe parser into the caller's
+sink, retrying per the RetryPolicy; library errors become syncsvc errors here, chained.
+
+The API token lives in one private attribute and goes into request bodies only: never into a URL,
+a message, a repr, a log line or a stat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, cast
+from urllib.parse import urlsplit
+
+import aiohttp
+from asyncio_throttle import Throttler  # type: ignore[attr-defined]
+from lxml import etree
+
+from syncsvc import logs
+from syncsvc.cvent import catalog
+from syncsvc.cvent.catalog import Resource
+from syncsvc.cvent.parser import DumpParser, element_to_dict
+from syncsvc.cvent.responses import classify
+from syncsvc.cvent.retry import RetryPolicy
+from syncsvc.errors import (
+    ConfigError,
+    IncompleteDumpError,
+    RetriesExhaustedError,
+    SyncError,
+    TerminalError,
+    TransportError,
+    UnsafeXmlError,
+)
+from syncsvc.settings import Settings, is_loopback_host
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Sink = Callable[[AsyncIterator[list[T]]], Awaitable[R]]
+
+log = logs.get_logger(__name__)
+
+READ_CHUNK = 256 * 1024  # bytes asked of the socket per read
+DECODED_PIECE = 256 * 1024  # most bytes one gzip step may produce: a bomb is checked as it grows
+BATCH_SIZE = 2000  # records per batch handed to the sink
+# The throttler's window is stretched by this factor: the server counts arrivals, and network
+# jitter can move a start from one of our windows into the server's previous one.
+RATE_SAFETY = 1.05
+USER_AGENT = "syncsvc/0.1"
+
+
+@dataclass(slots=True)
+class FetchResult(Generic[R]):
+    """What one fetch produced: the sink's value and the facts the run record keeps."""
+
+    value: R
+    bytes: int  # decoded XML bytes of the accepted attempt
+    attempts: int
+    http_status: int | None
+    records: int
+    elapsed: float  # seconds, first attempt start to the end, waits included
+    delays: list[float] = field(default_factory=list)  # the backoff delays the policy chose
+
+
+@dataclass(slots=True)
+class ClientStats:
+    """Counters over a client's life, for metrics (no labels, no token)."""
+
+    requests: int = 0  # HTTP requests started
+    retries: int = 0  # attempts after a retryable failure
+    rate_limit_waits: int = 0  # request starts that had to wait for the throttler
+    rate_limit_wait_seconds: float = 0.0
+    bytes: int = 0  # body bytes received on the wire (before gzip decoding)
+    decoded_bytes: int = 0  # XML bytes parsed
+
+
+class _Decoder:
+    """Content-Encoding decoding in bounded pieces, so the size cap sees a gzip bomb grow."""
+
+    def __init__(self, encoding: str, where: dict[str, Any]) -> None:
+        encoding = encoding.strip().lower()
+        self._where = where
+        if encoding in ("", "identity"):
+            self._zlib = None
+        elif encoding in ("gzip", "x-gzip"):
+            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        else:
+            raise UnsafeXmlError(f"Unsupported Content-Encoding {encoding[:40]!r}", **where)
+
+    def decode(self, data: bytes) -> Iterator[bytes]:
+        z = self._zlib
+        if z is None:
+            yield data
+            return
+        if z.eof:
+            if data:
+                raise IncompleteDumpError(
+                    "The response has bytes after its gzip stream", **self._where
+                )
+            return
+        try:
+            piece = z.decompress(data, DECODED_PIECE)
+            yield piece
+            while z.unconsumed_tail and not z.eof:
+                piece = z.decompress(z.unconsumed_tail, DECODED_PIECE)
+                yield piece
+        except zlib.error as exc:
+            raise UnsafeXmlError("The response's gzip stream is corrupt", **self._where) from exc
+        if z.eof and z.unused_data:
+            raise IncompleteDumpError("The response has bytes after its gzip stream", **self._where)
+
+    def finish(self) -> None:
+        if self._zlib is not None and not self._zlib.eof:
+            raise IncompleteDumpError("The response's gzip stream was cut short", **self._where)
+
+
+class _Batches(Generic[T]):
+    """The async iterator a sink consumes for one attempt; remembers how it ended."""
+
+    def __init__(
+        self,
+        client: CventClient,
+        resp: aiohttp.ClientResponse,
+        parser: DumpParser[T],
+        where: dict[str, Any],
+    ) -> None:
+        self.error: SyncError | None = None
+        self.finished = False
+        self._client = client
+        self._resp = resp
+        self._parser = parser
+        self._where = where
+        self._gen = self._run()
+
+    def __aiter__(self) -> _Batches[T]:
+        return self
+
+    async def __anext__(self) -> list[T]:
+        try:
+            return await self._gen.__anext__()
+        except SyncError as exc:
+            self.error = exc
+            raise
+
+    async def _run(self) -> AsyncIterator[list[T]]:
+        parser = self._parser
+        stats = self._client.stats
+        decoder = _Decoder(self._resp.headers.get("Content-Encoding", ""), self._where)
+        try:
+            async for raw in self._resp.content.iter_chunked(READ_CHUNK):
+                stats.bytes += len(raw)
+                for piece in decoder.decode(raw):
+                    stats.decoded_bytes += len(piece)
+                    parser.feed(piece)
+                    if len(parser.pending) >= BATCH_SIZE:
+                        yield parser.take()
+            decoder.finish()
+        except aiohttp.ClientPayloadError as exc:
+            raise IncompleteDumpError("The response body was cut short", **self._where) from exc
+        except TimeoutError as exc:
+            raise TransportError("Reading the response timed out", **self._where) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise TransportError(
+                f"Reading the response failed: {type(exc).__name__}", **self._where
+            ) from exc
+        parser.close()
+        if parser.pending:
+            yield parser.take()
+        self.finished = True
+
+
+async def _collect_all(batches: AsyncIterator[list[T]]) -> list[T]:
+    out: list[T] = []
+    async for batch in batches:
+        out.extend(batch)
+    return out
+
+
+def _check_base_url(base_url: str) -> str:
+    """The base URL, refused unless https or loopback http (settings checks it too)."""
+    parts = urlsplit(base_url)
+    secure = parts.scheme == "https" and bool(parts.hostname)
+    if not secure and not (parts.scheme == "http" and is_loopback_host(parts.hostname)):
+        raise ConfigError(
+            "The API base URL must use https (plain http only to loopback)", setting="base_url"
+        )
+    if parts.username or parts.password or parts.query:
+        raise ConfigError(
+            "The API base URL must not carry credentials or a query string", setting="base_url"
+        )
+    return base_url if base_url.endswith("/") else base_url + "/"
+
+
+class CventClient:
+    """The Conference API for one run; see the module docstring."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        policy: RetryPolicy,
+    ) -> None:
+        base_url, token = settings.require_api()
+        self._base_url = _check_base_url(base_url)
+        self.__token = token
+        self._session = session
+        self.settings = settings
+        self.policy = policy
+        self.stats = ClientStats()
+        # Throttler counts whole starts: a fractional rate_limit rounds down (at least 1).
+        self._throttler = Throttler(
+            rate_limit=max(1, int(settings.rate_limit)),
+            period=settings.rate_period * RATE_SAFETY,
+        )
+        self._semaphore = asyncio.Semaphore(settings.max_concurrency)
+
+    def __repr__(self) -> str:
+        return f"CventClient(base_url={self._base_url!r})"
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, settings: Settings, *, policy: RetryPolicy | None = None
+    ) -> AsyncIterator[CventClient]:
+        """One client (one session, one rate budget) for the length of a run."""
+        base_url, _ = settings.require_api()
+        _check_base_url(base_url)
+        connector = aiohttp.TCPConnector(
+            limit=settings.max_concurrency,
+            limit_per_host=settings.max_concurrency,
+            ssl=ssl.create_default_context(),  # verification always on
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None,  # a huge dump streams for long; fetch_deadline bounds an attempt instead
+            connect=settings.connect_timeout,
+            sock_connect=settings.connect_timeout,
+            sock_read=settings.read_timeout,
+        )
+        async with aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            # Decoded here, in bounded pieces, so max_dump_bytes stops a gzip bomb at the cap.
+            auto_decompress=False,
+            # Proxies from the environment are not followed: the token must go where configured.
+            trust_env=False,
+            headers={
+                "User-Agent": USER_AGENT,
+                "Accept": "application/xml, text/xml",
+                "Accept-Encoding": "gzip",
+            },
+        ) as session:
+            yield cls(session, settings, policy or RetryPolicy.from_settings(settings))
+
+    def url(self, resource: Resource) -> str:
+        return self._base_url + resource.path
+
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        # The semaphore first: a start slot taken while queueing for the semaphore would be
+        # stale by the time the request really starts, and starts would bunch up.
+        async with self._semaphore:
+            t0 = time.monotonic()
+            await self._throttler.acquire()  # type: ignore[no-untyped-call]
+            waited = time.monotonic() - t0
+            if waited > 0.001:
+                self.stats.rate_limit_waits += 1
+                self.stats.rate_limit_wait_seconds += waited
+            yield
+
+    async def fetch(
+        self,
+        resource: Resource,
+        event: str | None,
+        sink: Sink[T, R],
+        on_record: Callable[[etree._Element], T] | None = None,
+    ) -> FetchResult[R]:
+        """Fetch one dump into `sink`, retrying retryable failures (see CONTRACTS.md).
+
+        `event`: None (the endpoint's own event), "all", or an event GUID. Per attempt the
+        sink is awaited with a fresh async iterator of record batches that ends normally only
+        for a complete dump with code 0. Terminal errors propagate; when the policy gives up,
+        RetriesExhaustedError is raised from the last error. Raised SyncErrors carry
+        `context["attempts"]` and `context["delays"]`.
+        """
+        record = on_record or cast(Callable[[etree._Element], T], element_to_dict)
+        where: dict[str, Any] = {"resource": resource.path, "event_guid": event}
+        delays: list[float] = []
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            status: list[int | None] = [None]
+            try:
+                value, parser = await self._attempt(resource, event, sink, record, where, status)
+            except SyncError as exc:
+                exc.context.setdefault("attempts", attempt)
+                exc.context.setdefault("delays", list(delays))
+                delay = self.policy.next_delay(attempt, exc, spent=sum(delays))
+                if delay is None:
+                    if not exc.retryable:
+                        raise
+                    raise RetriesExhaustedError(
+                        f"Gave up after {attempt} attempts: {exc}",
+                        code=exc.code,
+                        attempts=attempt,
+                        delays=list(delays),
+                        **where,
+                    ) from exc
+                delays.append(delay)
+                self.stats.retries += 1
+                log.warning(
+                    "fetch_retrying",
+                    resource=resource.path,
+                    event_guid=event,
+                    attempt=attempt,
+                    delay=round(delay, 3),
+                    error=str(exc),
+                    error_type=type(exc).__name__,
+                )
+                await asyncio.sleep(delay)
+                continue
+            elapsed = time.monotonic() - started
+            log.info(
+                "dump_fetched",
+                resource=resource.path,
+                event_guid=event,
+                records=parser.records,
+                bytes=parser.bytes,
+                attempts=attempt,
+                elapsed=round(elapsed, 3),
+            )
+            return FetchResult(
+                value=value,
+                bytes=parser.bytes,
+                attempts=attempt,
+                http_status=status[0],
+                records=parser.records,
+                elapsed=elapsed,
+                delays=delays,
+            )
+
+    async def list_events(self) -> list[dict[str, Any]]:
+        """The account's events (event.do), as plain dicts."""
+        result = await self.fetch(catalog.EVENTS, None, _collect_all, element_to_dict)
+        return result.value
+
+    async def _attempt(
+        self,
+        resource: Resource,
+        event: str | None,
+        sink: Sink[T, R],
+        on_record: Callable[[etree._Element], T],
+        where: dict[str, Any],
+        status: list[int | None],
+    ) -> tuple[R, DumpParser[T]]:
+        form = {catalog.PARAM_TOKEN: self.__token}
+        if event is not None:
+            form[catalog.PARAM_EVENT] = event
+        try:
+            # The deadline starts with the request: time queued for a slot is not the attempt's.
+            async with self._slot(), asyncio.timeout(self.settings.fetch_deadline):
+                self.stats.requests += 1
+                try:
+                    response = await self._session.post(
+                        self.url(resource), data=form, allow_redirects=False
+                    )
+                except TimeoutError as exc:
+                    raise TransportError("Connecting to the API timed out", **where) from exc
+                except aiohttp.ClientConnectorCertificateError as exc:
+                    # Retrying will not fix a certificate (a wrong host, or someone in between).
+                    raise ConfigError(
+                        "TLS verification of the API host failed; check SYNCSVC_BASE_URL",
+                        setting="base_url",
+                        **where,
+                    ) from exc
+                except (aiohttp.ClientError, OSError) as exc:
+                    raise TransportError(
+                        f"The request failed: {type(exc).__name__}", **where
+                    ) from exc
+                async with response as resp:
+                    status[0] = resp.status
+                    error = classify(
+                        resp.status, headers=resp.headers, resource=resource.path, event=event
+                    )
+                    if error is not None:
+                        raise error
+                    parser = DumpParser(
+                        resource,
+                        on_record,
+                        max_bytes=self.settings.max_dump_bytes,
+                        event=event,
+                        egress=_local_address(resp),
+                        headers=resp.headers,
+                    )
+                    batches = _Batches(self, resp, parser, where)
+                    try:
+                        value = await sink(batches)
+                    except BaseException as exc:
+                        # A sink may wrap the iterator's error; the iterator's verdict decides.
+                        if batches.error is not None and exc is not batches.error:
+                            raise batches.error  # noqa: B904 (its own cause chain is the story)
+                        raise
+                    if batches.error is not None:
+                        raise batches.error
+                    if not batches.finished:
+                        raise TerminalError(
+                            "The sink returned before the dump ended; a partial dump is never"
+                            " accepted",
+                            **where,
+                        )
+                    return value, parser
+        except TimeoutError as exc:
+            raise TransportError(
+                f"The fetch exceeded its deadline ({self.settings.fetch_deadline:g} s)", **where
+            ) from exc
+
+
+def _local_address(resp: aiohttp.ClientResponse) -> str | None:
+    """The local address the request left from (for the 102 message), best effort."""
+    conn = resp.connection
+    transport = conn.transport if conn is not None else None
+    if transport is None:
+        # A small body is read with the headers and the connection already released; its
+        # protocol (private, hence getattr) still knows the socket while it is kept alive.
+        protocol = getattr(resp, "_protocol", None)
+        transport = getattr(protocol, "transport", None)
+    sock = transport.get_extra_info("sockname") if transport is not None else None
+    return str(sock[0]) if sock else None
