@@ -8,6 +8,8 @@ is migrated once; each test gets `CREATE DATABASE ... TEMPLATE` of it, which is 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -35,7 +37,7 @@ def _clean_secrets() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
+def pg_server_url() -> Iterator[URL]:
     """The server's maintenance URL (database `postgres`)."""
     given = os.environ.get("SYNCSVC_TEST_DATABASE_URL")
     if given:
@@ -45,13 +47,16 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
         warnings.simplefilter("ignore")
         import pgserver
 
-        # A short path: the server's unix socket lives in it (107-byte limit).
-        pgdata = Path(tmp_path_factory.mktemp("pg")) / "d"
+        # Not under pytest's basetemp: pytest prunes old basetemps, which would delete the data
+        # directory of a server another concurrent session is still using. Short, too: the
+        # server's unix socket lives in it (107-byte limit).
+        pgdata = Path(tempfile.mkdtemp(prefix="syncsvc-pg-")) / "d"
         server = pgserver.get_server(pgdata, cleanup_mode="stop")
     yield db.sqlalchemy_url(server.get_uri())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server.cleanup()
+    shutil.rmtree(pgdata.parent, ignore_errors=True)
 
 
 async def _admin(url: URL) -> asyncpg.Connection:

@@ -366,7 +366,8 @@ class CventClient:
         if event is not None:
             form[catalog.PARAM_EVENT] = event
         try:
-            async with asyncio.timeout(self.settings.fetch_deadline), self._slot():
+            # The deadline starts with the request: time queued for a slot is not the attempt's.
+            async with self._slot(), asyncio.timeout(self.settings.fetch_deadline):
                 self.stats.requests += 1
                 try:
                     response = await self._session.post(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import subprocess
 from pathlib import Path
@@ -349,3 +350,18 @@ async def test_tls_verification_is_always_on_and_a_bad_certificate_is_terminal(
         with pytest.raises(ConfigError, match="TLS verification"):
             await client.fetch(catalog.USERS, EVENTS[0], collect)
     assert server.seen == []  # the handshake failed: no request, no token, went out
+
+
+async def test_fetch_deadline_does_not_count_the_wait_for_a_slot() -> None:
+    async with (
+        serve_api() as server,
+        client_for(server, fetch_deadline=1.0, max_concurrency=1) as client,
+    ):
+        server.push(Reply(delay=0.6), Reply(delay=0.6))
+        results = await asyncio.gather(
+            client.fetch(catalog.USERS, EVENTS[0], collect),
+            client.fetch(catalog.USERS, EVENTS[1], collect),
+        )
+    # The second waited >= 0.6 s for the single slot, then took >= 0.6 s itself: past 1.0 s.
+    assert [r.attempts for r in results] == [1, 1]
+    assert max(r.elapsed for r in results) > 1.0
