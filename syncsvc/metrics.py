@@ -24,7 +24,7 @@ class Metrics:
         self.changes = Counter(
             "syncsvc_changes", "Change records emitted.", ["entity", "op"], registry=r
         )
-        self.bytes = Counter("syncsvc_fetched_bytes", "Response bytes received.", registry=r)
+        self.bytes = Counter("syncsvc_fetched_bytes", "XML bytes parsed from dumps.", registry=r)
         self.retries = Counter("syncsvc_retries", "API calls retried.", registry=r)
         self.rate_limit_wait = Counter(
             "syncsvc_rate_limit_wait_seconds",

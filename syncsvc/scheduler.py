@@ -452,6 +452,7 @@ async def run_once(
 ) -> RunResult:
     """One whole run with its own API client."""
     settings.require_api()
+    metrics = metrics or Metrics()
     async with CventClient.open(settings) as client:
         runner = Runner(
             settings,
@@ -464,4 +465,9 @@ async def run_once(
             on_plan=on_plan,
             trigger=trigger,
         )
-        return await runner.run(wait_lock=wait_lock)
+        try:
+            return await runner.run(wait_lock=wait_lock)
+        finally:
+            # One client per run: its counters are this run's.
+            metrics.retries.inc(client.stats.retries)
+            metrics.rate_limit_wait.inc(client.stats.rate_limit_wait_seconds)
