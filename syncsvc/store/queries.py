@@ -107,7 +107,7 @@ class Statements:
     upsert_state: str  # $1 run_id
     soft_delete_state: str  # $1 run_id
     lock_seq: str  # $1 lock key
-    insert_changes: str  # $1 run_id, $2 fetch_id -> seq
+    insert_changes: str  # $1 run_id, $2 fetch_id -> (first_seq, last_seq)
     count_changes: str  # -> (op, count)
 
 
@@ -249,15 +249,18 @@ WHERE ctid = ANY(ARRAY(SELECT c_tid FROM {DIFF} WHERE op IN ('delete', 'rekey'))
     # but is no change.
     emitted = "op <> 'update' OR cardinality(changed_fields) > 0"
     insert_changes = f"""
-INSERT INTO changes (seq, run_id, fetch_id, entity, event_guid, record_key, client_id, op,
-                     changed_fields, before, after, source_modified_at)
-SELECT (SELECT coalesce(max(seq), 0) FROM changes)
-           + row_number() OVER (ORDER BY event_guid, record_key),
-       $1, $2, '{resource.entity}', event_guid, record_key, client_id, op,
-       changed_fields, before, after, source_modified_at
-FROM {DIFF}
-WHERE {emitted}
-RETURNING seq
+WITH inserted AS (
+    INSERT INTO changes (seq, run_id, fetch_id, entity, event_guid, record_key, client_id, op,
+                         changed_fields, before, after, source_modified_at)
+    SELECT (SELECT coalesce(max(seq), 0) FROM changes)
+               + row_number() OVER (ORDER BY event_guid, record_key),
+           $1, $2, '{resource.entity}', event_guid, record_key, client_id, op,
+           changed_fields, before, after, source_modified_at
+    FROM {DIFF}
+    WHERE {emitted}
+    RETURNING seq
+)
+SELECT min(seq) AS first_seq, max(seq) AS last_seq FROM inserted
 """
     count_changes = f"SELECT op, count(*) FROM {DIFF} WHERE {emitted} GROUP BY op"
     # kh is a 64-bit hash of the key computed while staging, which also collects the hashes it

@@ -466,7 +466,7 @@ class UnitWriter:
         # Only now take the seq lock: it is held until commit, so seq order is commit order.
         await self._execute(sql.lock_seq, queries.SEQ_LOCK_KEY)
         await self._step("seq_locked")
-        seqs = [r["seq"] for r in await self._fetch(sql.insert_changes, self.run_id, self.fetch_id)]
+        (seqs,) = await self._fetch(sql.insert_changes, self.run_id, self.fetch_id)
         await self._step("changes_inserted")
 
         result = ApplyResult(
@@ -480,8 +480,8 @@ class UnitWriter:
             rekeyed=counts.get("rekey", 0),
             held=tuple(held),
             overridden=tuple(overridden),
-            first_seq=min(seqs) if seqs else None,
-            last_seq=max(seqs) if seqs else None,
+            first_seq=seqs["first_seq"],
+            last_seq=seqs["last_seq"],
             stage_seconds=self._stage_seconds,
             apply_seconds=time.perf_counter() - started,
             scope_events=tuple(scope_events),

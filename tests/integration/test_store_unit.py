@@ -51,6 +51,7 @@ async def sync(
 async def test_first_snapshot_inserts_every_record_with_after_images(engine: AsyncEngine) -> None:
     run_id, result = await sync(engine, [user("U1", client_id="C1"), user("U2")])
     assert (result.inserted, result.updated, result.deleted, result.rekeyed) == (2, 0, 0, 0)
+    assert (result.first_seq, result.last_seq) == (1, 2)
     changes = await read_changes(engine)
     assert [(c.op, c.record_key, c.changed_fields) for c in changes] == [
         ("insert", "U1", frozenset()),
@@ -75,6 +76,7 @@ async def test_same_snapshot_twice_emits_nothing_the_second_time(engine: AsyncEn
     before = await read_changes(engine)
     _, result = await sync(engine, list(reversed(snapshot)))
     assert result.changes == 0
+    assert result.first_seq is None
     assert await read_changes(engine) == before
 
 
