@@ -106,6 +106,7 @@ class Statements:
     drop_held: str  # $1 held event GUIDs ('*' for event.do)
     upsert_state: str  # $1 run_id
     soft_delete_state: str  # $1 run_id
+    lock_scope: str  # $1 scope names (event GUIDs, '*' for event.do)
     lock_seq: str  # $1 lock key
     insert_changes: str  # $1 run_id, $2 fetch_id -> (first_seq, last_seq)
     count_changes: str  # -> (op, count)
@@ -295,6 +296,15 @@ SELECT event_guid, count(*) AS duplicates FROM dropped GROUP BY event_guid
         drop_held=drop_held,
         upsert_state=upsert_state,
         soft_delete_state=soft_delete_state,
+        # Two units over one event (say, an event=all unit and a per-event fallback) must not
+        # diff against the same old rows: each takes its scope's locks, in one global order,
+        # before diffing, and holds them to commit. The next one then diffs against the first's
+        # committed result (READ COMMITTED: every statement sees the latest commits).
+        lock_scope=(
+            "SELECT count(pg_advisory_xact_lock(hashtextextended("
+            f"'syncsvc:{resource.entity}:' || e, 0))) "
+            "FROM (SELECT DISTINCT unnest($1::text[]) AS e ORDER BY 1) AS scope"
+        ),
         lock_seq="SELECT pg_advisory_xact_lock($1)",
         insert_changes=insert_changes,
         count_changes=count_changes,

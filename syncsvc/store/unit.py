@@ -66,6 +66,7 @@ STEPS = (
     "batch_staged",
     "staged",
     "deduped",
+    "scope_locked",
     "diffed",
     "rekeys_paired",
     "hold_checked",
@@ -386,6 +387,8 @@ class UnitWriter:
         override_hold: bool = False,
     ) -> ApplyResult:
         """Diff the staged dump against the current state and apply it; commit. See module doc."""
+        if self._done:
+            raise StoreError("this unit is already applied", resource=self.resource.path)
         if not complete:
             await self._tx.rollback()
             self._done = True
@@ -419,6 +422,8 @@ class UnitWriter:
                 kept="last",
             )
         await self._step("deduped")
+        await self._execute(sql.lock_scope, scope_events or ["*"])
+        await self._step("scope_locked")
         await self._execute(sql.diff_keys, *args)
         await self._execute(sql.diff)
         await self._execute(sql.analyze_diff)
