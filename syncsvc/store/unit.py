@@ -2,33 +2,43 @@
 
 The scheduler's API::
 
+    run_id = await create_run(engine, environment=settings.environment, api_host=host)
+    fetch_id = await create_fetch(engine, run_id=run_id, resource=USERS, scope="all")
     async with UnitWriter(engine, run_id=run_id, fetch_id=fetch_id,
                           resource=USERS, scope="all") as unit:
         fetched = await client.fetch(USERS, "all", unit.stage, on_record=unit.normalize)
         result = await unit.apply(
             complete=True,                    # the client's iterator ended normally
-            covered_events=event_guids,       # for scope "all": events the dump speaks for
+            covered_events=event_guids,       # scope "all": the events event.do listed
             hold=HoldPolicy.from_settings(settings),
-            override_hold=False,
+            override_hold=settings_or_cli_override,
         )
-    # result.inserted/updated/deleted/rekeyed, result.held (per event), result.rejected, ...
+    await finish_fetch(engine, fetch_id, status=result.status, attempts=fetched.attempts, ...)
+    # result: inserted/updated/deleted/rekeyed, held (per event), rejected, duplicates, seqs
 
 - `UnitWriter.__aenter__` checks a connection out of the engine and opens the unit's
-  transaction on its asyncpg driver connection; `__aexit__` rolls back anything not applied.
-- `stage(batches)` is a client sink: it (re)creates the temporary staging table (ON COMMIT DROP),
-  truncates it when called again (a retried fetch starts over), and COPYs the normalized records in
-  bounded batches, so memory stays flat. Records without their key (or outside a per-event scope)
-  are counted as rejected, never staged.
+  transaction on its asyncpg driver connection; `__aexit__` rolls back anything not applied
+  (an exception, a cancelled task, a fetch that never completed).
+- `stage(batches)` is the client's sink (batches: an async iterable of lists of records, as
+  `unit.normalize` returns them). It (re)creates the temporary staging table (ON COMMIT DROP),
+  truncates it when called again (a retried fetch starts over) and streams the records into it
+  with one COPY under a savepoint, so memory stays flat and a dump failing half-way leaves the
+  transaction usable. Records without their key (or, in a per-event unit, of another event) are
+  counted as rejected, never staged. Returns a StageResult.
 - `apply(...)` refuses (IncompleteDumpError, nothing applied) unless `complete=True`. Then, in the
-  same transaction: duplicate keys are dropped (last wins), the staged rows are diffed against the
-  scope's current rows, clientID moves become `rekey`s, scopes that would lose more than the hold
-  allows are held (nothing of theirs applied), the change records (with changed_fields and whole
-  before/after images) are built, the current-state tables are updated (soft delete), and finally,
-  under a transaction-level advisory lock, change rows get `seq` numbers in commit order. Commit.
+  same transaction: duplicate keys are dropped (last wins, counted), the scope's advisory locks are
+  taken, the staged rows are diffed against the scope's current rows, clientID moves become
+  `rekey`s, scopes that would delete more than the hold allows are held (nothing of theirs is
+  applied; `override_hold=True` applies them), the current-state table is updated (soft delete,
+  upsert) and finally, under a transaction-level advisory lock held until commit, the change rows
+  get `seq` numbers, so seq order is commit order. The fetch row (if any) gets the counts. Commit.
 - A unit's scope: its event GUID; for "all", every event present in the dump plus
-  `covered_events` (events the dump speaks for even when it holds none of their records); for
-  event.do, the whole account. The hold is judged per event of the scope.
-- `checkpoint` (tests only) is called with each step's name; a test kills the process there.
+  `covered_events` (events the dump speaks for even when it holds none of their records: all
+  their live rows are deleted, or held); for event.do, the whole account ('*'). Without
+  `covered_events`, an event=all unit never deletes an event that is absent from its dump.
+- `apply_records(...)` stages an iterable of records as one complete dump and applies it.
+- `checkpoint` (tests only) is called with each step's name (STEPS); a test kills the process or
+  pauses the unit there.
 """
 
 from __future__ import annotations
