@@ -361,3 +361,61 @@ async def test_fetch_row_records_the_unit_counts(engine: AsyncEngine) -> None:
         2,
     )
     assert all(c.fetch_id == fetch_id for c in await read_changes(engine))
+
+
+async def test_run_and_fetch_helpers_close_with_totals(engine: AsyncEngine) -> None:
+    from syncsvc.store.runs import finish_fetch, finish_run
+    from syncsvc.store.schema import runs
+
+    run_id = await create_run(engine, environment="production", api_host="x.example")
+    fetch_id = await create_fetch(engine, run_id=run_id, resource="userData.do", scope="all")
+    await apply_records(
+        engine,
+        run_id=run_id,
+        fetch_id=fetch_id,
+        resource="user",
+        scope="all",
+        records=[user("U1"), user("U2")],
+    )
+    await finish_fetch(
+        engine,
+        fetch_id,
+        status="applied",
+        attempts=2,
+        http_status=200,
+        bytes_read=1234,
+        details={"egress": "127.0.0.1"},
+    )
+    failed = await create_fetch(engine, run_id=run_id, resource="exhibitorData.do", scope="E9")
+    await finish_fetch(engine, failed, status="failed", error_code=201, error_message="unknown")
+    await finish_run(engine, run_id, status="partial")
+    async with engine.connect() as conn:
+        run = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).one()
+        fetch = (await conn.execute(sa.select(fetches).where(fetches.c.id == fetch_id))).one()
+    assert (run.status, run.units_total, run.units_failed, run.inserted, run.bytes) == (
+        "partial",
+        2,
+        1,
+        2,
+        1234,
+    )
+    assert run.finished_at is not None
+    assert (fetch.attempts, fetch.http_status, fetch.inserted) == (2, 200, 2)
+    assert fetch.details["egress"] == "127.0.0.1"
+    assert fetch.details["first_seq"] == 1
+
+
+async def test_event_do_mass_delete_is_held_as_one_account_scope(engine: AsyncEngine) -> None:
+    run_id = await create_run(engine)
+    events = [from_typed("event", {"eventGUID": f"E{i:02}"}) for i in range(30)]
+    await apply_records(engine, run_id=run_id, resource="event", scope="all", records=events)
+    result = await apply_records(
+        engine,
+        run_id=run_id,
+        resource="event",
+        scope="all",
+        records=events[:5],
+        hold=HoldPolicy(ratio=0.5, min_rows=20),
+    )
+    assert [(h.event_guid, h.live, h.deletes) for h in result.held] == [("*", 30, 25)]
+    assert len(await live_records(engine, "event")) == 30
