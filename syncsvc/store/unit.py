@@ -213,7 +213,9 @@ class UnitWriter:
         self._conn = await self.engine.connect()
         try:
             self._raw = await raw_connection(self._conn)
-            self._tx = self._raw.transaction()
+            # READ COMMITTED whatever the server's default: the seq and scope locks rely on each
+            # statement seeing what committed before the lock was granted.
+            self._tx = self._raw.transaction(isolation="read_committed")
             await self._tx.start()
         except BaseException:
             await self._conn.close()
