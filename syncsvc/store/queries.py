@@ -20,6 +20,7 @@ syncsvc.store.unit):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -112,6 +113,7 @@ class Statements:
     count_changes: str  # -> (op, count)
 
 
+@functools.cache
 def statements(resource: Resource) -> Statements:
     """Generate `resource`'s statements from the catalog."""
     t = resource.table

@@ -234,7 +234,11 @@ class UnitWriter:
                 try:
                     await self._tx.rollback()
                 except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    # The server rolls back on its own when the connection dies; never hand a
+                    # connection in an unknown state back to the pool.
                     log.warning("unit_rollback_failed", resource=self.resource.path)
+                    if self._conn is not None:
+                        await self._conn.invalidate()
         finally:
             if self._conn is not None:
                 await self._conn.close()

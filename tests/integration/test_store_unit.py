@@ -419,3 +419,21 @@ async def test_event_do_mass_delete_is_held_as_one_account_scope(engine: AsyncEn
     )
     assert [(h.event_guid, h.live, h.deletes) for h in result.held] == [("*", 30, 25)]
     assert len(await live_records(engine, "event")) == 30
+
+
+async def test_a_dump_cut_short_leaves_the_unit_unapplied(engine: AsyncEngine) -> None:
+    """The client's iterator raises (truncated body, code != 0): the error leaves the unit and
+    the transaction rolls back; nothing is inserted, updated or deleted."""
+    await sync(engine, [user(f"U{i}") for i in range(5)])
+    before = (await read_changes(engine), await live_records(engine, "user"))
+    run_id = await create_run(engine)
+
+    async def truncated() -> AsyncIterator[list[Record]]:
+        yield [user("U0", city="changed"), user("NEW")]
+        raise IncompleteDumpError("body cut short")
+
+    with pytest.raises(IncompleteDumpError):
+        async with UnitWriter(engine, run_id=run_id, resource="user", scope="E1") as unit:
+            await unit.stage(truncated())
+            await unit.apply(complete=True)  # never reached
+    assert (await read_changes(engine), await live_records(engine, "user")) == before
