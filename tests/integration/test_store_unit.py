@@ -432,8 +432,11 @@ async def test_a_dump_cut_short_leaves_the_unit_unapplied(engine: AsyncEngine) -
         yield [user("U0", city="changed"), user("NEW")]
         raise IncompleteDumpError("body cut short")
 
-    with pytest.raises(IncompleteDumpError):
+    async def unit_of_work() -> None:
         async with UnitWriter(engine, run_id=run_id, resource="user", scope="E1") as unit:
             await unit.stage(truncated())
             await unit.apply(complete=True)  # never reached
+
+    with pytest.raises(IncompleteDumpError):
+        await unit_of_work()
     assert (await read_changes(engine), await live_records(engine, "user")) == before
