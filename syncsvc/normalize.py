@@ -102,7 +102,7 @@ def normalizer(resource: Resource) -> Normalizer:
         values: list[Any] = [None] * (width + 1)
         extras: dict[str, str] | None = None
         for child in elem:
-            spec = index.get(child.tag)
+            spec = index.get(child.tag)  # type: ignore[arg-type]  # non-str tags miss
             if spec is not None:
                 i, kind, api = spec
                 if kind is _TEXT:

@@ -20,6 +20,7 @@ syncsvc.store.unit):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from syncsvc.records import EXTRAS, EXTRAS_PREFIX
 SEQ_LOCK_KEY = 0x5E9C_5EC0_0001
 
 STAGE = "syncsvc_stage"
+KEYS = "syncsvc_diff_keys"
 DIFF = "syncsvc_diff"
 
 _SQL_TYPES = {
@@ -96,19 +98,22 @@ class Statements:
     stage_columns: tuple[str, ...]
     create_stage: str
     truncate_stage: str
-    dedupe_stage: str  # -> (event_guid, duplicates)
-    diff: str  # $1 scope event GUIDs (data entities only)
+    dedupe_stage: str  # $1 suspect key hashes -> (event_guid, duplicates)
+    diff_keys: str  # $1 scope event GUIDs (data entities only)
+    diff: str
     analyze_diff: str
     pair_rekeys: str  # users, exhibitors
     diff_counts: str  # -> (event_guid, inserts, deletes)
     drop_held: str  # $1 held event GUIDs ('*' for event.do)
     upsert_state: str  # $1 run_id
     soft_delete_state: str  # $1 run_id
+    lock_scope: str  # $1 scope names (event GUIDs, '*' for event.do)
     lock_seq: str  # $1 lock key
-    insert_changes: str  # $1 run_id, $2 fetch_id -> seq
+    insert_changes: str  # $1 run_id, $2 fetch_id -> (first_seq, last_seq)
     count_changes: str  # -> (op, count)
 
 
+@functools.cache
 def statements(resource: Resource) -> Statements:
     """Generate `resource`'s statements from the catalog."""
     t = resource.table
@@ -116,7 +121,7 @@ def statements(resource: Resource) -> Statements:
     per_event = resource.per_event
     cols = [f.column for f in resource.fields]
     data_cols = [*cols, "extras", "row_hash"]
-    stage_columns = (*data_cols, "ord")
+    stage_columns = (*data_cols, "ord", "kh")
     keys = ["event_guid", key] if per_event else ["event_guid"]
     # Staged values the diff table carries for the upsert (identity lives in event_guid/record_key).
     # client_id is carried as the change's client_id (the staged one for all but deletes).
@@ -127,34 +132,26 @@ def statements(resource: Resource) -> Statements:
 
     col_defs = ", ".join(
         [f"{f.column} {_SQL_TYPES[f.kind]}" for f in resource.fields]
-        + ["extras jsonb", "row_hash bytea NOT NULL", "ord bigint NOT NULL"]
+        + ["extras jsonb", "row_hash bytea NOT NULL", "ord bigint NOT NULL", "kh bigint NOT NULL"]
     )
     client = resource.has_client_id
     s_client_id = "s.client_id" if client else "NULL::text"
     c_client_id = "c.client_id" if client else "NULL::text"
     has_modified = any(f.column == "last_modified" for f in resource.fields)
     modified = (
-        "CASE WHEN x.op = 'delete' THEN c.last_modified ELSE s.last_modified END"
+        "CASE WHEN k.op = 'delete' THEN c.last_modified ELSE s.last_modified END"
         if has_modified
         else "NULL::timestamptz"
     )
     # Data entities: only the unit's scope events (through the key's event_guid prefix);
-    # event.do lists the whole account.
-    current = f"(SELECT * FROM {t} WHERE event_guid = ANY($1::text[]))" if per_event else t
+    # event.do lists the whole account. Only the columns the comparison needs: narrow hash.
+    key_cols = f"event_guid, {key}" if per_event else "event_guid"
+    current = f"(SELECT ctid AS tid, {key_cols}, row_hash, deleted_at FROM {t}"
+    current += " WHERE event_guid = ANY($1::text[]))" if per_event else ")"
 
-    diff = f"""
-CREATE TEMP TABLE {DIFF} ON COMMIT DROP AS
-SELECT x.op,
-       coalesce(s.event_guid, c.event_guid) AS event_guid,
-       coalesce(s.{key}, c.{key}) AS record_key,
-       CASE WHEN x.op = 'delete' THEN {c_client_id} ELSE {s_client_id} END AS client_id,
-       NULL::text AS old_key,
-       CASE WHEN x.op = 'update' THEN {_changed_fields(resource, _column("c"), _column("s"))}
-            ELSE '{{}}'::text[] END AS changed_fields,
-       CASE WHEN x.op <> 'insert' THEN {_image(resource, "c")} END AS before,
-       CASE WHEN x.op <> 'delete' THEN {_image(resource, "s")} END AS after,
-       {modified} AS source_modified_at,
-       {", ".join(f"s.{c}" for c in carried)}
+    diff_keys = f"""
+CREATE TEMP TABLE {KEYS} ON COMMIT DROP AS
+SELECT x.op, s.ctid AS s_tid, c.tid AS c_tid
 FROM {STAGE} s
 FULL JOIN {current} c ON {on("c", "s")}
 CROSS JOIN LATERAL (
@@ -165,6 +162,32 @@ CROSS JOIN LATERAL (
     END AS op
 ) AS x
 WHERE x.op IS NOT NULL
+"""
+
+    # The differing rows' whole data, fetched by tuple id (no second scan of either table).
+    diff = f"""
+CREATE TEMP TABLE {DIFF} ON COMMIT DROP AS
+SELECT k.op AS op,
+       coalesce(s.event_guid, c.event_guid) AS event_guid,
+       coalesce(s.{key}, c.{key}) AS record_key,
+       CASE WHEN k.op = 'delete' THEN {c_client_id} ELSE {s_client_id} END AS client_id,
+       NULL::text AS old_key,
+       k.c_tid AS c_tid,
+       CASE WHEN k.op = 'update' THEN {_changed_fields(resource, _column("c"), _column("s"))}
+            ELSE '{{}}'::text[] END AS changed_fields,
+       CASE WHEN k.op <> 'insert' THEN {_image(resource, "c")} END AS before,
+       CASE WHEN k.op <> 'delete' THEN {_image(resource, "s")} END AS after,
+       {modified} AS source_modified_at,
+       {", ".join(f"s.{c}" for c in carried)}
+FROM {KEYS} k
+LEFT JOIN (
+    SELECT ctid AS tid, * FROM {STAGE}
+    WHERE ctid = ANY(ARRAY(SELECT s_tid FROM {KEYS} WHERE s_tid IS NOT NULL))
+) s ON s.tid = k.s_tid
+LEFT JOIN (
+    SELECT ctid AS tid, * FROM {t}
+    WHERE ctid = ANY(ARRAY(SELECT c_tid FROM {KEYS} WHERE c_tid IS NOT NULL))
+) c ON c.tid = k.c_tid
 """
 
     pair_rekeys = f"""
@@ -181,11 +204,12 @@ WITH vanished AS (
 ), old AS (
     DELETE FROM {DIFF} d USING pairs p
     WHERE d.op = 'delete' AND d.event_guid = p.event_guid AND d.client_id = p.client_id
-    RETURNING d.event_guid, d.client_id, d.record_key, d.before
+    RETURNING d.event_guid, d.client_id, d.record_key, d.before, d.c_tid
 )
 UPDATE {DIFF} d
 SET op = 'rekey',
     old_key = old.record_key,
+    c_tid = old.c_tid,
     before = old.before,
     changed_fields = {_changed_fields(resource, _member("old.before"), _member("d.after"))}
 FROM old
@@ -218,33 +242,38 @@ ON CONFLICT ({", ".join(keys)}) DO UPDATE SET
     deleted_at = NULL,
     deleted_run = NULL
 """
-    c_key_match = " AND ".join(
-        ["c.event_guid = d.event_guid"]
-        + ([f"c.{key} = coalesce(d.old_key, d.record_key)"] if per_event else [])
-    )
+    # By tuple id, taken in the diff before anything moved: the vanished rows (for a rekey, the
+    # old key's row). Runs before the upsert, which never touches these rows anyway.
     soft_delete_state = f"""
-UPDATE {t} c SET deleted_at = now(), deleted_run = $1, last_changed_run = $1
-FROM {DIFF} d
-WHERE d.op IN ('delete', 'rekey') AND {c_key_match}
+UPDATE {t} SET deleted_at = now(), deleted_run = $1, last_changed_run = $1
+WHERE ctid = ANY(ARRAY(SELECT c_tid FROM {DIFF} WHERE op IN ('delete', 'rekey')))
 """
     # An update whose hash moved but no value did (e.g. a new hash function) refreshes the row
     # but is no change.
     emitted = "op <> 'update' OR cardinality(changed_fields) > 0"
     insert_changes = f"""
-INSERT INTO changes (seq, run_id, fetch_id, entity, event_guid, record_key, client_id, op,
-                     changed_fields, before, after, source_modified_at)
-SELECT (SELECT coalesce(max(seq), 0) FROM changes)
-           + row_number() OVER (ORDER BY event_guid, record_key),
-       $1, $2, '{resource.entity}', event_guid, record_key, client_id, op,
-       changed_fields, before, after, source_modified_at
-FROM {DIFF}
-WHERE {emitted}
-RETURNING seq
+WITH inserted AS (
+    INSERT INTO changes (seq, run_id, fetch_id, entity, event_guid, record_key, client_id, op,
+                         changed_fields, before, after, source_modified_at)
+    SELECT (SELECT coalesce(max(seq), 0) FROM changes)
+               + row_number() OVER (ORDER BY event_guid, record_key),
+           $1, $2, '{resource.entity}', event_guid, record_key, client_id, op,
+           changed_fields, before, after, source_modified_at
+    FROM {DIFF}
+    WHERE {emitted}
+    RETURNING seq
+)
+SELECT min(seq) AS first_seq, max(seq) AS last_seq FROM inserted
 """
     count_changes = f"SELECT op, count(*) FROM {DIFF} WHERE {emitted} GROUP BY op"
+    # kh is a 64-bit hash of the key computed while staging, which also collects the hashes it
+    # saw more than once ($1, "suspects"; usually few or none): only rows with a suspect hash
+    # are compared by their real key, so no aggregate over the whole dump is needed.
     dedupe_stage = f"""
 WITH dup AS (
-    SELECT {", ".join(keys)}, max(ord) AS keep FROM {STAGE}
+    SELECT {", ".join(keys)}, max(ord) AS keep
+    FROM {STAGE}
+    WHERE kh = ANY($1::bigint[])
     GROUP BY {", ".join(keys)} HAVING count(*) > 1
 ), dropped AS (
     DELETE FROM {STAGE} s USING dup d
@@ -261,6 +290,7 @@ SELECT event_guid, count(*) AS duplicates FROM dropped GROUP BY event_guid
         create_stage=f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} ({col_defs}) ON COMMIT DROP",
         truncate_stage=f"TRUNCATE {STAGE}",
         dedupe_stage=dedupe_stage,
+        diff_keys=diff_keys,
         diff=diff,
         analyze_diff=f"ANALYZE {DIFF}",
         pair_rekeys=pair_rekeys,
@@ -268,6 +298,15 @@ SELECT event_guid, count(*) AS duplicates FROM dropped GROUP BY event_guid
         drop_held=drop_held,
         upsert_state=upsert_state,
         soft_delete_state=soft_delete_state,
+        # Two units over one event (say, an event=all unit and a per-event fallback) must not
+        # diff against the same old rows: each takes its scope's locks, in one global order,
+        # before diffing, and holds them to commit. The next one then diffs against the first's
+        # committed result (READ COMMITTED: every statement sees the latest commits).
+        lock_scope=(
+            "SELECT count(pg_advisory_xact_lock(hashtextextended("
+            f"'syncsvc:{resource.entity}:' || e, 0))) "
+            "FROM (SELECT DISTINCT unnest($1::text[]) AS e ORDER BY 1) AS scope"
+        ),
         lock_seq="SELECT pg_advisory_xact_lock($1)",
         insert_changes=insert_changes,
         count_changes=count_changes,

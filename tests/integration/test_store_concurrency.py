@@ -123,3 +123,33 @@ async def test_a_unit_committing_late_holds_back_the_next_seq(
     await reader.close()
     assert poller.gaps == []
     assert poller.cursor == start + a_changes + b_changes
+
+
+async def test_two_units_over_one_event_apply_one_after_the_other(engine: AsyncEngine) -> None:
+    """An event=all unit and a per-event unit for the same event, at once: the second diffs
+    against the first's committed result, so no change is emitted twice."""
+    first_diffed = asyncio.Event()
+    release = asyncio.Event()
+
+    async def pause(step: str) -> None:
+        if step == "diffed":
+            first_diffed.set()
+            await release.wait()
+
+    task_a = asyncio.create_task(_apply(engine, "all", users("E1", 0), checkpoint=pause))
+    await first_diffed.wait()
+    task_b = asyncio.create_task(_apply(engine, "E1", users("E1", 0)))
+    for _ in range(500):  # B reaches the scope lock and waits (observed, not assumed)
+        async with engine.connect() as conn:
+            waiting = (
+                await conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                )
+            ).scalar_one()
+        if waiting:
+            break
+        await asyncio.sleep(0.01)
+    assert waiting == 1
+    release.set()
+    a_changes, b_changes = await asyncio.gather(task_a, task_b)
+    assert (a_changes, b_changes) == (40, 0)

@@ -159,3 +159,35 @@ async def test_the_same_day_in_another_formatting_emits_nothing(engine: AsyncEng
         assert result.records > 1000
         assert result.changes == 0
     assert await read_changes(engine, after_seq=seq) == []
+
+
+async def test_simulator_faults_duplicates_and_unknown_elements(engine: AsyncEngine) -> None:
+    """Duplicated records are counted and change nothing; an unknown element the vendor adds
+    becomes `extras` and an update naming extras.<name> on every record."""
+    from syncsvc.simulator.render import DocFaults
+
+    universe = Universe(CONFIG)
+    await sync_day(engine, universe, 2)
+    seq = (await read_changes(engine))[-1].seq
+    run_id = await create_run(engine)
+    style = style_for(CONFIG.seed, 2)
+
+    async def unit(faults: DocFaults) -> Any:
+        async with UnitWriter(engine, run_id=run_id, resource=SESSIONS, scope="all") as u:
+            raws = universe.raw_records("session", 2)
+            doc = iter_document(SESSIONS, raws, style, faults)
+            await u.stage(parse(SESSIONS, doc, u.normalize))
+            return await u.apply(complete=True)
+
+    result = await unit(DocFaults(duplicates=7))
+    assert (result.duplicates, result.changes) == (7, 0)
+    assert await read_changes(engine, after_seq=seq) == []
+
+    result = await unit(DocFaults(unknown_element="roomCapacity"))
+    sessions = len(universe.snapshot(2)["session"])
+    assert result.updated == sessions
+    step = await read_changes(engine, after_seq=seq)
+    assert {c.changed_fields for c in step} == {frozenset({"extras.roomCapacity"})}
+    assert all(
+        c.after and c.after["extras"] == {"roomCapacity": f"new-{c.record_key}"} for c in step
+    )

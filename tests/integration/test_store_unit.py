@@ -51,6 +51,7 @@ async def sync(
 async def test_first_snapshot_inserts_every_record_with_after_images(engine: AsyncEngine) -> None:
     run_id, result = await sync(engine, [user("U1", client_id="C1"), user("U2")])
     assert (result.inserted, result.updated, result.deleted, result.rekeyed) == (2, 0, 0, 0)
+    assert (result.first_seq, result.last_seq) == (1, 2)
     changes = await read_changes(engine)
     assert [(c.op, c.record_key, c.changed_fields) for c in changes] == [
         ("insert", "U1", frozenset()),
@@ -75,6 +76,7 @@ async def test_same_snapshot_twice_emits_nothing_the_second_time(engine: AsyncEn
     before = await read_changes(engine)
     _, result = await sync(engine, list(reversed(snapshot)))
     assert result.changes == 0
+    assert result.first_seq is None
     assert await read_changes(engine) == before
 
 
@@ -359,3 +361,82 @@ async def test_fetch_row_records_the_unit_counts(engine: AsyncEngine) -> None:
         2,
     )
     assert all(c.fetch_id == fetch_id for c in await read_changes(engine))
+
+
+async def test_run_and_fetch_helpers_close_with_totals(engine: AsyncEngine) -> None:
+    from syncsvc.store.runs import finish_fetch, finish_run
+    from syncsvc.store.schema import runs
+
+    run_id = await create_run(engine, environment="production", api_host="x.example")
+    fetch_id = await create_fetch(engine, run_id=run_id, resource="userData.do", scope="all")
+    await apply_records(
+        engine,
+        run_id=run_id,
+        fetch_id=fetch_id,
+        resource="user",
+        scope="all",
+        records=[user("U1"), user("U2")],
+    )
+    await finish_fetch(
+        engine,
+        fetch_id,
+        status="applied",
+        attempts=2,
+        http_status=200,
+        bytes_read=1234,
+        details={"egress": "127.0.0.1"},
+    )
+    failed = await create_fetch(engine, run_id=run_id, resource="exhibitorData.do", scope="E9")
+    await finish_fetch(engine, failed, status="failed", error_code=201, error_message="unknown")
+    await finish_run(engine, run_id, status="partial")
+    async with engine.connect() as conn:
+        run = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).one()
+        fetch = (await conn.execute(sa.select(fetches).where(fetches.c.id == fetch_id))).one()
+    assert (run.status, run.units_total, run.units_failed, run.inserted, run.bytes) == (
+        "partial",
+        2,
+        1,
+        2,
+        1234,
+    )
+    assert run.finished_at is not None
+    assert (fetch.attempts, fetch.http_status, fetch.inserted) == (2, 200, 2)
+    assert fetch.details["egress"] == "127.0.0.1"
+    assert fetch.details["first_seq"] == 1
+
+
+async def test_event_do_mass_delete_is_held_as_one_account_scope(engine: AsyncEngine) -> None:
+    run_id = await create_run(engine)
+    events = [from_typed("event", {"eventGUID": f"E{i:02}"}) for i in range(30)]
+    await apply_records(engine, run_id=run_id, resource="event", scope="all", records=events)
+    result = await apply_records(
+        engine,
+        run_id=run_id,
+        resource="event",
+        scope="all",
+        records=events[:5],
+        hold=HoldPolicy(ratio=0.5, min_rows=20),
+    )
+    assert [(h.event_guid, h.live, h.deletes) for h in result.held] == [("*", 30, 25)]
+    assert len(await live_records(engine, "event")) == 30
+
+
+async def test_a_dump_cut_short_leaves_the_unit_unapplied(engine: AsyncEngine) -> None:
+    """The client's iterator raises (truncated body, code != 0): the error leaves the unit and
+    the transaction rolls back; nothing is inserted, updated or deleted."""
+    await sync(engine, [user(f"U{i}") for i in range(5)])
+    before = (await read_changes(engine), await live_records(engine, "user"))
+    run_id = await create_run(engine)
+
+    async def truncated() -> AsyncIterator[list[Record]]:
+        yield [user("U0", city="changed"), user("NEW")]
+        raise IncompleteDumpError("body cut short")
+
+    async def unit_of_work() -> None:
+        async with UnitWriter(engine, run_id=run_id, resource="user", scope="E1") as unit:
+            await unit.stage(truncated())
+            await unit.apply(complete=True)  # never reached
+
+    with pytest.raises(IncompleteDumpError):
+        await unit_of_work()
+    assert (await read_changes(engine), await live_records(engine, "user")) == before
