@@ -7,6 +7,7 @@ is migrated once; each test gets `CREATE DATABASE ... TEMPLATE` of it, which is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -86,38 +87,38 @@ async def pg_template(pg_server_url: URL) -> AsyncIterator[URL]:
         await admin.close()
 
 
+async def _admin_execute(server: URL, sql: str) -> None:
+    admin = await _admin(server)
+    try:
+        await admin.execute(sql)
+    finally:
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def _scratch_database(server: URL, template: str | None) -> AsyncIterator[URL]:
+    """A database of its own for one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    clone = f' TEMPLATE "{template}"' if template else ""
+    await _admin_execute(server, f'CREATE DATABASE "{name}"{clone}')
+    try:
+        yield server.set(database=name)
+    finally:
+        await _admin_execute(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 async def empty_db_url(pg_server_url: URL) -> AsyncIterator[URL]:
     """A new, empty database (no schema) for this test alone."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    admin = await _admin(pg_server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield pg_server_url.set(database=name)
-    admin = await _admin(pg_server_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with _scratch_database(pg_server_url, None) as url:
+        yield url
 
 
 @pytest.fixture
 async def db_url(pg_server_url: URL, pg_template: URL) -> AsyncIterator[URL]:
     """A migrated database for this test alone, cloned from the template."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    admin = await _admin(pg_server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
-    finally:
-        await admin.close()
-    yield pg_server_url.set(database=name)
-    admin = await _admin(pg_server_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with _scratch_database(pg_server_url, TEMPLATE) as url:
+        yield url
 
 
 @pytest.fixture
