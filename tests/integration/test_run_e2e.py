@@ -368,3 +368,37 @@ def _serve_port(proc: subprocess.Popen[str]) -> int:
         if '"serve_started"' in line:
             return int(json.loads(line)["port"])
     raise AssertionError("serve never said it started")
+
+
+async def test_a_second_run_with_wait_runs_after_the_first(
+    simulator: SimFactory, db_url: URL
+) -> None:
+    async with simulator(CONFIG) as sim:
+        await sim.control(
+            {
+                "faults": [
+                    {
+                        "resource": "sessionData.do",
+                        "event": "*",
+                        "kind": "latency",
+                        "value": 2,
+                        "times": 1,
+                    },
+                ]
+            }
+        )
+        first = _cli(db_url, sim, "run")
+        await _wait_for_run_row(db_url)
+        second = _cli(db_url, sim, "run", "--wait")
+        results = await asyncio.gather(
+            asyncio.to_thread(_communicate, first), asyncio.to_thread(_communicate, second)
+        )
+        assert [rc for rc, _, _ in results] == [0, 0], [err for _, _, err in results]
+        conn = await asyncpg.connect(db.libpq_url(db_url))
+        try:
+            rows = await conn.fetch("SELECT id, started_at, finished_at FROM runs ORDER BY id")
+        finally:
+            await conn.close()
+        assert len(rows) == 2
+        # The waiting run started only once the first had finished: they never overlapped.
+        assert rows[1]["started_at"] >= rows[0]["finished_at"]
