@@ -364,6 +364,15 @@ class Runner:
                 outcome.status = "failed"
                 await self._record_failure(outcome, exc)
                 log.warning("unit_failed", unit=unit.name, error=str(exc))
+            except Exception as exc:
+                # Not one of ours (a bug, an untranslated driver error): this unit fails and is
+                # recorded; its siblings go on, as for any other unit failure.
+                log.exception("unit_crashed", unit=unit.name)
+                wrapped = SyncError(f"unexpected {type(exc).__name__}: {exc}")
+                wrapped.__cause__ = exc
+                outcome.error = wrapped
+                outcome.status = "failed"
+                await self._record_failure(outcome, wrapped)
             return self._done(outcome)
 
     async def _record_failure(self, outcome: UnitOutcome, exc: SyncError) -> None:
