@@ -22,7 +22,13 @@ from typing import Any
 from lxml import etree
 
 from syncsvc.cvent.catalog import BY_ENTITY, FORBIDDEN_ELEMENTS, FieldKind, Resource
-from syncsvc.records import RECORD_TYPES, Record, hash_values, mapping_positions
+from syncsvc.records import (
+    RECORD_TYPES,
+    Record,
+    datetime_positions,
+    hash_values,
+    mapping_positions,
+)
 
 Normalizer = Callable[[etree._Element], Record]
 
@@ -93,6 +99,7 @@ def normalizer(resource: Resource) -> Normalizer:
     width = len(resource.fields)
     extras_at = width
     positions = mapping_positions(resource)
+    dt_positions = datetime_positions(resource)
     index: dict[str, tuple[int, FieldKind, str]] = {
         f.api: (i, f.kind, f.api) for i, f in enumerate(resource.fields)
     }
@@ -128,7 +135,7 @@ def normalizer(resource: Resource) -> Normalizer:
                     extras = {}
                 extras[tag] = raw
         values[extras_at] = extras
-        values.append(hash_values(values, positions))
+        values.append(hash_values(values, positions, dt_positions))
         return make(values)
 
     normalize.__name__ = f"normalize_{resource.entity}"

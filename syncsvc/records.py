@@ -101,17 +101,30 @@ EXTRAS = "extras"  # the typed form's key for unknown elements; changed_fields u
 EXTRAS_PREFIX = "extras."
 
 
-def hash_values(values: tuple[Any, ...] | list[Any], mapping_positions: tuple[int, ...]) -> bytes:
-    """The row hash: md5 over the repr of the typed values, dicts as sorted item tuples.
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICRO = dt.timedelta(microseconds=1)
 
-    repr of str/int/date/aware-UTC-datetime/list/tuple/None is canonical, so the digest depends
-    on values only, never on XML formatting or element order (dict order is normalized here).
+
+def hash_values(
+    values: tuple[Any, ...] | list[Any],
+    mapping_positions: tuple[int, ...],
+    datetime_positions: tuple[int, ...] = (),
+) -> bytes:
+    """The row hash: md5 over the repr of the typed values, dicts as sorted item tuples and
+    datetimes as integer microseconds since the epoch (exact, and 5x cheaper than their repr).
+
+    repr of str/int/date/list/tuple/None is canonical, so the digest depends on values only,
+    never on XML formatting or element order (dict order is normalized here).
     """
     canon = list(values)
     for i in mapping_positions:
         m = canon[i]
         if m is not None:
             canon[i] = tuple(sorted(m.items()))
+    for i in datetime_positions:
+        v = canon[i]
+        if v is not None:
+            canon[i] = (v - _EPOCH) // _MICRO
     return hashlib.md5(repr(canon).encode(), usedforsecurity=False).digest()
 
 
@@ -119,6 +132,11 @@ def mapping_positions(resource: Resource) -> tuple[int, ...]:
     """Positions of the dict-valued slots (custom fields, extras) in a record's values."""
     custom = [i for i, f in enumerate(resource.fields) if f.kind is FieldKind.CUSTOM]
     return (*custom, len(resource.fields))
+
+
+def datetime_positions(resource: Resource) -> tuple[int, ...]:
+    """Positions of the datetime slots in a record's values."""
+    return tuple(i for i, f in enumerate(resource.fields) if f.kind is FieldKind.DATETIME)
 
 
 def to_typed(entity: str, record: Record) -> dict[str, Any]:
@@ -134,7 +152,7 @@ def from_typed(entity: str, typed: Mapping[str, Any]) -> Record:
     resource = BY_ENTITY[entity]
     values = [typed.get(f.api) for f in resource.fields]
     values.append(typed.get(EXTRAS) or None)
-    digest = hash_values(values, mapping_positions(resource))
+    digest = hash_values(values, mapping_positions(resource), datetime_positions(resource))
     return RECORD_TYPES[entity]._make((*values, digest))
 
 

@@ -273,7 +273,8 @@ SELECT min(seq) AS first_seq, max(seq) AS last_seq FROM inserted
 WITH dup AS (
     SELECT {", ".join(keys)}, max(ord) AS keep
     FROM {STAGE}
-    WHERE kh = ANY($1::bigint[])
+    -- a semi-join, hashed whatever the plan (a generic plan would scan `= ANY($1)` linearly)
+    WHERE kh IN (SELECT unnest($1::bigint[]))
     GROUP BY {", ".join(keys)} HAVING count(*) > 1
 ), dropped AS (
     DELETE FROM {STAGE} s USING dup d
