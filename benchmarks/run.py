@@ -75,6 +75,13 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "full-1m": Scenario("full-1m", _1M, days=(0,), labels=("full-1m",)),
     "incr-1m": Scenario("incr-1m", _1M, days=(0, 1), labels=("full-1m", "incr-1m")),
+    # Not in the default set: a tenth of full-1m for profiling (`--profile DIR`).
+    "mid": Scenario(
+        "mid",
+        replace(_1M, events=10, users_per_event=10_000),
+        days=(0, 1),
+        labels=("mid", "mid-incr"),
+    ),
     "many-events": Scenario(
         "many-events",
         SimConfig(
@@ -301,9 +308,26 @@ async def run_stats(db_url: str) -> dict[str, Any]:
         await conn.close()
 
 
+PROFILE: str | None = None  # --profile DIR: each syncsvc run under py-spy, collapsed stacks
+
+
 async def sync_day(scenario: Scenario, base_url: str, db_url: str, label: str) -> Row:
     env = syncsvc_env(scenario, base_url, db_url)
     cmd = [sys.executable, "-m", "syncsvc", "run"]
+    if PROFILE:
+        # py-spy samples the run from outside (subprocesses too); RSS is then py-spy's own.
+        out = Path(PROFILE) / f"{label}.txt"
+        cmd = [
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--subprocesses",
+            "--format",
+            "raw",
+            "-o",
+            str(out),
+            "--",
+            *cmd,
+        ]
     code, wall, rss, tail = await asyncio.to_thread(run_measured, cmd, env)
     row = Row(label, wall=wall, rss_mb=rss)
     if code != 0:
@@ -422,7 +446,10 @@ async def main() -> int:
     ap.add_argument("--database-url", help="a PostgreSQL server URL (default: embedded)")
     ap.add_argument("--no-floor", action="store_true")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--profile", metavar="DIR", help="run syncsvc under py-spy into DIR")
     args = ap.parse_args()
+    global PROFILE
+    PROFILE = args.profile
     names = args.scenario or ["small", "incr-1m", "many-events"]
     if args.scenario is None:
         print("scenarios: small, incr-1m (includes full-1m), many-events")
