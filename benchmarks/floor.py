@@ -13,11 +13,19 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from lxml import etree
 
 from syncsvc.cvent import catalog
+
+
+def database_url(server_url: str, name: str) -> str:
+    """The server's URL with another database (keeps a ?host=/socket/dir query intact)."""
+    parts = urlsplit(server_url)
+    return urlunsplit(parts._replace(path="/" + name))
+
 
 RESOURCES = {r.entity: r for r in (catalog.USERS, catalog.SESSIONS, catalog.EXHIBITORS)}
 BATCH = 10_000
@@ -71,7 +79,7 @@ async def floor_day(server_url: str, files: list[Path], state: dict[str, Any]) -
         name = f"syncsvc_floor_{uuid.uuid4().hex[:8]}"
         admin = await asyncpg.connect(server_url)
         await admin.execute(f'CREATE DATABASE "{name}"')
-        conn = await asyncpg.connect(server_url.rpartition("/")[0] + "/" + name)
+        conn = await asyncpg.connect(database_url(server_url, name))
         await conn.execute(
             "CREATE TABLE cur (entity text, event_guid text, rkey text, h text, vals text[],"
             " PRIMARY KEY (entity, event_guid, rkey))"

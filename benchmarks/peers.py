@@ -26,7 +26,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from floor import resource_of
+from floor import database_url, resource_of
 
 MODES = ("merge", "scd2", "arrow-merge", "arrow-scd2")
 ARROW_ROWS = 10_000
@@ -173,7 +173,7 @@ async def peers_day(server_url: str, files: list[Path], state: dict[str, Any]) -
             work.cleanup()
 
         state.update(
-            db=server_url.rpartition("/")[0] + "/" + name,
+            db=database_url(server_url, name),
             work=work.name,
             _close=[*state.get("_close", []), close],
         )

@@ -32,7 +32,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from floor import floor_day
+from floor import database_url, floor_day
 
 from syncsvc.cvent import catalog
 from syncsvc.simulator.data import SimConfig, Universe
@@ -238,11 +238,6 @@ def server_url(given: str | None) -> Iterator[str]:
             srv.cleanup()
 
 
-def with_database(url: str, name: str) -> str:
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{name}"
-
-
 @contextlib.asynccontextmanager
 async def scratch_database(url: str, prefix: str) -> AsyncIterator[str]:
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
@@ -250,7 +245,7 @@ async def scratch_database(url: str, prefix: str) -> AsyncIterator[str]:
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         try:
-            yield with_database(url, name)
+            yield database_url(url, name)
         finally:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
@@ -271,6 +266,7 @@ def syncsvc_env(scenario: Scenario, base_url: str, db_url: str) -> dict[str, str
         SYNCSVC_RATE_LIMIT=str(scenario.rate_limit),
         SYNCSVC_MAX_CONCURRENCY=str(scenario.max_concurrency),
         SYNCSVC_USE_EVENT_ALL="true" if scenario.event_all else "false",
+        SYNCSVC_PARSE_IN_WORKER=PARSE_IN_WORKER,
         SYNCSVC_LOG_LEVEL="warning",
         SYNCSVC_LOG_FORMAT="json",
         # Deletes and rekeys of a 2% day never come near the hold; keep it out of the picture.
@@ -308,6 +304,7 @@ async def run_stats(db_url: str) -> dict[str, Any]:
         await conn.close()
 
 
+PARSE_IN_WORKER = "event_all"  # --parse-in-worker: SYNCSVC_PARSE_IN_WORKER for the runs
 PROFILE: str | None = None  # --profile DIR: each syncsvc run under py-spy, collapsed stacks
 
 
@@ -447,14 +444,18 @@ async def main() -> int:
     ap.add_argument("--no-floor", action="store_true")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--profile", metavar="DIR", help="run syncsvc under py-spy into DIR")
+    ap.add_argument(
+        "--parse-in-worker", default="event_all", choices=("event_all", "always", "never")
+    )
     args = ap.parse_args()
-    global PROFILE
-    PROFILE = args.profile
+    ap_parse = args.parse_in_worker
+    global PROFILE, PARSE_IN_WORKER
+    PROFILE, PARSE_IN_WORKER = args.profile, ap_parse
     names = args.scenario or ["small", "incr-1m", "many-events"]
     if args.scenario is None:
         print("scenarios: small, incr-1m (includes full-1m), many-events")
     rows: list[Row] = []
-    print(f"machine: {machine()}", flush=True)
+    print(f"machine: {machine()}; SYNCSVC_PARSE_IN_WORKER={PARSE_IN_WORKER}", flush=True)
     with server_url(args.database_url) as url:
         for name in names:
             rows += await run_scenario(
