@@ -142,16 +142,22 @@ async def count_rows(db_url: str, mode: str) -> int:
 
 
 def measured(cmd: list[str]) -> tuple[int, float, str, str]:
+    """Run cmd; (exit code, peak RSS MB from its VmHWM sampled in /proc, stdout, stderr)."""
     import subprocess
+
+    from run import vm_hwm_mb
 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        peak = 0.0
+        while proc.poll() is None:
+            peak = max(peak, vm_hwm_mb(proc.pid) or 0.0)
+            time.sleep(0.05)
         out.seek(0)
         err.seek(0)
         return (
-            os.waitstatus_to_exitcode(status),
-            usage.ru_maxrss / 1024,
+            proc.returncode,
+            peak,
             out.read().decode(),
             err.read()[-1500:].decode(errors="replace"),
         )

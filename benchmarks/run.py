@@ -275,18 +275,34 @@ def syncsvc_env(scenario: Scenario, base_url: str, db_url: str) -> dict[str, str
     return env
 
 
+def vm_hwm_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float, str]:
-    """Run cmd; return (exit code, wall seconds, peak RSS MB of that process, stderr tail)."""
+    """Run cmd; return (exit code, wall seconds, peak RSS MB of that process, stderr tail).
+
+    The peak is the process's own VmHWM, sampled from /proc while it runs. Not wait4's
+    ru_maxrss: Linux carries the parent's high-water mark across fork+exec into it, so a
+    child of a large harness would report the harness's peak.
+    """
     with tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        # wait4 gives this child's own rusage: ru_maxrss is its VmHWM (KiB on Linux).
-        _, status, usage = os.wait4(proc.pid, 0)
+        peak = 0.0
+        while proc.poll() is None:
+            peak = max(peak, vm_hwm_mb(proc.pid) or 0.0)
+            time.sleep(0.05)
         wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         tail = err.read()[-2000:].decode(errors="replace")
-    return proc.returncode, wall, usage.ru_maxrss / 1024, tail
+    return proc.returncode, wall, peak, tail
 
 
 async def run_stats(db_url: str) -> dict[str, Any]:
