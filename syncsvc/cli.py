@@ -377,6 +377,9 @@ def simulate(
     delete_rate: Annotated[float, typer.Option(help="Daily share of records deleted.")] = 0.01,
     insert_rate: Annotated[float, typer.Option(help="Daily share of records inserted.")] = 0.02,
     recreate_rate: Annotated[float, typer.Option(help="Daily share re-created.")] = 0.005,
+    new_event_every: Annotated[
+        int, typer.Option(help="A new event appears every N days (0: never).")
+    ] = 7,
     cache_dir: Annotated[
         Path | None, typer.Option(help="Render each dump once into this directory, then sendfile.")
     ] = None,
@@ -408,6 +411,7 @@ def simulate(
         delete_rate=delete_rate,
         insert_rate=insert_rate,
         recreate_rate=recreate_rate,
+        new_event_every=new_event_every,
     )
     options: dict[str, Any] = {"cache_dir": cache_dir}
     try:

@@ -22,6 +22,7 @@ from syncsvc.errors import ConfigError
 ENV_PREFIX = "SYNCSVC_"
 ENVIRONMENTS = ("uat", "production")
 LOG_FORMATS = ("auto", "json", "console")
+PARSE_IN_WORKER = ("event_all", "always", "never")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -59,6 +60,11 @@ class Settings:
     fetch_deadline: float = _setting(3600.0, "Seconds one fetch attempt may take in all.")
     max_dump_bytes: int = _setting(
         8 * 1024**3, "Decoded bytes one dump may reach before it is refused."
+    )
+    parse_in_worker: str = _setting(
+        "event_all",
+        "Which dumps are parsed in a worker process, a second core beside COPY and the diff:"
+        " event_all (the large ones), always or never.",
     )
     retry_attempts: int = _setting(5, "Attempts per call, the first included.")
     retry_base_delay: float = _setting(1.0, "Base of the exponential backoff, in seconds.")
@@ -271,6 +277,11 @@ def _validate(s: Settings) -> None:
             raise ConfigError(
                 "SYNCSVC_DATABASE_URL must be a postgresql:// URL", setting="database_url"
             )
+    if s.parse_in_worker not in PARSE_IN_WORKER:
+        raise ConfigError(
+            f"SYNCSVC_PARSE_IN_WORKER must be one of {', '.join(PARSE_IN_WORKER)}",
+            setting="parse_in_worker",
+        )
     if s.log_format not in LOG_FORMATS:
         raise ConfigError(
             f"SYNCSVC_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}", setting="log_format"

@@ -12,6 +12,7 @@ a message, a repr, a log line or a stat.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 import zlib
@@ -31,6 +32,7 @@ from syncsvc.cvent.catalog import Resource
 from syncsvc.cvent.parser import DumpParser, element_to_dict
 from syncsvc.cvent.responses import classify
 from syncsvc.cvent.retry import RetryPolicy
+from syncsvc.cvent.worker import WorkerParse
 from syncsvc.errors import (
     ConfigError,
     IncompleteDumpError,
@@ -132,6 +134,8 @@ class _Batches(Generic[T]):
         resp: aiohttp.ClientResponse,
         parser: DumpParser[T],
         where: dict[str, Any],
+        *,
+        in_worker: bool = False,
     ) -> None:
         self.error: SyncError | None = None
         self.finished = False
@@ -139,7 +143,7 @@ class _Batches(Generic[T]):
         self._resp = resp
         self._parser = parser
         self._where = where
-        self._gen = self._run()
+        self._gen = self._run_in_worker() if in_worker else self._run()
 
     def __aiter__(self) -> _Batches[T]:
         return self
@@ -150,6 +154,70 @@ class _Batches(Generic[T]):
         except SyncError as exc:
             self.error = exc
             raise
+
+    async def _body(self) -> AsyncIterator[bytes]:
+        """The decoded body in pieces; transport failures become syncsvc errors."""
+        stats = self._client.stats
+        decoder = _Decoder(self._resp.headers.get("Content-Encoding", ""), self._where)
+        try:
+            async for raw in self._resp.content.iter_chunked(READ_CHUNK):
+                stats.bytes += len(raw)
+                for piece in decoder.decode(raw):
+                    stats.decoded_bytes += len(piece)
+                    yield piece
+            decoder.finish()
+        except aiohttp.ClientPayloadError as exc:
+            raise IncompleteDumpError("The response body was cut short", **self._where) from exc
+        except TimeoutError as exc:
+            raise TransportError("Reading the response timed out", **self._where) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise TransportError(
+                f"Reading the response failed: {type(exc).__name__}", **self._where
+            ) from exc
+
+    async def _run_in_worker(self) -> AsyncIterator[list[T]]:
+        """As `_run`, with the parse in a worker process (see cvent/worker.py)."""
+        work = WorkerParse(self._parser, BATCH_SIZE)
+        feed_error: list[BaseException] = []
+
+        async def feed() -> None:
+            fed = 0
+            try:
+                async for piece in self._body():
+                    # The cap is checked here too, so no byte past it is decoded while the
+                    # worker is still busy with earlier ones (a gzip bomb stops at the cap).
+                    fed += len(piece)
+                    self._parser.check_size(fed)
+                    await work.feed(piece)
+            except BaseException as exc:
+                feed_error.append(exc)
+                work.abort()
+                if not isinstance(exc, SyncError | OSError):
+                    raise
+                return
+            await work.finish()
+
+        feeder = asyncio.create_task(feed())
+        try:
+            async for batch in work.batches():
+                yield batch
+            # The worker's verdict came first; a body that could not be read ends "aborted".
+            await feeder
+            if feed_error:
+                exc = feed_error[0]
+                if isinstance(exc, SyncError):
+                    raise exc
+                raise TransportError(
+                    f"Forwarding the response failed: {type(exc).__name__}", **self._where
+                ) from exc
+            if self._parser.code is None:
+                raise TerminalError("The parse worker ended without a verdict", **self._where)
+        finally:
+            feeder.cancel()
+            with contextlib.suppress(BaseException):
+                await feeder
+            await work.close()
+        self.finished = True
 
     async def _run(self) -> AsyncIterator[list[T]]:
         parser = self._parser
@@ -259,6 +327,11 @@ class CventClient:
             },
         ) as session:
             yield cls(session, settings, policy or RetryPolicy.from_settings(settings))
+
+    def _parse_in_worker(self, event: str | None) -> bool:
+        # event=all dumps are the large ones; a per-event dump is too small to pay for a fork.
+        mode = self.settings.parse_in_worker
+        return mode == "always" or (mode == "event_all" and event == catalog.EVENT_ALL)
 
     def url(self, resource: Resource) -> str:
         return self._base_url + resource.path
@@ -401,7 +474,9 @@ class CventClient:
                         egress=_local_address(resp),
                         headers=resp.headers,
                     )
-                    batches = _Batches(self, resp, parser, where)
+                    batches = _Batches(
+                        self, resp, parser, where, in_worker=self._parse_in_worker(event)
+                    )
                     try:
                         value = await sink(batches)
                     except BaseException as exc:

@@ -166,6 +166,14 @@ class DumpParser(Generic[T]):
     def _where(self) -> dict[str, Any]:
         return {"resource": self.resource.path, "event_guid": self.event}
 
+    def check_size(self, total: int) -> None:
+        """Refuse a body whose decoded size passed max_bytes (also checked by a parse's feeder)."""
+        if total > self.max_bytes:
+            raise UnsafeXmlError(
+                f"The dump exceeds max_dump_bytes ({self.max_bytes} bytes); refused",
+                **self._where(),
+            )
+
     def take(self) -> list[T]:
         """The records collected since the last call."""
         out, self.pending = self.pending, []
@@ -176,11 +184,7 @@ class DumpParser(Generic[T]):
         if not data:
             return
         self.bytes += len(data)
-        if self.bytes > self.max_bytes:
-            raise UnsafeXmlError(
-                f"The dump exceeds max_dump_bytes ({self.max_bytes} bytes); refused",
-                **self._where(),
-            )
+        self.check_size(self.bytes)
         if self._root_ended:
             if data.strip(_WHITESPACE):
                 raise IncompleteDumpError(

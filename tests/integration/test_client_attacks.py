@@ -17,6 +17,13 @@ from syncsvc.cvent.client import DECODED_PIECE
 from syncsvc.errors import UnsafeXmlError
 from tests.apiserver import EVENTS, Reply, client_for, collect, listen, serve_api
 
+
+@pytest.fixture(params=["never", "always"], ids=["in-process", "in-worker"])
+def parse_mode(request: pytest.FixtureRequest) -> str:
+    """Every case runs against the in-process parse and the worker-process parse alike."""
+    return str(request.param)
+
+
 HEAD = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 OPEN = b"<response><responseCode>0</responseCode><users>"
 CLOSE = b"</users></response>"
@@ -123,13 +130,15 @@ def _reset_peak_rss() -> None:
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
-async def test_attack_is_refused_fast_with_flat_memory_and_no_connection(name: str) -> None:
+async def test_attack_is_refused_fast_with_flat_memory_and_no_connection(
+    parse_mode: str, name: str
+) -> None:
     build, settings, gzipped = ATTACKS[name]
     async with listen() as listener, serve_api() as server:
         body = build(listener.url)
         headers = [("Content-Encoding", "gzip")] if gzipped else []
         server.push(Reply(body=body, headers=headers, chunk=64 * 1024))
-        async with client_for(server, **settings) as client:
+        async with client_for(server, parse_in_worker=parse_mode, **settings) as client:
             gc.collect()
             _reset_peak_rss()
             base = _status("VmRSS")
@@ -150,8 +159,12 @@ async def test_attack_is_refused_fast_with_flat_memory_and_no_connection(name: s
         assert decoded <= BOMB_CAP + DECODED_PIECE  # stopped at the cap, not after
 
 
-async def test_xinclude_is_never_processed() -> None:
-    async with listen() as listener, serve_api() as server, client_for(server) as client:
+async def test_xinclude_is_never_processed(parse_mode: str) -> None:
+    async with (
+        listen() as listener,
+        serve_api() as server,
+        client_for(server, parse_in_worker=parse_mode) as client,
+    ):
         xi = f'<xi:include xmlns:xi="http://www.w3.org/2001/XInclude" href="{listener.url}"/>'
         body = HEAD + OPEN + b"<user><userRef>U1</userRef>" + xi.encode() + b"</user>" + CLOSE
         server.push(Reply(body=body))

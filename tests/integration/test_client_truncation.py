@@ -12,6 +12,13 @@ from syncsvc.cvent.retry import RetryPolicy
 from syncsvc.errors import IncompleteDumpError, RetriesExhaustedError
 from tests.apiserver import EVENTS, Reply, client_for, collect, make_records, render, serve_api
 
+
+@pytest.fixture(params=["never", "always"], ids=["in-process", "in-worker"])
+def parse_mode(request: pytest.FixtureRequest) -> str:
+    """Every case runs against the in-process parse and the worker-process parse alike."""
+    return str(request.param)
+
+
 RECORDS = make_records(catalog.USERS, EVENTS[0], 400)
 TWO_TRIES = RetryPolicy(max_attempts=2, base=0.001, cap=0.001, budget=1.0, random=lambda: 0.5)
 
@@ -43,11 +50,14 @@ def cut_points(body: bytes) -> list[int]:
 @pytest.mark.parametrize("code_after", [False, True], ids=["code-first", "code-after-payload"])
 @pytest.mark.parametrize("framing", ["length", "chunked", "close"])
 async def test_cut_body_is_incomplete_in_every_framing(
-    framing: str, code_after: bool, gzip: bool
+    parse_mode: str, framing: str, code_after: bool, gzip: bool
 ) -> None:
     body = render(catalog.USERS, RECORDS, code_after_payload=code_after)
     points = cut_points(body)
-    async with serve_api() as server, client_for(server, policy=TWO_TRIES) as client:
+    async with (
+        serve_api() as server,
+        client_for(server, parse_in_worker=parse_mode, policy=TWO_TRIES) as client,
+    ):
         for cut in points:
             if gzip:  # cut the compressed stream at the same share of its length
                 cut = len(gzip_mod.compress(body)) * cut // len(body)
@@ -63,9 +73,11 @@ async def test_cut_body_is_incomplete_in_every_framing(
 
 @pytest.mark.parametrize("gzip", [False, True], ids=["identity", "gzip"])
 @pytest.mark.parametrize("framing", ["length", "chunked", "close"])
-async def test_whole_body_in_every_framing_is_complete(framing: str, gzip: bool) -> None:
+async def test_whole_body_in_every_framing_is_complete(
+    parse_mode: str, framing: str, gzip: bool
+) -> None:
     body = render(catalog.USERS, RECORDS, code_after_payload=True)
-    async with serve_api() as server, client_for(server) as client:
+    async with serve_api() as server, client_for(server, parse_in_worker=parse_mode) as client:
         server.push(Reply(body=body, framing=framing, gzip=gzip))
         sink = Sink()
         result = await client.fetch(catalog.USERS, EVENTS[0], sink)
@@ -75,9 +87,9 @@ async def test_whole_body_in_every_framing_is_complete(framing: str, gzip: bool)
     assert server.seen[0].headers["accept-encoding"] == "gzip"
 
 
-async def test_cut_then_whole_retries_into_a_complete_dump() -> None:
+async def test_cut_then_whole_retries_into_a_complete_dump(parse_mode: str) -> None:
     body = render(catalog.USERS, RECORDS, code_after_payload=True)
-    async with serve_api() as server, client_for(server) as client:
+    async with serve_api() as server, client_for(server, parse_in_worker=parse_mode) as client:
         server.push(Reply(body=body, framing="close", cut=len(body) // 2), Reply(body=body))
         sink = Sink()
         result = await client.fetch(catalog.USERS, EVENTS[0], sink)
@@ -86,9 +98,12 @@ async def test_cut_then_whole_retries_into_a_complete_dump() -> None:
     assert result.attempts == 2
 
 
-async def test_gzip_with_bytes_after_its_stream_is_incomplete() -> None:
+async def test_gzip_with_bytes_after_its_stream_is_incomplete(parse_mode: str) -> None:
     body = gzip_mod.compress(render(catalog.USERS, RECORDS)) + b"trailing"
-    async with serve_api() as server, client_for(server, policy=TWO_TRIES) as client:
+    async with (
+        serve_api() as server,
+        client_for(server, parse_in_worker=parse_mode, policy=TWO_TRIES) as client,
+    ):
         server.push(*[Reply(body=body, headers=[("Content-Encoding", "gzip")])] * 2)
         with pytest.raises(RetriesExhaustedError) as info:
             await client.fetch(catalog.USERS, EVENTS[0], collect)
