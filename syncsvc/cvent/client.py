@@ -16,7 +16,7 @@ import contextlib
 import ssl
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
@@ -155,7 +155,7 @@ class _Batches(Generic[T]):
             self.error = exc
             raise
 
-    async def _body(self) -> AsyncIterator[bytes]:
+    async def _body(self) -> AsyncGenerator[bytes, None]:
         """The decoded body in pieces; transport failures become syncsvc errors."""
         stats = self._client.stats
         decoder = _Decoder(self._resp.headers.get("Content-Encoding", ""), self._where)
@@ -221,25 +221,11 @@ class _Batches(Generic[T]):
 
     async def _run(self) -> AsyncIterator[list[T]]:
         parser = self._parser
-        stats = self._client.stats
-        decoder = _Decoder(self._resp.headers.get("Content-Encoding", ""), self._where)
-        try:
-            async for raw in self._resp.content.iter_chunked(READ_CHUNK):
-                stats.bytes += len(raw)
-                for piece in decoder.decode(raw):
-                    stats.decoded_bytes += len(piece)
-                    parser.feed(piece)
-                    if len(parser.pending) >= BATCH_SIZE:
-                        yield parser.take()
-            decoder.finish()
-        except aiohttp.ClientPayloadError as exc:
-            raise IncompleteDumpError("The response body was cut short", **self._where) from exc
-        except TimeoutError as exc:
-            raise TransportError("Reading the response timed out", **self._where) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TransportError(
-                f"Reading the response failed: {type(exc).__name__}", **self._where
-            ) from exc
+        async with contextlib.aclosing(self._body()) as body:
+            async for piece in body:
+                parser.feed(piece)
+                if len(parser.pending) >= BATCH_SIZE:
+                    yield parser.take()
         parser.close()
         if parser.pending:
             yield parser.take()
