@@ -177,6 +177,17 @@ DATA_RESOURCES: tuple[Resource, ...] = (USERS, SESSIONS, EXHIBITORS)
 BY_PATH: dict[str, Resource] = {r.path: r for r in RESOURCES}
 BY_ENTITY: dict[str, Resource] = {r.entity: r for r in RESOURCES}
 
+
+def resolve(resource: Resource | str) -> Resource:
+    """A Resource, given itself, its path ("userData.do") or its entity ("user")."""
+    if isinstance(resource, Resource):
+        return resource
+    found = BY_PATH.get(resource) or BY_ENTITY.get(resource)
+    if found is None:
+        raise ValueError(f"unknown resource {resource!r}")
+    return found
+
+
 # Elements a data dump must never hand us: the Primary ID lets its holder act as the user.
 FORBIDDEN_ELEMENTS: frozenset[str] = frozenset({"userKey"})
 

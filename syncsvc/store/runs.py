@@ -10,17 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from syncsvc.cvent.catalog import BY_ENTITY, BY_PATH, Resource
+from syncsvc.cvent.catalog import Resource, resolve
 from syncsvc.store.schema import fetches, runs
-
-
-def _resource(resource: Resource | str) -> Resource:
-    if isinstance(resource, Resource):
-        return resource
-    found = BY_PATH.get(resource) or BY_ENTITY.get(resource)
-    if found is None:
-        raise ValueError(f"unknown resource {resource!r}")
-    return found
 
 
 async def create_run(
@@ -96,7 +87,7 @@ async def create_fetch(
     status: str = "running",
 ) -> int:
     """Insert a `fetches` row for one unit (resource, scope) of a run and return its id."""
-    res = _resource(resource)
+    res = resolve(resource)
     async with engine.begin() as conn:
         fetch_id = await conn.scalar(
             sa.insert(fetches)

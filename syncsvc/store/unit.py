@@ -55,7 +55,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from syncsvc.cvent.catalog import BY_ENTITY, BY_PATH, EVENT_ALL, Resource
+from syncsvc.cvent.catalog import EVENT_ALL, Resource, resolve
 from syncsvc.errors import IncompleteDumpError, StoreError
 from syncsvc.logs import get_logger
 from syncsvc.normalize import Normalizer, normalizer
@@ -151,15 +151,6 @@ class ApplyResult:
         return self.inserted + self.updated + self.deleted + self.rekeyed
 
 
-def _resource(resource: Resource | str) -> Resource:
-    if isinstance(resource, Resource):
-        return resource
-    found = BY_PATH.get(resource) or BY_ENTITY.get(resource)
-    if found is None:
-        raise ValueError(f"unknown resource {resource!r}")
-    return found
-
-
 @dataclass(slots=True)
 class _StageCounts:
     staged: int = 0
@@ -180,7 +171,7 @@ class UnitWriter:
         batch_rows: int = DEFAULT_BATCH_ROWS,
         checkpoint: Checkpoint | None = None,
     ) -> None:
-        self.resource = _resource(resource)
+        self.resource = resolve(resource)
         if not self.resource.per_event and scope != EVENT_ALL:
             raise ValueError("event.do units have scope 'all' (the whole account)")
         self.engine = engine
