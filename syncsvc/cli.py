@@ -75,6 +75,16 @@ def _settings(ctx: typer.Context) -> Settings:
     return settings
 
 
+def _api_settings(ctx: typer.Context) -> Settings:
+    """The settings of a command that calls the API: base URL and token required (exit 2)."""
+    settings = _settings(ctx)
+    try:
+        settings.require_api()
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_CONFIG) from None
+    return settings
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     ctx: typer.Context,
@@ -288,11 +298,7 @@ def run_cmd(
     from syncsvc import console, scheduler
     from syncsvc.store import db
 
-    settings = _settings(ctx)
-    try:
-        settings.require_api()
-    except ConfigError as exc:
-        raise fail(str(exc), EXIT_CONFIG) from None
+    settings = _api_settings(ctx)
     out = console.console()
 
     async def go() -> scheduler.RunResult:
@@ -342,11 +348,7 @@ def serve_cmd(
     from syncsvc.metrics import Metrics
     from syncsvc.store import db
 
-    settings = _settings(ctx)
-    try:
-        settings.require_api()
-    except ConfigError as exc:
-        raise fail(str(exc), EXIT_CONFIG) from None
+    settings = _api_settings(ctx)
 
     async def go() -> int:
         async with db.connect(settings) as engine:
