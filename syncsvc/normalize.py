@@ -22,13 +22,7 @@ from typing import Any
 from lxml import etree
 
 from syncsvc.cvent.catalog import BY_ENTITY, FORBIDDEN_ELEMENTS, FieldKind, Resource
-from syncsvc.records import (
-    RECORD_TYPES,
-    Record,
-    datetime_positions,
-    hash_values,
-    mapping_positions,
-)
+from syncsvc.records import RECORD_TYPES, Record, codec
 
 Normalizer = Callable[[etree._Element], Record]
 
@@ -98,8 +92,8 @@ def normalizer(resource: Resource) -> Normalizer:
     make = RECORD_TYPES[resource.entity]._make
     width = len(resource.fields)
     extras_at = width
-    positions = mapping_positions(resource)
-    dt_positions = datetime_positions(resource)
+    row = codec(resource)
+    data_line, digest = row.data_line, row.digest
     index: dict[str, tuple[int, FieldKind, str]] = {
         f.api: (i, f.kind, f.api) for i, f in enumerate(resource.fields)
     }
@@ -135,7 +129,7 @@ def normalizer(resource: Resource) -> Normalizer:
                     extras = {}
                 extras[tag] = raw
         values[extras_at] = extras
-        values.append(hash_values(values, positions, dt_positions))
+        values.append(digest(data_line(values)))
         return make(values)
 
     normalize.__name__ = f"normalize_{resource.entity}"

@@ -330,7 +330,11 @@ class Runner:
                     scope=unit.writer_scope,
                 ) as writer:
                     fetched = await self.client.fetch(
-                        unit.resource, unit.event, writer.stage, on_record=writer.normalize
+                        unit.resource,
+                        unit.event,
+                        writer.stage,
+                        on_record=writer.normalize,
+                        encoded=True,
                     )
                     outcome.records = fetched.records
                     outcome.bytes = fetched.bytes

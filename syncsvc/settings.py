@@ -63,8 +63,11 @@ class Settings:
     )
     parse_in_worker: str = _setting(
         "event_all",
-        "Which dumps are parsed in a worker process, a second core beside COPY and the diff:"
-        " event_all (the large ones), always or never.",
+        "Which dumps are parsed in worker processes, segment by segment, beside COPY and the"
+        " diff: event_all (the large ones), always or never (in the run's own process).",
+    )
+    parse_workers: int = _setting(
+        2, "Worker processes that parse large dumps (one per core the database can spare)."
     )
     retry_attempts: int = _setting(5, "Attempts per call, the first included.")
     retry_base_delay: float = _setting(1.0, "Base of the exponential backoff, in seconds.")
@@ -303,6 +306,7 @@ def _validate(s: Settings) -> None:
         "rate_limit",
         "rate_period",
         "max_concurrency",
+        "parse_workers",
         "connect_timeout",
         "read_timeout",
         "fetch_deadline",

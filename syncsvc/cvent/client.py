@@ -12,11 +12,14 @@ a message, a repr, a log line or a stat.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import multiprocessing
 import ssl
 import time
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
@@ -32,7 +35,8 @@ from syncsvc.cvent.catalog import Resource
 from syncsvc.cvent.parser import DumpParser, element_to_dict
 from syncsvc.cvent.responses import classify
 from syncsvc.cvent.retry import RetryPolicy
-from syncsvc.cvent.worker import WorkerParse
+from syncsvc.cvent.segments import EncodedBatch, SegmentRefused, encode_segment
+from syncsvc.cvent.split import Splitter
 from syncsvc.errors import (
     ConfigError,
     IncompleteDumpError,
@@ -54,6 +58,8 @@ log = logs.get_logger(__name__)
 READ_CHUNK = 256 * 1024  # bytes asked of the socket per read
 DECODED_PIECE = 256 * 1024  # most bytes one gzip step may produce: a bomb is checked as it grows
 BATCH_SIZE = 2000  # records per batch handed to the sink
+SEGMENT_BYTES = 1024 * 1024  # bytes of whole records per segment parsed in a worker
+SEGMENTS_AHEAD = 2  # segments queued per worker: enough to keep it busy while COPY writes
 # The throttler's window is stretched by this factor: the server counts arrivals, and network
 # jitter can move a start from one of our windows into the server's previous one.
 RATE_SAFETY = 1.05
@@ -135,7 +141,8 @@ class _Batches(Generic[T]):
         parser: DumpParser[T],
         where: dict[str, Any],
         *,
-        in_worker: bool = False,
+        split: Executor | None = None,
+        only: str | None = None,
     ) -> None:
         self.error: SyncError | None = None
         self.finished = False
@@ -143,7 +150,8 @@ class _Batches(Generic[T]):
         self._resp = resp
         self._parser = parser
         self._where = where
-        self._gen = self._run_in_worker() if in_worker else self._run()
+        self._only = only
+        self._gen = self._run_split(split) if split is not None else self._run()
 
     def __aiter__(self) -> _Batches[T]:
         return self
@@ -175,48 +183,74 @@ class _Batches(Generic[T]):
                 f"Reading the response failed: {type(exc).__name__}", **self._where
             ) from exc
 
-    async def _run_in_worker(self) -> AsyncIterator[list[T]]:
-        """As `_run`, with the parse in a worker process (see cvent/worker.py)."""
-        work = WorkerParse(self._parser, BATCH_SIZE)
-        feed_error: list[BaseException] = []
-
-        async def feed() -> None:
-            fed = 0
-            try:
-                async for piece in self._body():
-                    # The cap is checked here too, so no byte past it is decoded while the
-                    # worker is still busy with earlier ones (a gzip bomb stops at the cap).
-                    fed += len(piece)
-                    self._parser.check_size(fed)
-                    await work.feed(piece)
-            except BaseException as exc:
-                feed_error.append(exc)
-                work.abort()
-                if not isinstance(exc, SyncError | OSError):
-                    raise
-                return
-            await work.finish()
-
-        feeder = asyncio.create_task(feed())
+    async def _run_split(self, pool: Executor) -> AsyncIterator[Any]:
+        """As `_run`, with the records parsed in worker processes, segment by segment (see
+        cvent/split.py): batches are EncodedBatch, in document order. A dump whose head is not
+        the plain shape is parsed as one document here, as `_run` does."""
+        parser = self._parser
+        splitter = Splitter(
+            parser.resource, segment_bytes=SEGMENT_BYTES, max_record_bytes=parser.max_record_bytes
+        )
+        loop = asyncio.get_running_loop()
+        path = parser.resource.path
+        ahead = SEGMENTS_AHEAD * self._client.settings.parse_workers
+        inflight: collections.deque[asyncio.Future[EncodedBatch]] = collections.deque()
+        segments = records = total = 0
         try:
-            async for batch in work.batches():
+            async with contextlib.aclosing(self._body()) as body:
+                async for piece in body:
+                    total += len(piece)
+                    parser.check_size(total)
+                    if splitter.classic:
+                        parser.feed(piece)
+                        if len(parser.pending) >= BATCH_SIZE:
+                            yield parser.take()
+                        continue
+                    for segment in splitter.feed(piece):
+                        if len(inflight) >= ahead:
+                            batch = await inflight.popleft()
+                            records += batch.records
+                            yield batch
+                        segments += 1
+                        inflight.append(
+                            loop.run_in_executor(
+                                pool, encode_segment, path, segment, segments << 32, self._only
+                            )
+                        )
+                    if splitter.classic:  # decided just now: the head was not the plain shape
+                        parser.feed(bytes(splitter.buffered))
+                        splitter.buffered.clear()
+            if not splitter.classic:
+                for segment in splitter.finish():
+                    segments += 1
+                    inflight.append(
+                        loop.run_in_executor(
+                            pool, encode_segment, path, segment, segments << 32, self._only
+                        )
+                    )
+            if splitter.classic:
+                if splitter.buffered:  # the body ended while the head was sought
+                    parser.feed(bytes(splitter.buffered))
+                parser.close()
+                if parser.pending:
+                    yield parser.take()
+                self.finished = True
+                return
+            while inflight:
+                batch = await inflight.popleft()
+                records += batch.records
                 yield batch
-            # The worker's verdict came first; a body that could not be read ends "aborted".
-            await feeder
-            if feed_error:
-                exc = feed_error[0]
-                if isinstance(exc, SyncError):
-                    raise exc
-                raise TransportError(
-                    f"Forwarding the response failed: {type(exc).__name__}", **self._where
-                ) from exc
-            if self._parser.code is None:
-                raise TerminalError("The parse worker ended without a verdict", **self._where)
         finally:
-            feeder.cancel()
-            with contextlib.suppress(BaseException):
-                await feeder
-            await work.close()
+            for future in inflight:
+                future.cancel()
+        # The verdict: head and tail as one document (root, response code, nothing after it).
+        assert splitter.head is not None
+        parser.feed(splitter.head)
+        parser.feed(splitter.tail)
+        parser.close()
+        if parser.records:
+            raise SegmentRefused("A record outside the dump's segments", **self._where)
+        parser.records, parser.bytes = records, total
         self.finished = True
 
     async def _run(self) -> AsyncIterator[list[T]]:
@@ -276,6 +310,7 @@ class CventClient:
             period=settings.rate_period * RATE_SAFETY,
         )
         self._semaphore = asyncio.Semaphore(settings.max_concurrency)
+        self._pool: ProcessPoolExecutor | None = None
 
     def __repr__(self) -> str:
         return f"CventClient(base_url={self._base_url!r})"
@@ -312,12 +347,33 @@ class CventClient:
                 "Accept-Encoding": "gzip",
             },
         ) as session:
-            yield cls(session, settings, policy or RetryPolicy.from_settings(settings))
+            client = cls(session, settings, policy or RetryPolicy.from_settings(settings))
+            try:
+                yield client
+            finally:
+                await asyncio.to_thread(client.close)
 
-    def _parse_in_worker(self, event: str | None) -> bool:
-        # event=all dumps are the large ones; a per-event dump is too small to pay for a fork.
+    def _split_pool(self, event: str | None, encoded: bool) -> Executor | None:
+        """The worker pool a dump is parsed in, or None to parse it in process."""
         mode = self.settings.parse_in_worker
-        return mode == "always" or (mode == "event_all" and event == catalog.EVENT_ALL)
+        # event=all dumps are the large ones; a per-event dump is too small to pay for the trip.
+        large = mode == "always" or (mode == "event_all" and event == catalog.EVENT_ALL)
+        if not (encoded and large):
+            return None
+        if self._pool is None:
+            # forkserver: the workers start from a clean process (no event loop, no sockets,
+            # no threads to fork), importing only the parse.
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["syncsvc.cvent.segments"])
+            workers = self.settings.parse_workers
+            self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the parse workers (the session is closed by `open`)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def url(self, resource: Resource) -> str:
         return self._base_url + resource.path
@@ -341,6 +397,8 @@ class CventClient:
         event: str | None,
         sink: Sink[T, R],
         on_record: Callable[[etree._Element], T] | None = None,
+        *,
+        encoded: bool = False,
     ) -> FetchResult[R]:
         """Fetch one dump into `sink`, retrying retryable failures (see CONTRACTS.md).
 
@@ -349,6 +407,11 @@ class CventClient:
         for a complete dump with code 0. Terminal errors propagate; when the policy gives up,
         RetriesExhaustedError is raised from the last error. Raised SyncErrors carry
         `context["attempts"]` and `context["delays"]`.
+
+        `encoded=True`: the sink also takes EncodedBatch batches (staging rows made in worker
+        processes, see cvent/segments.py) for the dumps `parse_in_worker` names. When such a
+        dump's segments do not parse on their own, it is fetched again (one more attempt, no
+        backoff) and parsed as one document.
         """
         record = on_record or cast(Callable[[etree._Element], T], element_to_dict)
         where: dict[str, Any] = {"resource": resource.path, "event_guid": event}
@@ -359,7 +422,17 @@ class CventClient:
             attempt += 1
             status: list[int | None] = [None]
             try:
-                value, parser = await self._attempt(resource, event, sink, record, where, status)
+                value, parser = await self._attempt(
+                    resource, event, sink, record, where, status, encoded
+                )
+            except SegmentRefused as exc:
+                if not encoded:
+                    raise  # pragma: no cover (only an encoded fetch splits)
+                log.warning(
+                    "dump_parsed_whole", resource=resource.path, event_guid=event, reason=str(exc)
+                )
+                encoded = False
+                continue
             except SyncError as exc:
                 exc.context.setdefault("attempts", attempt)
                 exc.context.setdefault("delays", list(delays))
@@ -420,6 +493,7 @@ class CventClient:
         on_record: Callable[[etree._Element], T],
         where: dict[str, Any],
         status: list[int | None],
+        encoded: bool = False,
     ) -> tuple[R, DumpParser[T]]:
         form = {catalog.PARAM_TOKEN: self.__token}
         if event is not None:
@@ -460,8 +534,9 @@ class CventClient:
                         egress=_local_address(resp),
                         headers=resp.headers,
                     )
+                    only = None if event in (None, catalog.EVENT_ALL) else event
                     batches = _Batches(
-                        self, resp, parser, where, in_worker=self._parse_in_worker(event)
+                        self, resp, parser, where, split=self._split_pool(event, encoded), only=only
                     )
                     try:
                         value = await sink(batches)

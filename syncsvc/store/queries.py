@@ -98,7 +98,7 @@ class Statements:
     stage_columns: tuple[str, ...]
     create_stage: str
     truncate_stage: str
-    dedupe_stage: str  # $1 suspect key hashes -> (event_guid, duplicates)
+    dedupe_stage: str  # -> (event_guid, duplicates)
     diff_keys: str  # $1 scope event GUIDs (data entities only)
     diff: str
     analyze_diff: str
@@ -266,15 +266,15 @@ WITH inserted AS (
 SELECT min(seq) AS first_seq, max(seq) AS last_seq FROM inserted
 """
     count_changes = f"SELECT op, count(*) FROM {DIFF} WHERE {emitted} GROUP BY op"
-    # kh is a 64-bit hash of the key computed while staging, which also collects the hashes it
-    # saw more than once ($1, "suspects"; usually few or none): only rows with a suspect hash
-    # are compared by their real key, so no aggregate over the whole dump is needed.
+    # kh is a 63-bit hash of the key computed while staging: one aggregate over a bigint finds
+    # the few hashes seen twice, and only their rows are grouped by the real key.
     dedupe_stage = f"""
-WITH dup AS (
+WITH suspect AS (
+    SELECT kh FROM {STAGE} GROUP BY kh HAVING count(*) > 1
+), dup AS (
     SELECT {", ".join(keys)}, max(ord) AS keep
     FROM {STAGE}
-    -- a semi-join, hashed whatever the plan (a generic plan would scan `= ANY($1)` linearly)
-    WHERE kh IN (SELECT unnest($1::bigint[]))
+    WHERE kh IN (SELECT kh FROM suspect)
     GROUP BY {", ".join(keys)} HAVING count(*) > 1
 ), dropped AS (
     DELETE FROM {STAGE} s USING dup d

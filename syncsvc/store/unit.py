@@ -48,7 +48,6 @@ import json
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring as encode_json_string
 from types import TracebackType
 from typing import Any
 
@@ -56,10 +55,11 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncsvc.cvent.catalog import EVENT_ALL, Resource, resolve
+from syncsvc.cvent.segments import EncodedBatch, staging_line
 from syncsvc.errors import IncompleteDumpError, StoreError
 from syncsvc.logs import get_logger
 from syncsvc.normalize import Normalizer, normalizer
-from syncsvc.records import Record, mapping_positions
+from syncsvc.records import Record, codec
 from syncsvc.settings import Settings
 from syncsvc.store import queries
 from syncsvc.store.db import raw_connection
@@ -67,7 +67,6 @@ from syncsvc.store.db import raw_connection
 log = get_logger(__name__)
 
 DEFAULT_BATCH_ROWS = 10_000
-_SEEN_BITS = 1 << 26  # 8 MB: at a million keys, a few thousand false suspects
 
 # The steps a unit passes, in order (rekeys_paired: entities with clientID only).
 STEPS = (
@@ -190,13 +189,11 @@ class UnitWriter:
         self._records = 0
         self._rejected = 0
         self._events: dict[str, int] = {}
-        self._suspects: list[int] = []  # key hashes seen twice while staging (dedupe_stage)
         self._stage_seconds = 0.0
         fields = self.resource.fields
         self._guid_at = fields.index(self.resource.field("eventGUID"))
         self._key_at = fields.index(self.resource.key_field)
-        # Slots COPY must send as JSON text (customFields, extras).
-        self._json_at = mapping_positions(self.resource)
+        self._codec = codec(self.resource)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -271,7 +268,6 @@ class UnitWriter:
         self._staged = True
         self._records = self._rejected = 0
         self._events = {}
-        self._suspects = []
         await self._step("staging_ready")
 
     async def stage(self, batches: AsyncIterable[Sequence[Record | None]]) -> StageResult:
@@ -288,8 +284,11 @@ class UnitWriter:
         savepoint = self._raw.transaction()
         await savepoint.start()
         try:
-            await self._raw.copy_records_to_table(
-                queries.STAGE, records=self._rows(batches, counts), columns=self._sql.stage_columns
+            await self._raw.copy_to_table(
+                queries.STAGE,
+                source=self._rows(batches, counts),
+                columns=self._sql.stage_columns,
+                format="text",
             )
         except BaseException as exc:
             with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
@@ -318,46 +317,44 @@ class UnitWriter:
         )
 
     async def _rows(
-        self, batches: AsyncIterable[Sequence[Record | None]], counts: _StageCounts
-    ) -> AsyncIterator[list[Any]]:
-        """COPY rows from record batches: rejects counted, mappings as JSON text, `ord` added."""
+        self, batches: AsyncIterable[Sequence[Record | None] | EncodedBatch], counts: _StageCounts
+    ) -> AsyncIterator[bytes]:
+        """COPY text from batches: records (rendered here) or EncodedBatch (rendered by a parse
+        worker); rejects counted, `ord` in document order, `kh` for the dedupe."""
         only = None if self.scope == EVENT_ALL else self.scope
-        guid_at, key_at, json_at = self._guid_at, self._key_at, self._json_at
+        guid_at, key_at = self._guid_at, self._key_at
         events = self._events
-        enc = encode_json_string
+        data_line = self._codec.data_line
         ordinal = 0
-        # A fixed bitmap over the key hashes: a bit already set marks a suspect duplicate
-        # (a true one, or a bitmap collision the SQL then rules out). Memory: _SEEN_BITS / 8.
-        seen = bytearray(_SEEN_BITS // 8)
-        mask = _SEEN_BITS - 1
-        suspects = self._suspects
         async for batch in batches:
+            if isinstance(batch, EncodedBatch):
+                if batch.only != only:
+                    raise StoreError(
+                        "a batch was parsed for another scope", resource=self.resource.path
+                    )
+                counts.rejected += batch.rejected
+                counts.staged += batch.staged
+                for event, n in batch.events.items():
+                    events[event] = events.get(event, 0) + n
+                yield batch.data
+                await self._step("batch_staged")
+                continue
+            lines = []
             for record in batch:
                 if record is None:
                     counts.rejected += 1
                     continue
                 guid: Any = record[guid_at]
-                if guid is None or record[key_at] is None or (only is not None and guid != only):
+                key: Any = record[key_at]
+                if guid is None or key is None or (only is not None and guid != only):
                     counts.rejected += 1
                     continue
                 events[guid] = events.get(guid, 0) + 1
-                row: list[Any] = list(record)
-                for i in json_at:
-                    if (mapping := row[i]) is not None:
-                        # str -> str mappings: JSON by hand, 4x faster than json.dumps
-                        pairs = [enc(k) + ":" + enc(v) for k, v in mapping.items()]
-                        row[i] = "{" + ",".join(pairs) + "}"
                 ordinal += 1
-                row.append(ordinal)
-                kh = hash((guid, record[key_at]))  # see queries.dedupe_stage
-                row.append(kh)
-                at, bit = (kh & mask) >> 3, 1 << (kh & 7)
-                if seen[at] & bit:
-                    suspects.append(kh)
-                else:
-                    seen[at] |= bit
-                yield row
-            counts.staged = ordinal
+                line = data_line(record[:-1])
+                lines.append(staging_line(line, record[-1], ordinal, guid, key))
+            counts.staged += len(lines)
+            yield "".join(lines).encode()
             await self._step("batch_staged")
 
     async def stage_records(self, records: Iterable[Record]) -> StageResult:
@@ -417,7 +414,7 @@ class UnitWriter:
         await self._execute("SET LOCAL work_mem = '256MB'")
         await self._execute("SET LOCAL jit = off")
 
-        dup_rows = await self._fetch(sql.dedupe_stage, self._suspects) if self._suspects else []
+        dup_rows = await self._fetch(sql.dedupe_stage)
         dups = {r["event_guid"]: int(r["duplicates"]) for r in dup_rows}
         duplicates = sum(dups.values())
         if duplicates:

@@ -1,0 +1,203 @@
+"""A run of whole records -> COPY-ready staging rows, in a worker process beside the event loop.
+
+A large dump is cut (by `syncsvc.cvent.split`) into segments of whole records; each segment is
+parsed here by libxml2 with the dump's own parser options, wrapped in its container element, and
+its records become staging rows (COPY text, row hash, ordinal, key hash) directly: no typed
+record tuple, no second rendering for the hash, no per-row encoding in asyncpg. The values are
+exactly what `syncsvc.normalize` makes (the tests compare both on every simulator style), because
+the row hash, which the store compares, is md5 over the row's canonical COPY text.
+
+A segment that does not parse on its own raises SegmentRefused: the split may have cut inside a
+comment or CDATA section that holds a record's end tag, so the client fetches that dump again with
+the one-document parser, whose verdict is final.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import zlib
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from syncsvc.cvent import catalog
+from syncsvc.cvent.catalog import FieldKind, Resource
+from syncsvc.cvent.parser import parser_options
+from syncsvc.errors import SyncError
+from syncsvc.normalize import _INT_MAX, _INT_MIN, _all_text, parse_date
+from syncsvc.records import _NULL, _array, _json, copy_text
+
+_UTC = dt.UTC
+_from_iso = dt.datetime.fromisoformat
+_TEXT, _INT, _DATE, _DATETIME, _REFS, _CUSTOM = (
+    FieldKind.TEXT,
+    FieldKind.INT,
+    FieldKind.DATE,
+    FieldKind.DATETIME,
+    FieldKind.REFS,
+    FieldKind.CUSTOM,
+)
+
+
+class SegmentRefused(SyncError):
+    """A segment did not parse on its own; the dump must be parsed as one document."""
+
+    retryable = True
+
+
+@dataclass(slots=True)
+class EncodedBatch:
+    """Staging rows for one segment: COPY text lines, and what the stage counts."""
+
+    data: bytes
+    only: str | None = None  # the event GUID rows were kept for (None: every event)
+    records: int = 0  # record elements in the segment
+    staged: int = 0  # rows in `data`
+    rejected: int = 0  # without their key or eventGUID, or outside the unit's event
+    events: dict[str, int] = field(default_factory=dict)  # rows per event GUID
+
+
+def key_hash(guid: str, key: str) -> int:
+    """A 63-bit hash of a record's identity, the same in every process (the dedupe's filter)."""
+    return (zlib.crc32(guid.encode()) << 31) ^ zlib.crc32(key.encode())
+
+
+def staging_line(data_line: str, digest: bytes, ordinal: int, guid: str, key: str) -> str:
+    """One staging row: the data columns, row_hash, ord, kh; newline-terminated."""
+    return f"{data_line}\t\\\\x{digest.hex()}\t{ordinal}\t{key_hash(guid, key)}\n"
+
+
+def _convert(kind: FieldKind, raw: str) -> str:
+    """A typed field's canonical COPY text (as records.RowCodec renders the typed value)."""
+    if kind is _DATETIME:
+        value = _from_iso(raw)
+        value = value.replace(tzinfo=_UTC) if value.tzinfo is None else value.astimezone(_UTC)
+        return value.isoformat()
+    if kind is _DATE:
+        return parse_date(raw).isoformat()
+    number = int(raw)
+    if not _INT_MIN <= number <= _INT_MAX:  # the column is a bigint
+        raise ValueError(raw)
+    return str(number)
+
+
+class SegmentCodec:
+    """One resource's segments -> EncodedBatch; see the module docstring."""
+
+    def __init__(self, resource: Resource) -> None:
+        self.resource = resource
+        self.width = len(resource.fields)
+        self.guid_at = resource.fields.index(resource.field("eventGUID"))
+        self.key_at = resource.fields.index(resource.key_field)
+        self.index = {f.api: (i, f.kind, f.api) for i, f in enumerate(resource.fields)}
+        container = resource.container.encode()
+        self._open, self._close = b"<" + container + b">", b"</" + container + b">"
+        self._options = parser_options()
+
+    def parts(self, elem: etree._Element) -> list[str]:
+        """A record element's fields (then extras) as COPY text, _NULL for no value: what
+        `normalize` makes of it, rendered by records.RowCodec, without the typed values."""
+        width = self.width
+        parts = [_NULL] * (width + 1)
+        extras: dict[str, str] | None = None
+        index = self.index
+        forbidden = catalog.FORBIDDEN_ELEMENTS
+        for child in elem:
+            tag = child.tag
+            spec = index.get(tag)  # type: ignore[arg-type]  # non-str tags miss
+            if spec is not None:
+                i, kind, api = spec
+                if kind is _TEXT:
+                    text = child.text
+                    parts[i] = (text.strip() or _NULL) if text is not None else _NULL
+                    continue
+                if kind is _CUSTOM:
+                    custom = {
+                        c.tag: t
+                        for c in child
+                        if isinstance(c.tag, str) and (t := (c.text or "").strip())
+                    }
+                    parts[i] = _json(custom) if custom else _NULL
+                    continue
+                if kind is _REFS:
+                    refs = [
+                        t for c in child if isinstance(c.tag, str) and (t := (c.text or "").strip())
+                    ]
+                    parts[i] = _array(refs) if refs else _NULL
+                    continue
+                text = child.text
+                if text is None or not (raw := text.strip()):
+                    parts[i] = _NULL
+                    continue
+                try:
+                    parts[i] = _convert(kind, raw)
+                except (ValueError, OverflowError):
+                    parts[i] = _NULL
+                    whole = _all_text(child)
+                    if whole is not None:
+                        if extras is None:
+                            extras = {}
+                        extras[api] = whole
+                continue
+            if not isinstance(tag, str) or tag in forbidden:
+                continue
+            whole = _all_text(child)
+            if whole is not None:
+                if extras is None:
+                    extras = {}
+                extras[tag] = whole
+        if extras is not None:
+            parts[width] = _json(extras)
+        return parts
+
+    def encode(self, data: bytes, ord_base: int, only: str | None = None) -> EncodedBatch:
+        """COPY rows for a segment of whole records; `ord_base` orders it among the dump's."""
+        try:
+            root = etree.fromstring(
+                self._open + data + self._close, etree.XMLParser(**self._options)
+            )
+        except etree.XMLSyntaxError as exc:
+            raise SegmentRefused(
+                f"A segment did not parse on its own: {str(exc)[:120]}",
+                resource=self.resource.path,
+            ) from None
+        out = EncodedBatch(b"", only)
+        lines: list[str] = []
+        record = self.resource.record
+        guid_at, key_at = self.guid_at, self.key_at
+        events = out.events
+        md5 = hashlib.md5
+        ordinal = ord_base
+        for elem in root:
+            if elem.tag != record:
+                continue  # an unknown element between records, as the one-document parse
+            out.records += 1
+            parts = self.parts(elem)
+            guid, key = parts[guid_at], parts[key_at]
+            if guid is _NULL or key is _NULL or (only is not None and guid != only):
+                out.rejected += 1
+                continue
+            events[guid] = events.get(guid, 0) + 1
+            line = copy_text(parts)
+            ordinal += 1
+            digest = md5(line.encode(), usedforsecurity=False).digest()
+            lines.append(staging_line(line, digest, ordinal, guid, key))
+        out.staged = ordinal - ord_base
+        out.data = "".join(lines).encode()
+        return out
+
+
+_CODECS: dict[str, SegmentCodec] = {}
+
+
+def segment_codec(path: str) -> SegmentCodec:
+    found = _CODECS.get(path)
+    if found is None:
+        found = _CODECS[path] = SegmentCodec(catalog.resolve(path))
+    return found
+
+
+def encode_segment(path: str, data: bytes, ord_base: int, only: str | None) -> EncodedBatch:
+    """The worker's entry point (module level: the pool calls it by name)."""
+    return segment_codec(path).encode(data, ord_base, only)
