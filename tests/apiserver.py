@@ -26,6 +26,7 @@ from syncsvc.cvent import catalog
 from syncsvc.cvent.catalog import Resource
 from syncsvc.cvent.client import CventClient
 from syncsvc.cvent.retry import RetryPolicy
+from syncsvc.cvent.segments import EncodedBatch
 from syncsvc.settings import Settings
 
 ACCOUNT_TOKEN = "test-account-token"
@@ -400,9 +401,13 @@ async def client_for(
         yield client
 
 
-async def collect(batches: AsyncIterator[list[Any]]) -> list[Any]:
-    """A sink that keeps every record (starting over on each attempt, as sinks must)."""
+async def collect(batches: AsyncIterator[Any]) -> list[Any]:
+    """A sink that keeps every record (starting over on each attempt, as sinks must); an
+    encoded fetch's EncodedBatch adds its staging rows (COPY text lines)."""
     out: list[Any] = []
     async for batch in batches:
-        out.extend(batch)
+        if isinstance(batch, EncodedBatch):
+            out.extend(batch.data.decode().splitlines())
+        else:
+            out.extend(batch)
     return out

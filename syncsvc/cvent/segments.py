@@ -24,7 +24,7 @@ from lxml import etree
 from syncsvc.cvent import catalog
 from syncsvc.cvent.catalog import FieldKind, Resource
 from syncsvc.cvent.parser import parser_options
-from syncsvc.errors import SyncError
+from syncsvc.errors import SyncError, UnsafeXmlError
 from syncsvc.normalize import _INT_MAX, _INT_MIN, _all_text, parse_date
 from syncsvc.records import _NULL, _array, _json, copy_text
 
@@ -56,6 +56,9 @@ class EncodedBatch:
     staged: int = 0  # rows in `data`
     rejected: int = 0  # without their key or eventGUID, or outside the unit's event
     events: dict[str, int] = field(default_factory=dict)  # rows per event GUID
+
+    def __len__(self) -> int:
+        return self.staged
 
 
 def key_hash(guid: str, key: str) -> int:
@@ -94,6 +97,24 @@ class SegmentCodec:
         container = resource.container.encode()
         self._open, self._close = b"<" + container + b">", b"</" + container + b">"
         self._options = parser_options()
+
+    def _refusal(self, data: bytes, exc: etree.XMLSyntaxError) -> SyncError:
+        """Why a segment did not parse: the dump's own fault, or perhaps the split's."""
+        # The split cuts at record end tags. One that is not a real record end sits inside a
+        # comment, CDATA section or PI, or closes a same-named element nested in a record; with
+        # none of those markers and as many record start tags as end tags, every cut was real
+        # and the document itself is not well-formed (what the one-document parse would say).
+        record = self.resource.record.encode()
+        starts = data.count(b"<" + record + b">") + data.count(b"<" + record + b" ")
+        suspect = any(m in data for m in (b"<!", b"<?", b"?>", b"-->", b"]]>"))
+        reason = str(exc).split(" (<string>", 1)[0].split(", line ", 1)[0][:160]
+        if suspect or starts != data.count(b"</" + record + b">"):
+            return SegmentRefused(
+                f"A segment did not parse on its own: {reason}", resource=self.resource.path
+            )
+        return UnsafeXmlError(
+            f"The response is not well-formed XML: {reason}", resource=self.resource.path
+        )
 
     def parts(self, elem: etree._Element) -> list[str]:
         """A record element's fields (then extras) as COPY text, _NULL for no value: what
@@ -158,10 +179,7 @@ class SegmentCodec:
                 self._open + data + self._close, etree.XMLParser(**self._options)
             )
         except etree.XMLSyntaxError as exc:
-            raise SegmentRefused(
-                f"A segment did not parse on its own: {str(exc)[:120]}",
-                resource=self.resource.path,
-            ) from None
+            raise self._refusal(data, exc) from None
         out = EncodedBatch(b"", only)
         lines: list[str] = []
         record = self.resource.record

@@ -20,7 +20,7 @@ from tests.apiserver import EVENTS, Reply, client_for, collect, listen, serve_ap
 
 @pytest.fixture(params=["never", "always"], ids=["in-process", "in-worker"])
 def parse_mode(request: pytest.FixtureRequest) -> str:
-    """Every case runs against the in-process parse and the worker-process parse alike."""
+    """Every case runs against the one-document parse and the split parse in workers alike."""
     return str(request.param)
 
 
@@ -144,7 +144,7 @@ async def test_attack_is_refused_fast_with_flat_memory_and_no_connection(
             base = _status("VmRSS")
             t0 = time.perf_counter()
             with pytest.raises(UnsafeXmlError) as info:
-                await client.fetch(catalog.USERS, EVENTS[0], collect)
+                await client.fetch(catalog.USERS, EVENTS[0], collect, encoded=True)
             elapsed = time.perf_counter() - t0
             growth = _status("VmHWM") - base
             decoded = client.stats.decoded_bytes
@@ -168,6 +168,6 @@ async def test_xinclude_is_never_processed(parse_mode: str) -> None:
         xi = f'<xi:include xmlns:xi="http://www.w3.org/2001/XInclude" href="{listener.url}"/>'
         body = HEAD + OPEN + b"<user><userRef>U1</userRef>" + xi.encode() + b"</user>" + CLOSE
         server.push(Reply(body=body))
-        result = await client.fetch(catalog.USERS, EVENTS[0], collect)
+        result = await client.fetch(catalog.USERS, EVENTS[0], collect, encoded=True)
     assert result.records == 1
     assert listener.connections == 0

@@ -15,7 +15,7 @@ from tests.apiserver import EVENTS, Reply, client_for, collect, make_records, re
 
 @pytest.fixture(params=["never", "always"], ids=["in-process", "in-worker"])
 def parse_mode(request: pytest.FixtureRequest) -> str:
-    """Every case runs against the in-process parse and the worker-process parse alike."""
+    """Every case runs against the one-document parse and the split parse in workers alike."""
     return str(request.param)
 
 
@@ -64,7 +64,7 @@ async def test_cut_body_is_incomplete_in_every_framing(
             server.push(*[Reply(body=body, framing=framing, cut=cut, gzip=gzip)] * 2)
             sink = Sink()
             with pytest.raises(RetriesExhaustedError) as info:
-                await client.fetch(catalog.USERS, EVENTS[0], sink)
+                await client.fetch(catalog.USERS, EVENTS[0], sink, encoded=True)
             assert isinstance(info.value.__cause__, IncompleteDumpError), (cut, info.value)
             assert len(sink.outcomes) <= 2
             assert not any(o.startswith("complete") for o in sink.outcomes)
@@ -80,7 +80,7 @@ async def test_whole_body_in_every_framing_is_complete(
     async with serve_api() as server, client_for(server, parse_in_worker=parse_mode) as client:
         server.push(Reply(body=body, framing=framing, gzip=gzip))
         sink = Sink()
-        result = await client.fetch(catalog.USERS, EVENTS[0], sink)
+        result = await client.fetch(catalog.USERS, EVENTS[0], sink, encoded=True)
     assert sink.outcomes == [f"complete {len(RECORDS)}"]
     assert result.records == len(RECORDS)
     assert result.bytes == len(body)
@@ -92,7 +92,7 @@ async def test_cut_then_whole_retries_into_a_complete_dump(parse_mode: str) -> N
     async with serve_api() as server, client_for(server, parse_in_worker=parse_mode) as client:
         server.push(Reply(body=body, framing="close", cut=len(body) // 2), Reply(body=body))
         sink = Sink()
-        result = await client.fetch(catalog.USERS, EVENTS[0], sink)
+        result = await client.fetch(catalog.USERS, EVENTS[0], sink, encoded=True)
     assert sink.outcomes[0].startswith("incomplete after")
     assert sink.outcomes[1] == f"complete {len(RECORDS)}"
     assert result.attempts == 2
@@ -106,5 +106,5 @@ async def test_gzip_with_bytes_after_its_stream_is_incomplete(parse_mode: str) -
     ):
         server.push(*[Reply(body=body, headers=[("Content-Encoding", "gzip")])] * 2)
         with pytest.raises(RetriesExhaustedError) as info:
-            await client.fetch(catalog.USERS, EVENTS[0], collect)
+            await client.fetch(catalog.USERS, EVENTS[0], collect, encoded=True)
     assert isinstance(info.value.__cause__, IncompleteDumpError)
