@@ -106,6 +106,8 @@ class Row:
     records: int = 0
     wall: float = 0.0
     rss_mb: float = 0.0
+    tree_mb: float = 0.0  # peak of the summed RSS of the process and its parse workers
+    steps: str = ""  # the slowest unit's step seconds
     fetch_parse: float = 0.0
     stage: float = 0.0
     apply: float = 0.0
@@ -285,8 +287,27 @@ def vm_hwm_mb(pid: int) -> float | None:
     return None
 
 
-def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float, str]:
-    """Run cmd; return (exit code, wall seconds, peak RSS MB of that process, stderr tail).
+def tree_rss_mb(pid: int) -> float:
+    """VmRSS of `pid` and its descendants, summed (pages shared between them count twice)."""
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+            for task in Path(f"/proc/{p}/task").iterdir():
+                children = (task / "children").read_text().split()
+                todo.extend(int(c) for c in children)
+        except OSError:
+            continue
+    return total
+
+
+def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float, float, str]:
+    """Run cmd; return (exit code, wall s, peak RSS MB of that process, peak RSS MB of it and
+    its descendants summed, stderr tail).
 
     The peak is the process's own VmHWM, sampled from /proc while it runs. Not wait4's
     ru_maxrss: Linux carries the parent's high-water mark across fork+exec into it, so a
@@ -295,14 +316,15 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float
     with tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        peak = 0.0
+        peak = tree = 0.0
         while proc.poll() is None:
             peak = max(peak, vm_hwm_mb(proc.pid) or 0.0)
+            tree = max(tree, tree_rss_mb(proc.pid))
             time.sleep(0.05)
         wall = time.perf_counter() - started
         err.seek(0)
         tail = err.read()[-2000:].decode(errors="replace")
-    return proc.returncode, wall, peak, tail
+    return proc.returncode, wall, peak, max(tree, peak), tail
 
 
 async def run_stats(db_url: str) -> dict[str, Any]:
@@ -315,7 +337,12 @@ async def run_stats(db_url: str) -> dict[str, Any]:
             run["id"],
         )
         changes = await conn.fetchval("SELECT count(*) FROM changes WHERE run_id = $1", run["id"])
-        return {"run": dict(run), "split": dict(split), "changes": changes}
+        steps = await conn.fetchval(
+            "SELECT resource || ' ' || scope || ': ' || (details -> 'step_seconds')::text"
+            " FROM fetches WHERE run_id = $1 ORDER BY apply_seconds DESC NULLS LAST LIMIT 1",
+            run["id"],
+        )
+        return {"run": dict(run), "split": dict(split), "changes": changes, "steps": steps}
     finally:
         await conn.close()
 
@@ -341,8 +368,8 @@ async def sync_day(scenario: Scenario, base_url: str, db_url: str, label: str) -
             "--",
             *cmd,
         ]
-    code, wall, rss, tail = await asyncio.to_thread(run_measured, cmd, env)
-    row = Row(label, wall=wall, rss_mb=rss)
+    code, wall, rss, tree, tail = await asyncio.to_thread(run_measured, cmd, env)
+    row = Row(label, wall=wall, rss_mb=rss, tree_mb=tree)
     if code != 0:
         row.status = f"exit {code}"
         row.note = tail.strip().splitlines()[-1] if tail.strip() else ""
@@ -355,6 +382,7 @@ async def sync_day(scenario: Scenario, base_url: str, db_url: str, label: str) -
     row.stage = stats["split"]["s"]
     row.apply = stats["split"]["a"]
     row.changes = stats["changes"]
+    row.steps = stats["steps"] or ""
     if scenario.name == "many-events":
         units = stats["split"]["n"] + 1  # event.do is a request too
         bound = units / scenario.rate_limit
@@ -383,7 +411,7 @@ async def run_scenario(
         ):
             migrate = [sys.executable, "-m", "syncsvc", "db", "upgrade"]
             env = syncsvc_env(scenario, base_url, db_url)
-            code, _, _, tail = await asyncio.to_thread(run_measured, migrate, env)
+            code, _, _, _, tail = await asyncio.to_thread(run_measured, migrate, env)
             if code:
                 raise RuntimeError(f"db upgrade failed: {tail}")
             floor_state: dict[str, Any] = {}
@@ -442,6 +470,10 @@ def fmt_table(rows: list[Row]) -> str:
         )
         if r.status != "succeeded" or r.note:
             out.append(f"{'':<12} status {r.status} {r.note}")
+        if r.tree_mb:
+            out.append(f"{'':<12} peak RSS with the parse workers (summed): {r.tree_mb:.0f} MB")
+        if r.steps:
+            out.append(f"{'':<12} slowest unit, seconds per step: {r.steps}")
     return "\n".join(out)
 
 

@@ -180,8 +180,10 @@ changes = Table(
         autoincrement=False,
         comment="strictly increasing in commit order; allocated under an advisory lock",
     ),
-    Column("run_id", BigInteger, ForeignKey("runs.id"), nullable=False),
-    Column("fetch_id", BigInteger, ForeignKey("fetches.id")),
+    # No foreign keys (migration 0002): a key is checked row by row, and an initial load writes
+    # a million change rows. The writer takes both ids from rows it created first.
+    Column("run_id", BigInteger, nullable=False),
+    Column("fetch_id", BigInteger),
     Column("entity", Text, nullable=False),
     Column("event_guid", Text, nullable=False),
     Column("record_key", Text, nullable=False),
