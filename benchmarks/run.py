@@ -107,6 +107,8 @@ class Row:
     wall: float = 0.0
     rss_mb: float = 0.0
     tree_mb: float = 0.0  # peak of the summed RSS of the process and its parse workers
+    cpu: float = 0.0  # CPU seconds of syncsvc and its parse workers (not the database's)
+    pg_cpu: float = 0.0  # CPU seconds PostgreSQL spent meanwhile
     steps: str = ""  # the slowest unit's step seconds
     fetch_parse: float = 0.0
     stage: float = 0.0
@@ -287,8 +289,30 @@ def vm_hwm_mb(pid: int) -> float | None:
     return None
 
 
-def tree_rss_mb(pid: int) -> float:
-    """VmRSS of `pid` and its descendants, summed (pages shared between them count twice)."""
+LAST_CPU = 0.0  # CPU seconds of the last measured command and its descendants
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu() -> float:
+    """CPU seconds of every PostgreSQL process so far: the postmaster's own and reaped
+    children's, plus the live ones' (a delta around a run is what the database spent)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            comm = stat.read_text().split("(", 1)[1].rsplit(")", 1)[0]
+        except (OSError, IndexError):
+            continue
+        if comm not in ("postgres", "postmaster"):
+            continue
+        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+        total += (utime + stime + cutime + cstime) / TICK
+    return total
+
+
+def tree_sample(pid: int, cpu: dict[int, float]) -> float:
+    """VmRSS of `pid` and its descendants, summed (pages shared between them count twice);
+    records each one's CPU seconds so far in `cpu` (pid -> seconds)."""
     total = 0.0
     todo = [pid]
     while todo:
@@ -297,6 +321,8 @@ def tree_rss_mb(pid: int) -> float:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) / 1024
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu[p] = (int(fields[11]) + int(fields[12])) / TICK
             for task in Path(f"/proc/{p}/task").iterdir():
                 children = (task / "children").read_text().split()
                 todo.extend(int(c) for c in children)
@@ -317,11 +343,21 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
         peak = tree = 0.0
-        while proc.poll() is None:
+        cpu: dict[int, float] = {}
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                break
             peak = max(peak, vm_hwm_mb(proc.pid) or 0.0)
-            tree = max(tree, tree_rss_mb(proc.pid))
+            tree = max(tree, tree_sample(proc.pid, cpu))
             time.sleep(0.05)
         wall = time.perf_counter() - started
+        # CPU of the process itself (wait4) and of its descendants as last sampled (the parse
+        # workers are the forkserver's children, which wait4 does not count).
+        global LAST_CPU
+        cpu.pop(proc.pid, None)
+        LAST_CPU = usage.ru_utime + usage.ru_stime + sum(cpu.values())
         err.seek(0)
         tail = err.read()[-2000:].decode(errors="replace")
     return proc.returncode, wall, peak, max(tree, peak), tail
@@ -368,8 +404,10 @@ async def sync_day(scenario: Scenario, base_url: str, db_url: str, label: str) -
             "--",
             *cmd,
         ]
+    pg_before = postgres_cpu()
     code, wall, rss, tree, tail = await asyncio.to_thread(run_measured, cmd, env)
-    row = Row(label, wall=wall, rss_mb=rss, tree_mb=tree)
+    row = Row(label, wall=wall, rss_mb=rss, tree_mb=tree, cpu=LAST_CPU)
+    row.pg_cpu = postgres_cpu() - pg_before
     if code != 0:
         row.status = f"exit {code}"
         row.note = tail.strip().splitlines()[-1] if tail.strip() else ""
@@ -471,7 +509,10 @@ def fmt_table(rows: list[Row]) -> str:
         if r.status != "succeeded" or r.note:
             out.append(f"{'':<12} status {r.status} {r.note}")
         if r.tree_mb:
-            out.append(f"{'':<12} peak RSS with the parse workers (summed): {r.tree_mb:.0f} MB")
+            out.append(
+                f"{'':<12} peak RSS with the parse workers (summed): {r.tree_mb:.0f} MB;"
+                f" CPU of syncsvc and its workers: {r.cpu:.1f} s; of PostgreSQL: {r.pg_cpu:.1f} s"
+            )
         if r.steps:
             out.append(f"{'':<12} slowest unit, seconds per step: {r.steps}")
     return "\n".join(out)

@@ -293,7 +293,9 @@ SELECT event_guid, count(*) AS duplicates FROM dropped GROUP BY event_guid
         dedupe_stage=dedupe_stage,
         diff_keys=diff_keys,
         diff=diff,
-        analyze_diff=f"ANALYZE {DIFF}",
+        # Statistics for the columns later statements join and filter on; the before/after
+        # images are wide JSON, and sampling them was most of the ANALYZE (0.6 s at 40k rows).
+        analyze_diff=f"ANALYZE {DIFF} (op, event_guid, client_id, record_key)",
         pair_rekeys=pair_rekeys,
         diff_counts=diff_counts,
         drop_held=drop_held,
