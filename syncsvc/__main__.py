@@ -2,4 +2,5 @@
 
 from syncsvc.cli import main
 
-main()
+if __name__ == "__main__":  # parse workers start from a fresh interpreter: never run the CLI
+    main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -165,7 +166,23 @@ def _say_where(settings: Settings) -> None:
         typer.echo(f"database: embedded PostgreSQL, data in {settings.data_dir / 'pgdata'}")
 
 
+def _tune_malloc() -> None:
+    """glibc: a fixed mmap threshold and two arenas. A run moves megabyte-sized buffers (dump
+    segments, COPY batches) through several threads; with the default sliding threshold and an
+    arena per thread, freed buffers stay in the heap and the peak RSS creeps up (measured: 5 MB
+    of a ~100 MB process)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return  # not glibc: nothing to tune
+    m_arena_max, m_mmap_threshold = -8, -3
+    mallopt(m_arena_max, 2)
+    mallopt(m_mmap_threshold, 128 * 1024)
+
+
 def main(argv: list[str] | None = None) -> Any:
+    _tune_malloc()
     return app(args=argv if argv is not None else sys.argv[1:], prog_name="syncsvc")
 
 

@@ -8,6 +8,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.engine import URL
 
+from syncsvc.errors import MigrationError
 from syncsvc.store import db
 from syncsvc.store.schema import metadata
 
@@ -65,5 +66,21 @@ async def test_upgrade_downgrade_upgrade_round_trip(empty_db_url: URL) -> None:
         async with engine.connect() as conn:
             assert set(metadata.tables) <= await conn.run_sync(_tables)
             assert await conn.run_sync(_diff) == []
+    finally:
+        await engine.dispose()
+
+
+async def test_the_light_schema_check_knows_the_migrations_head(empty_db_url: URL) -> None:
+    engine = db.make_engine(empty_db_url)
+    try:
+        with pytest.raises(MigrationError, match="at nothing"):
+            await db.require_current(engine)
+        await db.upgrade(engine, "0001")
+        with pytest.raises(MigrationError, match=f"at 0001, the code needs {db.SCHEMA_HEAD}"):
+            await db.require_current(engine)
+        await db.upgrade(engine)
+        current, head = await db.current_revision(engine)  # alembic's own view
+        assert current == head == db.SCHEMA_HEAD
+        await db.require_current(engine)  # passes
     finally:
         await engine.dispose()
