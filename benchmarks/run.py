@@ -109,6 +109,7 @@ class Row:
     tree_mb: float = 0.0  # peak of the summed RSS of the process and its parse workers
     cpu: float = 0.0  # CPU seconds of syncsvc and its parse workers (not the database's)
     pg_cpu: float = 0.0  # CPU seconds PostgreSQL spent meanwhile
+    main_cpu: float = 0.0  # CPU seconds of syncsvc's own process (the rest: its workers)
     steps: str = ""  # the slowest unit's step seconds
     fetch_parse: float = 0.0
     stage: float = 0.0
@@ -290,6 +291,7 @@ def vm_hwm_mb(pid: int) -> float | None:
 
 
 LAST_CPU = 0.0  # CPU seconds of the last measured command and its descendants
+LAST_MAIN_CPU = 0.0  # ... of the command's own process
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -355,9 +357,10 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float
         wall = time.perf_counter() - started
         # CPU of the process itself (wait4) and of its descendants as last sampled (the parse
         # workers are the forkserver's children, which wait4 does not count).
-        global LAST_CPU
+        global LAST_CPU, LAST_MAIN_CPU
         cpu.pop(proc.pid, None)
-        LAST_CPU = usage.ru_utime + usage.ru_stime + sum(cpu.values())
+        LAST_MAIN_CPU = usage.ru_utime + usage.ru_stime
+        LAST_CPU = LAST_MAIN_CPU + sum(cpu.values())
         err.seek(0)
         tail = err.read()[-2000:].decode(errors="replace")
     return proc.returncode, wall, peak, max(tree, peak), tail
@@ -406,7 +409,7 @@ async def sync_day(scenario: Scenario, base_url: str, db_url: str, label: str) -
         ]
     pg_before = postgres_cpu()
     code, wall, rss, tree, tail = await asyncio.to_thread(run_measured, cmd, env)
-    row = Row(label, wall=wall, rss_mb=rss, tree_mb=tree, cpu=LAST_CPU)
+    row = Row(label, wall=wall, rss_mb=rss, tree_mb=tree, cpu=LAST_CPU, main_cpu=LAST_MAIN_CPU)
     row.pg_cpu = postgres_cpu() - pg_before
     if code != 0:
         row.status = f"exit {code}"
@@ -511,7 +514,8 @@ def fmt_table(rows: list[Row]) -> str:
         if r.tree_mb:
             out.append(
                 f"{'':<12} peak RSS with the parse workers (summed): {r.tree_mb:.0f} MB;"
-                f" CPU of syncsvc and its workers: {r.cpu:.1f} s; of PostgreSQL: {r.pg_cpu:.1f} s"
+                f" CPU of syncsvc and its workers: {r.cpu:.1f} s ({r.main_cpu:.1f} s in its own"
+                f" process); of PostgreSQL: {r.pg_cpu:.1f} s"
             )
         if r.steps:
             out.append(f"{'':<12} slowest unit, seconds per step: {r.steps}")

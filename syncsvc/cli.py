@@ -178,7 +178,7 @@ def _tune_malloc() -> None:
         return  # not glibc: nothing to tune
     m_arena_max, m_mmap_threshold = -8, -3
     mallopt(m_arena_max, 2)
-    mallopt(m_mmap_threshold, 128 * 1024)
+    mallopt(m_mmap_threshold, 1024 * 1024)
 
 
 def main(argv: list[str] | None = None) -> Any:

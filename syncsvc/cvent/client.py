@@ -58,7 +58,7 @@ log = logs.get_logger(__name__)
 READ_CHUNK = 256 * 1024  # bytes asked of the socket per read
 DECODED_PIECE = 256 * 1024  # most bytes one gzip step may produce: a bomb is checked as it grows
 BATCH_SIZE = 2000  # records per batch handed to the sink
-SEGMENT_BYTES = 1024 * 1024  # bytes of whole records per segment parsed in a worker
+SEGMENT_BYTES = 512 * 1024  # bytes of whole records per segment parsed in a worker
 SEGMENTS_AHEAD = 2  # segments queued per worker: enough to keep it busy while COPY writes
 # The throttler's window is stretched by this factor: the server counts arrivals, and network
 # jitter can move a start from one of our windows into the server's previous one.
