@@ -440,3 +440,25 @@ async def test_a_dump_cut_short_leaves_the_unit_unapplied(engine: AsyncEngine) -
     with pytest.raises(IncompleteDumpError):
         await unit_of_work()
     assert (await read_changes(engine), await live_records(engine, "user")) == before
+
+
+async def test_rows_hashed_another_way_are_rehashed_without_a_change(engine: AsyncEngine) -> None:
+    # What the first run after a row-hash change sees: every stored hash differs, no value does.
+    records = [user("U1", client_id="C1"), user("U2"), user("U3")]
+    await sync(engine, records)
+    async with engine.begin() as conn:
+        await conn.execute(sa.update(users).values(row_hash=sa.func.decode("00", "hex")))
+    before = await read_changes(engine)
+    _, result = await sync(engine, [*records[:2], user("U3", firstName="Changed")])
+    assert (result.inserted, result.updated, result.deleted, result.rekeyed) == (0, 1, 0, 0)
+    new = [c for c in await read_changes(engine) if c.seq > before[-1].seq]
+    assert [(c.op, c.record_key, c.changed_fields) for c in new] == [
+        ("update", "U3", frozenset({"firstName"}))
+    ]
+    async with engine.connect() as conn:
+        stored = dict((await conn.execute(sa.select(users.c.user_ref, users.c.row_hash))).all())
+    assert stored["U1"] == records[0].row_hash  # rewritten to the current hash
+    assert stored["U2"] == records[1].row_hash
+    # ... so the run after it compares by hash again and finds nothing.
+    _, again = await sync(engine, [*records[:2], user("U3", firstName="Changed")])
+    assert again.changes == 0
