@@ -14,12 +14,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import multiprocessing
 import ssl
 import time
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
@@ -33,9 +31,10 @@ from syncsvc import logs
 from syncsvc.cvent import catalog
 from syncsvc.cvent.catalog import Resource
 from syncsvc.cvent.parser import DumpParser, element_to_dict
+from syncsvc.cvent.pool import ParsePool, WorkerDiedError
 from syncsvc.cvent.responses import classify
 from syncsvc.cvent.retry import RetryPolicy
-from syncsvc.cvent.segments import EncodedBatch, SegmentRefused, encode_segment
+from syncsvc.cvent.segments import EncodedBatch, SegmentRefused
 from syncsvc.cvent.split import Splitter
 from syncsvc.errors import (
     ConfigError,
@@ -141,7 +140,7 @@ class _Batches(Generic[T]):
         parser: DumpParser[T],
         where: dict[str, Any],
         *,
-        split: Executor | None = None,
+        split: ParsePool | None = None,
         only: str | None = None,
     ) -> None:
         self.error: SyncError | None = None
@@ -183,7 +182,7 @@ class _Batches(Generic[T]):
                 f"Reading the response failed: {type(exc).__name__}", **self._where
             ) from exc
 
-    async def _run_split(self, pool: Executor) -> AsyncIterator[Any]:
+    async def _run_split(self, pool: ParsePool) -> AsyncIterator[Any]:
         """As `_run`, with the records parsed in worker processes, segment by segment (see
         cvent/split.py): batches are EncodedBatch, in document order. A dump whose head is not
         the plain shape is parsed as one document here, as `_run` does."""
@@ -191,7 +190,6 @@ class _Batches(Generic[T]):
         splitter = Splitter(
             parser.resource, segment_bytes=SEGMENT_BYTES, max_record_bytes=parser.max_record_bytes
         )
-        loop = asyncio.get_running_loop()
         path = parser.resource.path
         ahead = SEGMENTS_AHEAD * self._client.settings.parse_workers
         inflight: collections.deque[asyncio.Future[EncodedBatch]] = collections.deque()
@@ -208,26 +206,18 @@ class _Batches(Generic[T]):
                         continue
                     for segment in splitter.feed(piece):
                         if len(inflight) >= ahead:
-                            batch = await inflight.popleft()
+                            batch = await self._parsed(inflight.popleft())
                             records += batch.records
                             yield batch
                         segments += 1
-                        inflight.append(
-                            loop.run_in_executor(
-                                pool, encode_segment, path, segment, segments << 32, self._only
-                            )
-                        )
+                        inflight.append(self._submit(pool, path, segment, segments << 32))
                     if splitter.classic:  # decided just now: the head was not the plain shape
                         parser.feed(bytes(splitter.buffered))
                         splitter.buffered.clear()
             if not splitter.classic:
                 for segment in splitter.finish():
                     segments += 1
-                    inflight.append(
-                        loop.run_in_executor(
-                            pool, encode_segment, path, segment, segments << 32, self._only
-                        )
-                    )
+                    inflight.append(self._submit(pool, path, segment, segments << 32))
             if splitter.classic:
                 if splitter.buffered:  # the body ended while the head was sought
                     parser.feed(bytes(splitter.buffered))
@@ -237,7 +227,7 @@ class _Batches(Generic[T]):
                 self.finished = True
                 return
             while inflight:
-                batch = await inflight.popleft()
+                batch = await self._parsed(inflight.popleft())
                 records += batch.records
                 yield batch
         finally:
@@ -252,6 +242,19 @@ class _Batches(Generic[T]):
             raise SegmentRefused("A record outside the dump's segments", **self._where)
         parser.records, parser.bytes = records, total
         self.finished = True
+
+    def _submit(
+        self, pool: ParsePool, path: str, segment: bytes, ord_base: int
+    ) -> asyncio.Future[EncodedBatch]:
+        return pool.submit(path, segment, ord_base, self._only)
+
+    async def _parsed(self, future: asyncio.Future[EncodedBatch]) -> EncodedBatch:
+        try:
+            return await future
+        except WorkerDiedError:
+            # This attempt fails and is retried; the retry starts a new pool.
+            self._client.discard_pool()
+            raise
 
     async def _run(self) -> AsyncIterator[list[T]]:
         parser = self._parser
@@ -310,7 +313,7 @@ class CventClient:
             period=settings.rate_period * RATE_SAFETY,
         )
         self._semaphore = asyncio.Semaphore(settings.max_concurrency)
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: ParsePool | None = None
 
     def __repr__(self) -> str:
         return f"CventClient(base_url={self._base_url!r})"
@@ -353,7 +356,7 @@ class CventClient:
             finally:
                 await asyncio.to_thread(client.close)
 
-    def _split_pool(self, event: str | None, encoded: bool) -> Executor | None:
+    def _split_pool(self, event: str | None, encoded: bool) -> ParsePool | None:
         """The worker pool a dump is parsed in, or None to parse it in process."""
         mode = self.settings.parse_in_worker
         # event=all dumps are the large ones; a per-event dump is too small to pay for the trip.
@@ -361,18 +364,19 @@ class CventClient:
         if not (encoded and large):
             return None
         if self._pool is None:
-            # forkserver: the workers start from a clean process (no event loop, no sockets,
-            # no threads to fork), importing only the parse.
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["syncsvc.cvent.segments"])
-            workers = self.settings.parse_workers
-            self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+            self._pool = ParsePool(self.settings.parse_workers)
         return self._pool
+
+    def discard_pool(self) -> None:
+        """Forget a broken pool (its workers are gone); the next large dump starts another."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     def close(self) -> None:
         """Stop the parse workers (the session is closed by `open`)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.close()
             self._pool = None
 
     def url(self, resource: Resource) -> str:

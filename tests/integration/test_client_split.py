@@ -3,6 +3,9 @@ real HTTP; a split it cannot trust falls back to the one-document parse."""
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -142,3 +145,42 @@ async def test_code_after_the_payload_is_the_verdict() -> None:
             with pytest.raises(Exception) as info:  # noqa: PT011 (the code is what matters)
                 await client.fetch(RESOURCE, EVENTS[0], rows, encoded=True)
             assert getattr(info.value, "code", None) == 201
+
+
+def _grandchildren() -> list[int]:
+    """The parse workers: children of this process's children (the forkserver's)."""
+    found = []
+    for child in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        for pid in child.read_text().split():
+            for grand in Path(f"/proc/{pid}/task").glob("*/children"):
+                found += [int(g) for g in grand.read_text().split()]
+    return found
+
+
+async def test_a_killed_parse_worker_fails_the_attempt_and_the_retry_completes() -> None:
+    records = make_records(RESOURCE, EVENTS[0], 20_000)
+    body = render(RESOURCE, records)
+    killed: list[int] = []
+
+    async def sink(batches: Any) -> list[str]:
+        out = []
+        async for batch in batches:
+            if not killed:
+                killed.extend(_grandchildren())
+                for pid in killed:
+                    os.kill(pid, signal.SIGKILL)
+            out.append(batch)
+        return await rows(_replay(out))
+
+    expected = await _fetch("never", Reply(body=body))
+    async with serve_api() as server, client_for(server, parse_in_worker="always") as client:
+        server.push(Reply(body=body), Reply(body=body))
+        result = await client.fetch(RESOURCE, EVENTS[0], sink, encoded=True)
+    assert killed  # the workers really were there, and were killed
+    assert result.attempts == 2
+    assert result.value == expected[0]
+
+
+async def _replay(batches: list[Any]) -> Any:
+    for batch in batches:
+        yield batch
