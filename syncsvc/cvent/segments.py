@@ -25,19 +25,21 @@ from syncsvc.cvent import catalog
 from syncsvc.cvent.catalog import FieldKind, Resource
 from syncsvc.cvent.parser import parser_options
 from syncsvc.errors import SyncError, UnsafeXmlError
-from syncsvc.normalize import _INT_MAX, _INT_MIN, _all_text, parse_date
+from syncsvc.normalize import (
+    _CUSTOM,
+    _DATE,
+    _DATETIME,
+    _INT_MAX,
+    _INT_MIN,
+    _REFS,
+    _TEXT,
+    _all_text,
+    parse_date,
+)
 from syncsvc.records import _NULL, _array, _json, copy_text
 
 _UTC = dt.UTC
 _from_iso = dt.datetime.fromisoformat
-_TEXT, _INT, _DATE, _DATETIME, _REFS, _CUSTOM = (
-    FieldKind.TEXT,
-    FieldKind.INT,
-    FieldKind.DATE,
-    FieldKind.DATETIME,
-    FieldKind.REFS,
-    FieldKind.CUSTOM,
-)
 
 
 class SegmentRefused(SyncError):
