@@ -386,7 +386,7 @@ async def run_stats(db_url: str) -> dict[str, Any]:
         await conn.close()
 
 
-PARSE_IN_WORKER = "event_all"  # --parse-in-worker: SYNCSVC_PARSE_IN_WORKER for the runs
+PARSE_IN_WORKER = "always"  # --parse-in-worker: SYNCSVC_PARSE_IN_WORKER for the runs
 PROFILE: str | None = None  # --profile DIR: each syncsvc run under py-spy, collapsed stacks
 
 
@@ -537,9 +537,7 @@ async def main() -> int:
     ap.add_argument("--no-floor", action="store_true")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--profile", metavar="DIR", help="run syncsvc under py-spy into DIR")
-    ap.add_argument(
-        "--parse-in-worker", default="event_all", choices=("event_all", "always", "never")
-    )
+    ap.add_argument("--parse-in-worker", default="always", choices=("event_all", "always", "never"))
     args = ap.parse_args()
     ap_parse = args.parse_in_worker
     global PROFILE, PARSE_IN_WORKER

@@ -62,9 +62,10 @@ class Settings:
         8 * 1024**3, "Decoded bytes one dump may reach before it is refused."
     )
     parse_in_worker: str = _setting(
-        "event_all",
+        "always",
         "Which dumps are parsed in worker processes, segment by segment, beside COPY and the"
-        " diff: event_all (the large ones), always or never (in the run's own process).",
+        " diff: always, event_all (only the account-wide ones) or never (in the run's own"
+        " process).",
     )
     parse_workers: int = _setting(
         2, "Worker processes that parse large dumps (one per core the database can spare)."

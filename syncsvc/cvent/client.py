@@ -359,7 +359,6 @@ class CventClient:
     def _split_pool(self, event: str | None, encoded: bool) -> ParsePool | None:
         """The worker pool a dump is parsed in, or None to parse it in process."""
         mode = self.settings.parse_in_worker
-        # event=all dumps are the large ones; a per-event dump is too small to pay for the trip.
         large = mode == "always" or (mode == "event_all" and event == catalog.EVENT_ALL)
         if not (encoded and large):
             return None
