@@ -197,12 +197,6 @@ def hash_values(resource: Resource, values: Sequence[Any]) -> bytes:
     return c.digest(c.data_line(values))
 
 
-def mapping_positions(resource: Resource) -> tuple[int, ...]:
-    """Positions of the dict-valued slots (custom fields, extras) in a record's values."""
-    custom = [i for i, f in enumerate(resource.fields) if f.kind is FieldKind.CUSTOM]
-    return (*custom, len(resource.fields))
-
-
 def to_typed(entity: str, record: Record) -> dict[str, Any]:
     """The CONTRACTS.md typed form: API field names -> values, plus `extras`."""
     resource = BY_ENTITY[entity]

@@ -210,14 +210,14 @@ class _Batches(Generic[T]):
                             records += batch.records
                             yield batch
                         segments += 1
-                        inflight.append(self._submit(pool, path, segment, segments << 32))
+                        inflight.append(pool.submit(path, segment, segments << 32, self._only))
                     if splitter.classic:  # decided just now: the head was not the plain shape
                         parser.feed(bytes(splitter.buffered))
                         splitter.buffered.clear()
             if not splitter.classic:
                 for segment in splitter.finish():
                     segments += 1
-                    inflight.append(self._submit(pool, path, segment, segments << 32))
+                    inflight.append(pool.submit(path, segment, segments << 32, self._only))
             if splitter.classic:
                 if splitter.buffered:  # the body ended while the head was sought
                     parser.feed(bytes(splitter.buffered))
@@ -242,11 +242,6 @@ class _Batches(Generic[T]):
             raise SegmentRefused("A record outside the dump's segments", **self._where)
         parser.records, parser.bytes = records, total
         self.finished = True
-
-    def _submit(
-        self, pool: ParsePool, path: str, segment: bytes, ord_base: int
-    ) -> asyncio.Future[EncodedBatch]:
-        return pool.submit(path, segment, ord_base, self._only)
 
     async def _parsed(self, future: asyncio.Future[EncodedBatch]) -> EncodedBatch:
         try:

@@ -14,7 +14,6 @@ the one-document parser, whose verdict is final.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import zlib
 from dataclasses import dataclass, field
@@ -22,24 +21,11 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from syncsvc.cvent import catalog
-from syncsvc.cvent.catalog import FieldKind, Resource
+from syncsvc.cvent.catalog import Resource
 from syncsvc.cvent.parser import parser_options
 from syncsvc.errors import SyncError, UnsafeXmlError
-from syncsvc.normalize import (
-    _CUSTOM,
-    _DATE,
-    _DATETIME,
-    _INT_MAX,
-    _INT_MIN,
-    _REFS,
-    _TEXT,
-    _all_text,
-    parse_date,
-)
-from syncsvc.records import _NULL, _array, _json, copy_text
-
-_UTC = dt.UTC
-_from_iso = dt.datetime.fromisoformat
+from syncsvc.normalize import _TEXT, _all_text, _convert
+from syncsvc.records import _NULL, _RENDER, _json, copy_text
 
 
 class SegmentRefused(SyncError):
@@ -71,20 +57,6 @@ def key_hash(guid: str, key: str) -> int:
 def staging_line(data_line: str, digest: bytes, ordinal: int, guid: str, key: str) -> str:
     """One staging row: the data columns, row_hash, ord, kh; newline-terminated."""
     return f"{data_line}\t\\\\x{digest.hex()}\t{ordinal}\t{key_hash(guid, key)}\n"
-
-
-def _convert(kind: FieldKind, raw: str) -> str:
-    """A typed field's canonical COPY text (as records.RowCodec renders the typed value)."""
-    if kind is _DATETIME:
-        value = _from_iso(raw)
-        value = value.replace(tzinfo=_UTC) if value.tzinfo is None else value.astimezone(_UTC)
-        return value.isoformat()
-    if kind is _DATE:
-        return parse_date(raw).isoformat()
-    number = int(raw)
-    if not _INT_MIN <= number <= _INT_MAX:  # the column is a bigint
-        raise ValueError(raw)
-    return str(number)
 
 
 class SegmentCodec:
@@ -126,6 +98,7 @@ class SegmentCodec:
         extras: dict[str, str] | None = None
         index = self.index
         forbidden = catalog.FORBIDDEN_ELEMENTS
+        render = _RENDER
         for child in elem:
             tag = child.tag
             spec = index.get(tag)  # type: ignore[arg-type]  # non-str tags miss
@@ -135,26 +108,8 @@ class SegmentCodec:
                     text = child.text
                     parts[i] = (text.strip() or _NULL) if text is not None else _NULL
                     continue
-                if kind is _CUSTOM:
-                    custom = {
-                        c.tag: t
-                        for c in child
-                        if isinstance(c.tag, str) and (t := (c.text or "").strip())
-                    }
-                    parts[i] = _json(custom) if custom else _NULL
-                    continue
-                if kind is _REFS:
-                    refs = [
-                        t for c in child if isinstance(c.tag, str) and (t := (c.text or "").strip())
-                    ]
-                    parts[i] = _array(refs) if refs else _NULL
-                    continue
-                text = child.text
-                if text is None or not (raw := text.strip()):
-                    parts[i] = _NULL
-                    continue
                 try:
-                    parts[i] = _convert(kind, raw)
+                    value = _convert(kind, child)  # the typed value, as normalize reads it
                 except (ValueError, OverflowError):
                     parts[i] = _NULL
                     whole = _all_text(child)
@@ -162,6 +117,8 @@ class SegmentCodec:
                         if extras is None:
                             extras = {}
                         extras[api] = whole
+                    continue
+                parts[i] = _NULL if value is None else render[kind](value)
                 continue
             if not isinstance(tag, str) or tag in forbidden:
                 continue
