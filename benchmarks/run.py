@@ -295,15 +295,21 @@ LAST_MAIN_CPU = 0.0  # ... of the command's own process
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def proc_stat(path: Path) -> tuple[str, list[str]]:
+    """(command name, the fields after it) of a /proc/PID/stat file; raises OSError."""
+    text = path.read_text()
+    head, rest = text.rsplit(")", 1)
+    return head.split("(", 1)[1], rest.split()
+
+
 def postgres_cpu() -> float:
     """CPU seconds of every PostgreSQL process so far: the postmaster's own and reaped
     children's, plus the live ones' (a delta around a run is what the database spent)."""
     total = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            comm = stat.read_text().split("(", 1)[1].rsplit(")", 1)[0]
-        except (OSError, IndexError):
+            comm, fields = proc_stat(stat)
+        except (OSError, IndexError, ValueError):
             continue
         if comm not in ("postgres", "postmaster"):
             continue
@@ -323,7 +329,7 @@ def tree_sample(pid: int, cpu: dict[int, float]) -> float:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) / 1024
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            _, fields = proc_stat(Path(f"/proc/{p}/stat"))
             cpu[p] = (int(fields[11]) + int(fields[12])) / TICK
             for task in Path(f"/proc/{p}/task").iterdir():
                 children = (task / "children").read_text().split()
