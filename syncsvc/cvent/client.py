@@ -199,28 +199,27 @@ class _Batches(Generic[T]):
                 async for piece in body:
                     total += len(piece)
                     parser.check_size(total)
-                    if splitter.classic:
-                        parser.feed(piece)
-                        if len(parser.pending) >= BATCH_SIZE:
-                            yield parser.take()
-                        continue
-                    for segment in splitter.feed(piece):
-                        if len(inflight) >= ahead:
-                            batch = await self._parsed(inflight.popleft())
-                            records += batch.records
-                            yield batch
-                        segments += 1
-                        inflight.append(pool.submit(path, segment, segments << 32, self._only))
-                    if splitter.classic:  # decided just now: the head was not the plain shape
-                        parser.feed(bytes(splitter.buffered))
-                        splitter.buffered.clear()
-            if not splitter.classic:
-                for segment in splitter.finish():
-                    segments += 1
-                    inflight.append(pool.submit(path, segment, segments << 32, self._only))
+                    if not splitter.classic:
+                        for segment in splitter.feed(piece):
+                            if len(inflight) >= ahead:
+                                batch = await self._parsed(inflight.popleft())
+                                records += batch.records
+                                yield batch
+                            segments += 1
+                            inflight.append(pool.submit(path, segment, segments << 32, self._only))
+                        if not splitter.classic:
+                            continue
+                        # Decided just now: the head is not the plain shape, and every byte so
+                        # far goes to the one-document parse.
+                        piece = splitter.take_buffered()
+                    parser.feed(piece)
+                    if len(parser.pending) >= BATCH_SIZE:
+                        yield parser.take()
+            for segment in splitter.finish():
+                segments += 1
+                inflight.append(pool.submit(path, segment, segments << 32, self._only))
             if splitter.classic:
-                if splitter.buffered:  # the body ended while the head was sought
-                    parser.feed(bytes(splitter.buffered))
+                parser.feed(splitter.take_buffered())  # the body ended while the head was sought
                 parser.close()
                 if parser.pending:
                     yield parser.take()

@@ -81,8 +81,15 @@ class Splitter:
                 break
         return out
 
+    def take_buffered(self) -> bytes:
+        """The bytes held and not yet cut (once `classic`: everything fed so far)."""
+        out = bytes(self.buffered)
+        self.buffered.clear()
+        return out
+
     def finish(self) -> list[bytes]:
-        """The last segment (if any) once the body ended; `tail` holds what followed it."""
+        """The last segment (if any) once the body ended; `tail` holds what followed it. A body
+        that ended before its container started is `classic`."""
         buf = self.buffered
         if self.head is None:
             self.classic = True
