@@ -41,8 +41,31 @@ metadata = MetaData(
 
 TZ = TIMESTAMP(timezone=True)
 
-RUN_STATUSES = ("running", "succeeded", "partial", "failed", "held", "abandoned")
-FETCH_STATUSES = ("pending", "running", "applied", "failed", "held", "superseded", "skipped")
+# interrupted: stopped by SIGINT/SIGTERM or cancelled at serve's drain limit; abandoned: found
+# still `running` after its process died (SIGKILL, a lost host), or fenced off by a newer run.
+RUN_STATUSES = (
+    "running",
+    "succeeded",
+    "partial",
+    "failed",
+    "held",
+    "interrupted",
+    "abandoned",
+)
+# cancelled: the unit was stopped before it committed (an interruption, or a run-stopping error
+# in a sibling unit); abandoned: left `running` by a run that died, closed by a later run.
+FETCH_STATUSES = (
+    "pending",
+    "running",
+    "applied",
+    "failed",
+    "held",
+    "superseded",
+    "skipped",
+    "cancelled",
+    "abandoned",
+)
+CONSUMER_STATUSES = ("active", "failing", "paused")
 OPS = ("insert", "update", "delete", "rekey")
 ENTITIES = tuple(r.entity for r in RESOURCES)
 
@@ -169,6 +192,34 @@ events = state_tables["event"]
 users = state_tables["user"]
 sessions = state_tables["session"]
 exhibitors = state_tables["exhibitor"]
+
+consumers = Table(
+    "consumers",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column(
+        "cursor",
+        BigInteger,
+        nullable=False,
+        server_default="0",
+        comment="the last acknowledged seq: everything up to it was delivered",
+    ),
+    Column(
+        "filters",
+        JSONB,
+        nullable=False,
+        server_default=text("'{}'::jsonb"),
+        comment="entity, op, event, environment: each a list; absent means all",
+    ),
+    Column("webhook_url", Text, comment="null for a pull consumer"),
+    Column("status", Text, nullable=False, server_default="active"),
+    Column("last_error", Text),
+    Column("failing_since", TZ),
+    Column("last_delivered_at", TZ),
+    Column("created_at", TZ, nullable=False, server_default=text("now()")),
+    Column("updated_at", TZ, nullable=False, server_default=text("now()")),
+    CheckConstraint(_in("status", CONSUMER_STATUSES), name="status"),
+)
 
 changes = Table(
     "changes",
