@@ -397,7 +397,7 @@ class CventClient:
         *,
         encoded: bool = False,
     ) -> FetchResult[R]:
-        """Fetch one dump into `sink`, retrying retryable failures (docs/conference-api.md, "Response codes").
+        """Fetch one dump into `sink`, retrying retryable failures (docs/conference-api.md).
 
         `event`: None (the endpoint's own event), "all", or an event GUID. Per attempt the
         sink is awaited with a fresh async iterator of record batches that ends normally only
