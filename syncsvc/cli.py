@@ -68,6 +68,7 @@ class _Config:
 
     file: Path | None
     settings: Settings | None = None
+    sources: dict[str, str] | None = None  # where each setting came from (absent: default)
 
 
 def _version(value: bool) -> None:
@@ -108,6 +109,7 @@ def _settings(ctx: typer.Context) -> Settings:
         except ConfigError as exc:
             raise fail(str(exc), EXIT_CONFIG) from None
         cfg.settings = loaded.settings
+        cfg.sources = dict(loaded.sources)
         logs.register_secrets(cfg.settings.secrets)
         logs.configure(cfg.settings.log_level, cfg.settings.log_format)
         for warning in loaded.warnings:
@@ -422,6 +424,10 @@ def run_cmd(
 
     settings = _api_settings(ctx)
     out = console.console()
+    if out.is_terminal and "log_level" not in (ctx.find_root().obj.sources or {}):
+        # The live display shows what info lines would say; warnings and errors still print
+        # (through it). An explicit SYNCSVC_LOG_LEVEL is kept.
+        logs.configure("warning", settings.log_format)
 
     async def go() -> scheduler.RunResult:
         async with db.connect(settings) as engine:

@@ -20,7 +20,6 @@ from rich.progress import (
     Task,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 from rich.text import Text
@@ -44,6 +43,21 @@ class _Rate(ProgressColumn):
         rps = records / elapsed if elapsed > 0 else 0.0
         mbps = (task.speed or 0.0) / 1e6
         return Text(f"{rps:>8,.0f} rec/s {mbps:5.1f} MB/s", style="progress.data.speed")
+
+
+class _Eta(ProgressColumn):
+    """Time left at the current rate; `?` without an expected size (no Content-Length and no
+    previous run of the unit)."""
+
+    def render(self, task: Task) -> Text:
+        if task.finished:
+            return Text("applying", style="progress.remaining")
+        left = task.time_remaining
+        if left is None:
+            return Text("ETA ?", style="progress.remaining")
+        minutes, seconds = divmod(int(left), 60)
+        hours, minutes = divmod(minutes, 60)
+        return Text(f"ETA {hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
 
 
 class _LiveStream:
@@ -108,6 +122,15 @@ class _UnitBar:
             self._records += n
             self._owner.units.update(self._task, records=self._records)
 
+    def fetched(self) -> None:
+        # Fetched and staged: what remains is the diff and apply, which no byte count measures.
+        if self._task is not None:
+            self._owner.units.update(
+                self._task,
+                total=self._done,
+                completed=self._done,
+            )
+
 
 class RunProgress:
     """On a terminal, one live display: units done/total with records and MB, then a line per
@@ -133,8 +156,7 @@ class RunProgress:
             DownloadColumn(),
             TextColumn("{task.fields[records]:>10,} records"),
             _Rate(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            _Eta(),
             console=out,
         )
         self.unit_tasks: dict[str, Any] = {}

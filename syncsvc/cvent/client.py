@@ -74,6 +74,8 @@ class FetchProgress(Protocol):
 
     def records(self, n: int) -> None: ...
 
+    def fetched(self) -> None: ...  # the dump is complete (the caller applies it next)
+
 
 @dataclass(slots=True)
 class FetchResult(Generic[R]):
@@ -479,6 +481,8 @@ class CventClient:
                 await asyncio.sleep(delay)
                 continue
             elapsed = time.monotonic() - started
+            if progress is not None:
+                progress.fetched()
             log.info(
                 "dump_fetched",
                 resource=resource.path,
