@@ -26,10 +26,12 @@ from syncsvc.store import db
 pytestmark = pytest.mark.db
 
 SimFactory = Callable[..., AbstractAsyncContextManager[Any]]
-CONFIG = SimConfig(seed=5, events=3, users_per_event=30, sessions_per_event=4, exhibitors_per_event=2)
+CONFIG = SimConfig(
+    seed=5, events=3, users_per_event=30, sessions_per_event=4, exhibitors_per_event=2
+)
 
 
-def _env(url: URL, base_url: str, token: str = "sim-account-token", **extra: str) -> dict[str, str]:
+def _env(url: URL, base_url: str, token: str = "sim-account-token", **extra: str) -> dict[str, str]:  # noqa: S107 (the simulator's)
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": "/tmp",
@@ -177,7 +179,8 @@ async def test_serve_stays_up_and_unhealthy_on_a_refused_token_or_address(
             assert proc.returncode == 0, err
         assert token not in err
         unhealthy = [json.loads(x) for x in err.splitlines() if '"serve_unhealthy"' in x]
-        assert unhealthy and words in unhealthy[0]["reason"]
+        assert unhealthy
+        assert words in unhealthy[0]["reason"]
 
 
 async def test_serve_on_a_port_in_use_exits_2_with_one_line(

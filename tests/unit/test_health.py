@@ -45,7 +45,8 @@ def test_a_failed_or_held_last_run_is_unhealthy_with_its_reason() -> None:
     failed = run("failed", "2026-11-25T02:01:00", "The API token is invalid (code=101)")
     ok, why = judge(NIGHTLY, GRACE, started, failed, now)
     assert not ok
-    assert "run 7 failed" in why and "code=101" in why
+    assert "run 7 failed" in why
+    assert "code=101" in why
     assert not judge(NIGHTLY, GRACE, started, run("held", "2026-11-25T02:05:00"), now)[0]
     assert judge(NIGHTLY, GRACE, started, run("partial", "2026-11-25T02:05:00"), now)[0]
 
@@ -53,7 +54,9 @@ def test_a_failed_or_held_last_run_is_unhealthy_with_its_reason() -> None:
 def test_a_restart_keeps_the_verdict_of_the_database() -> None:
     # Restarted at 10:00 after a run that failed at 02:01: the start time changes nothing.
     failed = run("failed", "2026-11-25T02:01:00", "boom")
-    assert not judge(NIGHTLY, GRACE, ts("2026-11-25T10:00:00"), failed, ts("2026-11-25T10:01:00"))[0]
+    assert not judge(NIGHTLY, GRACE, ts("2026-11-25T10:00:00"), failed, ts("2026-11-25T10:01:00"))[
+        0
+    ]
     # And a run that was due before the restart and never finished is still overdue.
     stale = run("succeeded", "2026-11-24T02:30:00")
     ok, why = judge(NIGHTLY, GRACE, ts("2026-11-25T10:00:00"), stale, ts("2026-11-25T10:01:00"))
