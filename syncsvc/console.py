@@ -159,8 +159,14 @@ class RunProgress:
             _Eta(),
             console=out,
         )
+        self.lock_wait = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=out
+        )
+        self._wait_task: Any = None
         self.unit_tasks: dict[str, Any] = {}
-        self._live = Live(Group(self.overall, self.units), console=out, refresh_per_second=4)
+        self._live = Live(
+            Group(self.lock_wait, self.overall, self.units), console=out, refresh_per_second=4
+        )
         self._task: Any = None
         self._records = 0
         self._bytes = 0
@@ -196,16 +202,25 @@ class RunProgress:
     def waiting(self, what: str) -> None:
         """Say what the run waits for (another run holding the database's lock)."""
         if self.enabled:
-            self.overall.update(self._task, description=what)
+            self.overall.update(self._task, visible=False)
+            self._wait_task = self.lock_wait.add_task(what)
+
+    def _waited(self) -> None:
+        if self._wait_task is not None:
+            self.lock_wait.remove_task(self._wait_task)
+            self._wait_task = None
+            self.overall.update(self._task, visible=True)
 
     def planned(self, units: int) -> None:
         if self.enabled:
+            self._waited()
             self.overall.update(self._task, description="units", total=units + 1)  # + event.do
 
     def fetch_progress(self, unit: Unit) -> _UnitBar | None:
         """The unit's line, fed by the client as its dump streams (None off a terminal)."""
         if not self.enabled:
             return None
+        self._waited()  # the run has the lock: its first unit (event.do) is starting
         scope = unit.scope if unit.resource.per_event else "account"
         return _UnitBar(self, unit, self._expected.get((unit.resource.path, scope)))
 
