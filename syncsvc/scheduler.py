@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from syncsvc import logs
+from syncsvc import cascade, logs
 from syncsvc.cvent.catalog import DATA_RESOURCES, EVENT_ALL, EVENTS, Resource
-from syncsvc.cvent.client import CventClient
+from syncsvc.cvent.client import CventClient, FetchProgress
 from syncsvc.errors import (
     NoAccountAccessError,
     RunLockedError,
@@ -161,6 +161,7 @@ async def run_lock(engine: AsyncEngine, *, wait: bool) -> AsyncIterator[AsyncCon
 
 OnUnit = Callable[[UnitOutcome], None]
 OnPlan = Callable[[int], None]
+OnFetch = Callable[[Unit], FetchProgress | None]  # a unit's live progress (a terminal's display)
 
 
 class Runner:
@@ -178,8 +179,10 @@ class Runner:
         on_unit: OnUnit | None = None,
         on_plan: OnPlan | None = None,
         trigger: str = "run",
+        on_fetch: OnFetch | None = None,
     ) -> None:
         self.on_plan = on_plan
+        self.on_fetch = on_fetch
         self.settings = settings
         self.engine = engine
         self.client = client
@@ -265,8 +268,10 @@ class Runner:
             select_events(self.settings, guids),
             use_event_all=self.settings.use_event_all and not filtered,
         )
+        vanished = await cascade.plan(self.engine)
         if self.on_plan is not None:
-            self.on_plan(len(units))
+            self.on_plan(len(units) + len(vanished))
+        await cascade.apply(self, vanished)
         # As many tasks as units can run at once, each taking the next unit: a task per unit
         # waiting for a slot costs memory in proportion to the account (measured: 2,000 events,
         # 6,000 units, +30 MB of peak RSS).
@@ -345,6 +350,7 @@ class Runner:
                         writer.stage,
                         on_record=writer.normalize,
                         encoded=True,
+                        progress=self.on_fetch(unit) if self.on_fetch else None,
                     )
                     outcome.records = fetched.records
                     outcome.bytes = fetched.bytes
@@ -472,6 +478,7 @@ async def run_once(
     on_unit: OnUnit | None = None,
     on_plan: OnPlan | None = None,
     trigger: str = "run",
+    on_fetch: OnFetch | None = None,
 ) -> RunResult:
     """One whole run with its own API client."""
     settings.require_api()
@@ -487,6 +494,7 @@ async def run_once(
             on_unit=on_unit,
             on_plan=on_plan,
             trigger=trigger,
+            on_fetch=on_fetch,
         )
         try:
             return await runner.run(wait_lock=wait_lock)

@@ -480,7 +480,8 @@ class UnitWriter:
                     event_guid=h.event_guid,
                     live=h.live,
                     deletes=h.deletes,
-                    ratio=hold.ratio,
+                    share=round(h.deletes / h.live, 3),
+                    threshold=hold.ratio,
                 )
         await self._step("hold_checked")
 
@@ -515,7 +516,7 @@ class UnitWriter:
             scope_events=tuple(scope_events),
         )
         if self.fetch_id is not None:
-            await self._record_fetch(result)
+            await self._record_fetch(result, hold)
         await self._step("before_commit")
         try:
             await self._tx.commit()
@@ -540,8 +541,9 @@ class UnitWriter:
         )
         return result
 
-    async def _record_fetch(self, result: ApplyResult) -> None:
+    async def _record_fetch(self, result: ApplyResult, hold: HoldPolicy) -> None:
         details = {
+            "hold": {"ratio": hold.ratio, "min_rows": hold.min_rows},  # what `status` compares to
             "held": [vars_of(h) for h in result.held],
             "overridden": [vars_of(h) for h in result.overridden],
             "scope_events": list(result.scope_events),
