@@ -58,7 +58,10 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
-def make_app(health: Health, metrics: Metrics) -> web.Application:
+Pages = Callable[[web.Application, Health], None]
+
+
+def make_app(health: Health, metrics: Metrics, pages: Pages | None = None) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         ok, why = health.healthy()
         return web.json_response({"healthy": ok, "reason": why}, status=200 if ok else 503)
@@ -69,6 +72,8 @@ def make_app(health: Health, metrics: Metrics) -> web.Application:
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
+    if pages is not None:  # the status pages (syncsvc.web), given by the CLI with its engine
+        pages(app, health)
     return app
 
 
@@ -81,6 +86,7 @@ async def serve(
     drain_seconds: float = 60.0,
     run_now: bool = False,
     ready: Callable[[int], None] | None = None,
+    pages: Pages | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code (0 on a signal-driven stop)."""
     stop = asyncio.Event()
@@ -88,7 +94,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     health = Health(settings.schedule, time.time(), grace)
-    runner = web.AppRunner(make_app(health, metrics), access_log=None)
+    runner = web.AppRunner(make_app(health, metrics, pages), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.serve_host, settings.serve_port)
     await site.start()
