@@ -141,6 +141,9 @@ class Pages:
         self.settings = settings
         self.health = health
         self.env = _environment()
+        # The charts are a pure function of the window's finished runs, whose figures never
+        # change: re-drawn (a few hundred ms of pygal) only when a run enters or leaves it.
+        self._charts: tuple[tuple[int, int, int], list[charts.Chart]] | None = None
 
     def render(self, template: str, **context: Any) -> web.Response:
         html = self.env.get_template(template).render(
@@ -181,12 +184,16 @@ class Pages:
     async def trends(self, _: web.Request) -> web.Response:
         async with self.engine.connect() as conn:
             points = await queries.trend(conn)
+        key = (len(points), points[0].id, points[-1].id) if points else (0, 0, 0)
+        if self._charts is None or self._charts[0] != key:
+            self._charts = (key, charts.trend_charts(points) if points else [])
         return self.render(
             "trends.html",
             page="trends",
             points=points,
             days=queries.TREND_DAYS,
-            charts=charts.trend_charts(points) if points else [],
+            charts=self._charts[1],
+            merged=len(points) > charts.MAX_POINTS,
         )
 
     async def consumers(self, _: web.Request) -> web.Response:
@@ -231,8 +238,8 @@ def _int_param(request: web.Request, name: str, *, match: bool = False) -> int |
     return value
 
 
-def _authorized(request: web.Request, token: str) -> bool:
-    header = request.headers.get("Authorization", "")
+def authorized(header: str, token: str) -> bool:
+    """Whether an Authorization header carries the token (Bearer, or Basic with any user)."""
     scheme, _, value = header.partition(" ")
     given = ""
     if scheme.lower() == "bearer":
@@ -250,7 +257,7 @@ def _guard(handler: Handler, token: str | None) -> Handler:
     """The page's headers on every answer, and the token check when one is configured."""
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        if token is not None and not _authorized(request, token):
+        if token is not None and not authorized(request.headers.get("Authorization", ""), token):
             response: web.StreamResponse = web.Response(
                 status=401,
                 text="this page needs the status page token\n",

@@ -111,7 +111,37 @@ def _point(p: TrendPoint, value: float) -> tuple[datetime, float]:
     return (p.started_at, value)
 
 
-def trend_charts(points: Sequence[TrendPoint]) -> list[Chart]:
+MAX_POINTS = 180  # a point every ~6 px of a 1160 px chart: more would draw nothing new
+
+
+def bucketed(points: Sequence[TrendPoint], limit: int = MAX_POINTS) -> list[TrendPoint]:
+    """At most `limit` points: consecutive runs merged, each figure the largest of its runs,
+    so a spike (a jump in deletes, a slow run) survives the merge instead of being averaged."""
+    if len(points) <= limit:
+        return list(points)
+    size = -(-len(points) // limit)
+    out = []
+    for i in range(0, len(points), size):
+        group = points[i : i + size]
+        out.append(
+            TrendPoint(
+                id=group[-1].id,
+                status=group[-1].status,
+                started_at=group[0].started_at,
+                seconds=max((p.seconds or 0.0) for p in group),
+                records=max(p.records for p in group),
+                inserted=max(p.inserted for p in group),
+                updated=max(p.updated for p in group),
+                deleted=max(p.deleted for p in group),
+                rekeyed=max(p.rekeyed for p in group),
+            )
+        )
+    return out
+
+
+def trend_charts(runs: Sequence[TrendPoint]) -> list[Chart]:
+    """The three charts of the Trends page, from the window's runs (oldest first)."""
+    points = bucketed(runs)
     return [
         Chart(
             "Changes per run",
