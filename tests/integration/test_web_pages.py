@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -402,3 +406,59 @@ async def test_bad_run_ids_get_a_one_line_answer_not_a_traceback(site: str) -> N
             async with http.get(site + path) as resp:
                 assert resp.status == status, path
                 assert len((await resp.text()).strip().splitlines()) == 1
+
+
+async def test_syncsvc_serve_serves_the_pages_behind_a_token_read_from_a_file(
+    db_url: URL, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "page-token"
+    token_file.write_text(TOKEN + "\n")
+    proc = _start_serve(db_url, token_file, tmp_path)
+    try:
+        port = await asyncio.to_thread(_serve_port, proc)
+        base = f"http://127.0.0.1:{port}"
+        basic = "Basic " + base64.b64encode(f"ops:{TOKEN}".encode()).decode()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(base + "/") as resp:
+                assert resp.status == 401
+            async with http.get(base + "/", headers={"Authorization": basic}) as resp:
+                assert resp.status == 200
+                assert "No runs yet." in await resp.text()
+            async with http.get(base + "/now", headers={"Authorization": basic}) as resp:
+                assert "no run was due since the service started" in await resp.text()
+            async with http.get(base + "/healthz") as resp:
+                assert resp.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.to_thread(proc.communicate, timeout=120)
+    assert proc.returncode == 0, err
+    assert TOKEN not in out + err
+
+
+def _serve_port(proc: subprocess.Popen[str]) -> int:
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if '"serve_started"' in line:
+            return int(json.loads(line)["port"])
+    raise AssertionError("serve never said it started")
+
+
+def _start_serve(url: URL, token_file: Path, home: Path) -> subprocess.Popen[str]:
+    """`syncsvc serve` as deployed: settings from the environment, the page token from a file."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "syncsvc", "serve"],
+        env={
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "SYNCSVC_DATABASE_URL": db.libpq_url(url),
+            "SYNCSVC_BASE_URL": "http://127.0.0.1:9/api/",
+            "SYNCSVC_API_TOKEN": "sim-account-token",
+            "SYNCSVC_STATUS_PAGE_TOKEN_FILE": str(token_file),
+            "SYNCSVC_LOG_FORMAT": "json",
+            "SYNCSVC_SERVE_PORT": "0",
+            "SYNCSVC_SERVE_HOST": "127.0.0.1",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
