@@ -77,6 +77,7 @@ def _environment() -> jinja2.Environment:
     env.filters.update(
         when=_when,
         ago=_ago,
+        age=_age,
         duration=_duration,
         num=_num,
         size=_size,
@@ -97,10 +98,14 @@ def _when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _ago(value: datetime | None) -> str:
+def _age(value: datetime | None) -> str:
     if value is None:
         return "–"
-    return _duration((datetime.now(UTC) - value).total_seconds()) + " ago"
+    return _duration((datetime.now(UTC) - value).total_seconds())
+
+
+def _ago(value: datetime | None) -> str:
+    return "–" if value is None else _age(value) + " ago"
 
 
 def _duration(seconds: float | None) -> str:

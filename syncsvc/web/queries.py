@@ -208,8 +208,10 @@ ORDER BY run_id, array_position(
         where = f"{r.resource} {r.scope}"
         if r.status == "held" and r.held:
             h = r.held[0]
+            more = f" and {len(r.held) - 1} more" if len(r.held) > 1 else ""
             out[r.run_id] = (
                 f"{where}: held, {h['deletes']} of {h['live']} live rows would be deleted"
+                f" (event {h['event_guid']}{more})"
             )
         elif r.error_message:
             code = f"{r.error_code} " if r.error_code is not None else ""
