@@ -486,8 +486,11 @@ def serve_cmd(
     ctx: typer.Context,
     run_now: Annotated[bool, typer.Option("--run-now", help="Run once at start-up too.")] = False,
 ) -> None:
-    """Run on SYNCSVC_SCHEDULE and serve /healthz and /metrics until SIGTERM."""
+    """Run on SYNCSVC_SCHEDULE; serve /healthz, /metrics and the status pages until SIGTERM."""
+    from aiohttp import web
+
     from syncsvc import scheduler, serve
+    from syncsvc import web as status_pages
     from syncsvc.metrics import Metrics
     from syncsvc.store import db
 
@@ -503,7 +506,12 @@ def serve_cmd(
                     settings, engine, metrics=metrics, stop=stop, trigger="serve"
                 )
 
-            return await serve.serve(settings, one_run, metrics, run_now=run_now, engine=engine)
+            def pages(app: web.Application, health: serve.Health) -> None:
+                status_pages.register(app, engine, settings, health.check)
+
+            return await serve.serve(
+                settings, one_run, metrics, run_now=run_now, engine=engine, pages=pages
+            )
 
     raise typer.Exit(run_async(go))
 

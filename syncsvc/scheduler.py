@@ -204,7 +204,12 @@ class Runner:
                 environment=self.settings.environment,
                 api_host=urlsplit(self.settings.base_url or "").hostname,
                 trigger=self.trigger,
-                options={"override_hold": self.override_hold},
+                options={
+                    "override_hold": self.override_hold,
+                    # The hold's threshold in force, so a held run's page shows what it was held at.
+                    "delete_hold_ratio": self.settings.delete_hold_ratio,
+                    "delete_hold_min_rows": self.settings.delete_hold_min_rows,
+                },
             )
             logs.bind(run_id=self.run_id)
             self.metrics.running.set(1)

@@ -140,8 +140,14 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
+Pages = Callable[[web.Application, "Health"], None]
+
+
 def make_app(
-    health: Health, metrics: Metrics, routes: Sequence[RouteRegistrar] = ()
+    health: Health,
+    metrics: Metrics,
+    routes: Sequence[RouteRegistrar] = (),
+    pages: Pages | None = None,
 ) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         ok, why = await health.check()
@@ -155,6 +161,8 @@ def make_app(
     app.router.add_get("/metrics", metrics_view)
     for register in routes:
         register(app)
+    if pages is not None:  # the status pages (syncsvc.web), given by the CLI with its engine
+        pages(app, health)
     return app
 
 
@@ -169,13 +177,14 @@ async def serve(
     ready: Callable[[int], None] | None = None,
     engine: AsyncEngine,
     routes: Sequence[RouteRegistrar] = (),
+    pages: Pages | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code (0 on a signal-driven stop).
 
     Raises ConfigError when the port cannot be listened on (exit 2)."""
     await prime_metrics(engine, metrics)
     health = Health(engine, settings.schedule, time.time(), grace)
-    runner = web.AppRunner(make_app(health, metrics, routes), access_log=None)
+    runner = web.AppRunner(make_app(health, metrics, routes, pages), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.serve_host, settings.serve_port)
     try:

@@ -110,6 +110,16 @@ class Settings:
     )
     serve_port: int = _setting(9108, "Port of /healthz and /metrics.")
 
+    # --- the status pages of serve (syncsvc/web) ------------------------------------------------
+    status_page_token: str | None = _setting(
+        None,
+        "A token the status pages (/, /runs, /trends, /consumers, /now) require, as the HTTP Basic"
+        " password (any user name) or `Authorization: Bearer`; give it as a file"
+        " (SYNCSVC_STATUS_PAGE_TOKEN_FILE). Unset: the pages are open. /healthz and /metrics never"
+        " need it.",
+        secret=True,
+    )
+
     # --- logging -------------------------------------------------------------------------------
     log_level: str = _setting("info", "debug, info, warning or error.")
     log_format: str = _setting(
