@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +28,7 @@ from syncsvc.settings import Settings
 log = logs.get_logger(__name__)
 
 RunFn = Callable[[asyncio.Event], Coroutine[Any, Any, object]]
+Background = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
 @dataclass(slots=True)
@@ -58,10 +59,15 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
-def make_app(health: Health, metrics: Metrics) -> web.Application:
+def make_app(
+    health: Health, metrics: Metrics, detail: Callable[[], dict[str, Any]] | None = None
+) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         ok, why = health.healthy()
-        return web.json_response({"healthy": ok, "reason": why}, status=200 if ok else 503)
+        body: dict[str, Any] = {"healthy": ok, "reason": why}
+        if detail is not None:  # e.g. the change feed's consumers; reported, not judged
+            body.update(detail())
+        return web.json_response(body, status=200 if ok else 503)
 
     async def metrics_view(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
@@ -81,14 +87,20 @@ async def serve(
     drain_seconds: float = 60.0,
     run_now: bool = False,
     ready: Callable[[int], None] | None = None,
+    background: Sequence[Background] = (),
+    health_detail: Callable[[], dict[str, Any]] | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit code (0 on a signal-driven stop)."""
+    """Serve until SIGTERM/SIGINT; returns the exit code (0 on a signal-driven stop).
+
+    `background`: coroutines run beside the schedule until the stop (e.g. webhook delivery);
+    `health_detail`: extra keys for /healthz.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     health = Health(settings.schedule, time.time(), grace)
-    runner = web.AppRunner(make_app(health, metrics), access_log=None)
+    runner = web.AppRunner(make_app(health, metrics, health_detail), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.serve_host, settings.serve_port)
     await site.start()
@@ -97,6 +109,7 @@ async def serve(
     if ready is not None:
         ready(port)
     exit_code = 0
+    services = [asyncio.create_task(b(stop), name="serve-background") for b in background]
     try:
         fire = croniter(settings.schedule, datetime.now(UTC))
         next_at = time.time() if run_now else fire.get_next(float)
@@ -112,6 +125,10 @@ async def serve(
             while next_at <= time.time():  # a run longer than the interval skips missed fires
                 next_at = fire.get_next(float)
     finally:
+        stop.set()
+        for service in services:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(service, timeout=drain_seconds)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
