@@ -67,12 +67,12 @@ class WebhookRetry:
     def next_delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait after failed attempt `attempt` (1-based).
 
-        A Retry-After the receiver sent is honoured (up to `cap`); otherwise "equal jitter":
+        A Retry-After the receiver sent is honoured as given; otherwise "equal jitter":
         uniform(ceiling / 2, ceiling) with ceiling = min(cap, base * 2 ** (attempt - 1)), so a
         crowd of senders spreads out and none hammers a receiver that is down.
         """
         if retry_after is not None:
-            return min(self.cap, max(0.0, retry_after))
+            return max(0.0, retry_after)  # as the receiver asked: never shortened by the cap
         ceiling = min(self.cap, self.base * 2.0 ** min(attempt - 1, 64))
         return ceiling / 2 + self.random() * ceiling / 2
 
@@ -252,6 +252,7 @@ class Delivery:
             try:
                 async with consumers.consumer_lock(self.engine, self.name) as lock:
                     if lock is None:  # another serve delivers it
+                        log.debug("webhook_consumer_locked_elsewhere", consumer=self.name)
                         await self._sleep(stop, poll)
                         continue
                     if await self._deliver(lock, stop):
