@@ -101,14 +101,17 @@ async def test_a_consumer_resumes_where_it_acknowledged(db_url: URL) -> None:
     rest = _syncsvc(env, "changes", "--consumer", "wh")
     assert _seqs(rest.stdout) == list(range(13, 31))
     again = _syncsvc(env, "changes", "--consumer", "wh")
-    assert again.returncode == 0 and again.stdout == ""
+    assert again.returncode == 0
+    assert again.stdout == ""
     # Committed on its side first: acknowledge without output; replay by reset.
     assert _syncsvc(env, "consumers", "reset", "wh", "--to", "5").returncode == 0
     acked = _syncsvc(env, "changes", "--consumer", "wh", "--ack-only", "20")
-    assert acked.returncode == 0 and acked.stdout == ""
+    assert acked.returncode == 0
+    assert acked.stdout == ""
     assert _seqs(_syncsvc(env, "changes", "--consumer", "wh").stdout) == list(range(21, 31))
     listed = _syncsvc(env, "consumers", "list")
-    assert "wh" in listed.stdout and "pull" in listed.stdout
+    assert "wh" in listed.stdout
+    assert "pull" in listed.stdout
 
 
 async def test_a_filtered_consumer_moves_past_rows_it_does_not_want(db_url: URL) -> None:
@@ -378,7 +381,8 @@ async def test_real_output_matches_the_published_json_schemas(
     assert [(d["source"]["seq"], d["op"]) for d in debezium] == expected
     rekey = next(r for r in plain if r["op"] == "rekey")
     halves = [d for d in debezium if d["source"]["seq"] == rekey["seq"]]
-    assert halves[0]["before"] == rekey["before"] and halves[1]["after"] == rekey["after"]
+    assert halves[0]["before"] == rekey["before"]
+    assert halves[1]["after"] == rekey["after"]
     assert halves[0]["source"]["record_key"] == rekey["before"]["userRef"]
     assert halves[1]["source"]["record_key"] == rekey["record_key"]
     assert halves[1]["syncsvc"]["changed_fields"] == rekey["changed_fields"]
