@@ -48,6 +48,22 @@ ENVELOPES = ("syncsvc", "debezium")
 CONSUMER_FILTERS = ("entity", "op", "event", "environment", "client_id")
 
 
+# The change record (docs/change-record.schema.json) as PostgreSQL renders it: C code rather than
+# a json.dumps per field (measured: most of a reader's CPU). json_build_object keeps the key order;
+# timestamps render as ISO 8601 in the session's zone, which the read transaction sets to UTC.
+# The environment is one primary-key lookup in `runs` per row.
+_JSON_SQL = (
+    "json_build_object("
+    + ", ".join(
+        "'environment', (SELECT r.environment FROM runs r WHERE r.id = changes.run_id)"
+        if c == "environment"
+        else f"'{c}', {c}"
+        for c in COLUMNS
+    )
+    + ")::text"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ChangeFilter:
     """Which rows to read: `since < seq <= until`, each list filter ANDed, empty meaning all."""
@@ -75,8 +91,9 @@ class ChangeFilter:
             client_id=tuple(filters.get("client_id") or ()),
         )
 
-    def sql(self) -> tuple[str, list[Any]]:
-        """The query and its bound parameters (never string-built values)."""
+    def sql(self, rendered: bool = False) -> tuple[str, list[Any]]:
+        """The query and its bound parameters (never string-built values). `rendered`: select
+        `seq` and the record as JSON text made by PostgreSQL (`json`) instead of the columns."""
         clauses = ["seq > $1"]
         params: list[Any] = [self.since]
 
@@ -105,10 +122,13 @@ class ChangeFilter:
             clauses.append(f"captured_at >= {bind(self.captured_after)}")
         if self.captured_before is not None:
             clauses.append(f"captured_at < {bind(self.captured_before)}")
-        # before/after are rendered as JSON text by PostgreSQL: no decode and re-encode here.
-        select = ", ".join(
-            f"{c}::text AS {c}" if c in ("before", "after") else c for c in _DB_COLUMNS
-        )
+        if rendered:
+            select = f"seq, {_JSON_SQL} AS json"
+        else:
+            # before/after are rendered as JSON text by PostgreSQL: no decode and re-encode here.
+            select = ", ".join(
+                f"{c}::text AS {c}" if c in ("before", "after") else c for c in _DB_COLUMNS
+            )
         query = f"SELECT {select} FROM changes WHERE {' AND '.join(clauses)} ORDER BY seq"
         if self.limit is not None:
             query += f" LIMIT {bind(self.limit)}"
@@ -125,27 +145,38 @@ class Window:
 
 
 async def stream_changes(
-    engine: AsyncEngine, flt: ChangeFilter, batch: int = 2000, window: Window | None = None
+    engine: AsyncEngine,
+    flt: ChangeFilter,
+    batch: int = 2000,
+    window: Window | None = None,
+    rendered: bool = False,
 ) -> AsyncIterator[dict[str, Any]]:
     """Rows in seq order through a server-side cursor, in one snapshot: memory stays flat.
 
     `window`, when given, is filled in: `high` at once, `until` as rows arrive and at the end.
+    `rendered`: rows are `{"seq": ..., "json": the record as JSON text}` (see `_JSON_SQL`).
     """
     window = window if window is not None else Window()
     async with engine.connect() as conn:
         raw = await raw_connection(conn)
         async with raw.transaction(readonly=True, isolation="repeatable_read"):
+            await raw.execute("SET LOCAL TimeZone = 'UTC'")
             window.high = int(await raw.fetchval("SELECT coalesce(max(seq), 0) FROM changes"))
             bound = window.high if flt.until is None else min(window.high, flt.until)
             window.until = max(flt.since, 0)
             if bound <= flt.since:
                 return
-            envs = {r[0]: r[1] for r in await raw.fetch("SELECT id, environment FROM runs")}
-            query, params = replace(flt, until=bound).sql()
+            envs = (
+                {}
+                if rendered
+                else {r[0]: r[1] for r in await raw.fetch("SELECT id, environment FROM runs")}
+            )
+            query, params = replace(flt, until=bound).sql(rendered)
             n = 0
             async for row in raw.cursor(query, *params, prefetch=batch):
                 out = dict(row)
-                out["environment"] = envs.get(out["run_id"])
+                if not rendered:
+                    out["environment"] = envs.get(out["run_id"])
                 n += 1
                 window.until = out["seq"]
                 yield out
@@ -231,11 +262,15 @@ def render_debezium(row: dict[str, Any]) -> list[str]:
 
 def render(row: dict[str, Any], envelope: str = "syncsvc") -> list[str]:
     """The JSON objects one change row becomes in an envelope."""
-    return render_debezium(row) if envelope == "debezium" else [render_json(row)]
+    if envelope == "debezium":
+        return render_debezium(row)
+    return [row["json"] if "json" in row else render_json(row)]
 
 
 def write_ndjson(row: dict[str, Any], out: TextIO, envelope: str = "syncsvc") -> None:
-    if envelope == "syncsvc":
+    if "json" in row:
+        out.write(row["json"] + "\n")
+    elif envelope == "syncsvc":
         out.write(render_json(row) + "\n")
     else:
         for line in render_debezium(row):
@@ -265,6 +300,8 @@ class Output:
         self.out = out
         self._csv = CsvWriter(out) if fmt == "csv" else None
         self.envelope = envelope
+        # NDJSON in the plain envelope: PostgreSQL renders each line (stream_changes(rendered)).
+        self.rendered = fmt == "ndjson" and envelope == "syncsvc"
 
     def write(self, row: dict[str, Any]) -> None:
         if self._csv is not None:
@@ -279,7 +316,7 @@ async def export(
     """Write the matching changes to `out`; returns how many were written."""
     n = 0
     writer = Output(out, fmt, envelope)
-    async for row in stream_changes(engine, flt):
+    async for row in stream_changes(engine, flt, rendered=writer.rendered):
         writer.write(row)
         n += 1
     out.flush()

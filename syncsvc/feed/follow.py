@@ -90,6 +90,7 @@ async def _pull(
                 engine,
                 dataclasses.replace(flt, since=result.cursor, limit=remaining),
                 window=window,
+                rendered=out.rendered,
             ):
                 out.write(row)
                 read += 1

@@ -348,7 +348,13 @@ class Delivery:
         window = Window()
         cut = False
         last = flt.since
-        stream = stream_changes(self.engine, flt, batch=min(size or 2000, 2000), window=window)
+        stream = stream_changes(
+            self.engine,
+            flt,
+            batch=min(size or 2000, 2000),
+            window=window,
+            rendered=envelope == "syncsvc",
+        )
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
             async for change in stream:
                 rendered = render(change, envelope)
@@ -510,6 +516,13 @@ class Deliveries:
         for name, task in list(self._tasks.items()):
             if task.done():
                 del self._tasks[name]
+                if not task.cancelled() and task.exception() is not None:
+                    # A bug, not a receiver's fault: say so, and start the consumer over.
+                    log.error(
+                        "webhook_delivery_crashed",
+                        consumer=name,
+                        error=f"{type(task.exception()).__name__}: {task.exception()}",
+                    )
         for name in wanted - set(self._tasks):
             delivery = Delivery(self.settings, self.engine, name, waker.subscribe(), self.metrics)
             self._tasks[name] = asyncio.create_task(delivery.run(stop), name=f"webhook-{name}")

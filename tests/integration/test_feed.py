@@ -109,6 +109,9 @@ async def test_a_consumer_resumes_where_it_acknowledged(db_url: URL) -> None:
     assert acked.returncode == 0
     assert acked.stdout == ""
     assert _seqs(_syncsvc(env, "changes", "--consumer", "wh").stdout) == list(range(21, 31))
+    status = _syncsvc(env, "status")
+    assert "consumers" in status.stdout
+    assert "wh" in status.stdout
     listed = _syncsvc(env, "consumers", "list")
     assert "wh" in listed.stdout
     assert "pull" in listed.stdout
