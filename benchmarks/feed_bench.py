@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -98,10 +100,17 @@ async def bench_pull(url: str, n: int) -> None:
     env = env_for(url)
     syncsvc(env, "consumers", "add", "bench-pull", capture_output=True)
     started = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(os.devnull, "w") as null:  # noqa: ASYNC230 (one open of /dev/null)
         syncsvc(env, "changes", "--consumer", "bench-pull", stdout=null)
     took = time.perf_counter() - started
-    print(f"changes --consumer to /dev/null: {n:,} rows in {took:.2f} s = {n / took:,.0f} rows/s")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    print(
+        f"changes --consumer to /dev/null: {n:,} rows in {took:.2f} s wall = {n / took:,.0f}"
+        f" rows/s; the process used {cpu:.2f} CPU s (start-up included) = {n / cpu:,.0f}"
+        " rows per CPU second"
+    )
 
 
 async def bench_webhook(url: str, n: int, batch_size: int) -> None:
@@ -163,6 +172,8 @@ async def bench_webhook(url: str, n: int, batch_size: int) -> None:
                     break
                 await asyncio.sleep(0.25)
             took = time.perf_counter() - (started or time.perf_counter())
+            fields = Path(f"/proc/{serve.pid}/stat").read_text().rsplit(")", 1)[1].split()  # noqa: ASYNC240
+            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         finally:
             serve.terminate()
             serve.wait(timeout=60)
@@ -177,6 +188,7 @@ async def bench_webhook(url: str, n: int, batch_size: int) -> None:
     for pct in (0.1, 0.25, 0.5, 0.75, 1.0):
         rss = next((s for s in samples if s[0] >= pct), samples[-1])[1]
         marks.append(f"{pct:.0%} {rss:.0f} MB")
+    print(f"  serve used {cpu:.2f} CPU s in all = {n / cpu:,.0f} changes per CPU second")
     peak = max(r for _, r in samples)
     print(f"  serve RSS as the backlog drains: {', '.join(marks)}; peak {peak:.0f} MB")
 
@@ -198,7 +210,7 @@ async def bench_follow(url: str, units: int, rows: int) -> None:
     async def read() -> None:
         assert follower.stdout is not None
         async for line in follower.stdout:
-            seq = int(line[7 : line.index(b",")])  # '{"seq":N,...'
+            seq = json.loads(line)["seq"]
             arrived[seq] = time.perf_counter()
 
     reader = asyncio.create_task(read())
