@@ -389,3 +389,46 @@ async def test_real_output_matches_the_published_json_schemas(
     assert halves[0]["source"]["record_key"] == rekey["before"]["userRef"]
     assert halves[1]["source"]["record_key"] == rekey["record_key"]
     assert halves[1]["syncsvc"]["changed_fields"] == rekey["changed_fields"]
+
+
+async def test_prune_runs_beside_an_open_unit_and_seq_continues_without_a_gap(
+    engine: AsyncEngine, db_url: URL
+) -> None:
+    """A unit holding the seq lock with its rows inserted does not block prune, and prune (which
+    keeps the newest committed row) never makes the next seqs start over."""
+    await _seed(db_url, 20)
+    conn = await asyncpg.connect(db.libpq_url(db_url))
+    paused, release = asyncio.Event(), asyncio.Event()
+
+    async def checkpoint(step: str) -> None:
+        if step == "changes_inserted":
+            paused.set()
+            await release.wait()
+
+    async def unit() -> tuple[int | None, int | None]:
+        run_id = await create_run(engine)
+        records = [from_typed("user", {"eventGUID": "E9", "userRef": f"P{i}"}) for i in range(4)]
+        async with UnitWriter(
+            engine, run_id=run_id, resource="user", scope="E9", checkpoint=checkpoint
+        ) as writer:
+            await writer.stage_records(records)
+            result = await writer.apply(complete=True)
+        return result.first_seq, result.last_seq
+
+    try:
+        await conn.execute("UPDATE changes SET captured_at = now() - interval '10 days'")
+        task = asyncio.create_task(unit())
+        await asyncio.wait_for(paused.wait(), 60)
+        proc = await asyncio.to_thread(
+            _syncsvc, _env(db_url), "changes", "prune", "--older-than", "1"
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "deleted 19 change rows" in proc.stdout
+        assert [r[0] for r in await conn.fetch("SELECT seq FROM changes")] == [20]
+        release.set()
+        assert await task == (21, 24)
+        seqs = [r[0] for r in await conn.fetch("SELECT seq FROM changes ORDER BY seq")]
+        assert seqs == [20, 21, 22, 23, 24]
+    finally:
+        release.set()
+        await conn.close()
