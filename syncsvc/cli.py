@@ -14,6 +14,7 @@ import typer
 
 from syncsvc import logs
 from syncsvc.errors import ConfigError, RunLockedError, SyncError
+from syncsvc.feed import cli as feed_cli
 from syncsvc.settings import Settings
 
 T = TypeVar("T")
@@ -39,6 +40,8 @@ db_app = typer.Typer(
     help="The database: migrations, where it is, the embedded server.", no_args_is_help=True
 )
 app.add_typer(db_app, name="db")
+app.add_typer(feed_cli.changes_app, name="changes")  # the change feed (docs/change-feed.md)
+app.add_typer(feed_cli.consumers_app, name="consumers")
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -279,55 +282,6 @@ def main(argv: list[str] | None = None) -> Any:
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
-@app.command("changes")
-def changes_cmd(
-    ctx: typer.Context,
-    since: Annotated[
-        int, typer.Option("--since", min=0, help="Only changes with seq > SINCE.")
-    ] = 0,
-    entity: Annotated[
-        list[str] | None, typer.Option("--entity", help="event, user, session, exhibitor.")
-    ] = None,
-    op: Annotated[
-        list[str] | None, typer.Option("--op", help="insert, update, delete, rekey.")
-    ] = None,
-    event: Annotated[list[str] | None, typer.Option("--event", help="An event GUID.")] = None,
-    run: Annotated[list[int] | None, typer.Option("--run", min=1, help="A run id.")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most this many.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="ndjson or csv.")] = "ndjson",
-) -> None:
-    """Stream the change log in seq order from a cursor, as NDJSON or CSV on stdout."""
-    from syncsvc import changefeed
-    from syncsvc.store import db
-    from syncsvc.store.schema import ENTITIES, OPS
-
-    if fmt not in changefeed.FORMATS:
-        raise fail(f"--format must be one of {', '.join(changefeed.FORMATS)}", EXIT_CONFIG)
-    for name, values, allowed in (("--entity", entity, ENTITIES), ("--op", op, OPS)):
-        bad = [v for v in values or () if v not in allowed]
-        if bad:
-            raise fail(f"{name} {bad[0]!r} is not one of {', '.join(allowed)}", EXIT_CONFIG)
-    flt = changefeed.ChangeFilter(
-        since=since,
-        entity=entity or (),
-        op=op or (),
-        event=event or (),
-        run=run or (),
-        limit=limit,
-    )
-    settings = _settings(ctx)
-
-    async def go() -> int:
-        async with db.connect(settings) as engine:
-            await db.require_current(engine)
-            return await changefeed.export(engine, flt, fmt, sys.stdout)
-
-    try:
-        run_async(go)
-    except BrokenPipeError:  # `syncsvc changes | head` is a normal way to peek
-        sys.stderr.close()
-
-
 @app.command("status")
 def status_cmd(
     ctx: typer.Context,
@@ -342,23 +296,27 @@ def status_cmd(
     from rich.text import Text
 
     from syncsvc import status
+    from syncsvc.feed.consumers import list_consumers
     from syncsvc.store import db
 
     if fmt not in ("table", "json"):
         raise fail("--format must be one of table, json", EXIT_CONFIG)
     settings = _settings(ctx)
 
-    async def go() -> list[status.RunStatus]:
+    async def go() -> tuple[list[status.RunStatus], list[Any]]:
         async with db.connect(settings) as engine:
             await db.require_current(engine)
-            return await status.last_runs(engine, last)
+            return await status.last_runs(engine, last), await list_consumers(engine)
 
-    runs = run_async(go)
+    runs, feed_consumers = run_async(go)
     if fmt == "json":
         typer.echo(json.dumps([r.as_json() for r in runs], indent=2))
         return
     # Piped output (a log, a ticket) gets full-width rows rather than folding at 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=200)
+    if feed_consumers:  # the change feed's consumers and their lag
+        console.print("[bold]consumers[/bold]")
+        console.print(feed_cli.consumers_table(feed_consumers))
     if not runs:
         console.print("no runs yet: `syncsvc run` starts one")
         return
@@ -491,6 +449,7 @@ def serve_cmd(
 
     from syncsvc import scheduler, serve
     from syncsvc import web as status_pages
+    from syncsvc.feed.webhook import Deliveries
     from syncsvc.metrics import Metrics
     from syncsvc.store import db
 
@@ -509,8 +468,16 @@ def serve_cmd(
             def pages(app: web.Application, health: serve.Health) -> None:
                 status_pages.register(app, engine, settings, health.check)
 
+            deliveries = Deliveries(settings, engine, metrics.registry)  # webhook consumers
             return await serve.serve(
-                settings, one_run, metrics, run_now=run_now, engine=engine, pages=pages
+                settings,
+                one_run,
+                metrics,
+                run_now=run_now,
+                engine=engine,
+                pages=pages,
+                background=[deliveries.run],
+                health_detail=deliveries.health_detail,
             )
 
     raise typer.Exit(run_async(go))

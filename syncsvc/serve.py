@@ -116,6 +116,9 @@ async def prime_metrics(engine: AsyncEngine, metrics: Metrics) -> None:
         metrics.last_duration.set(float(last[1]))
 
 
+Background = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
 @dataclass(slots=True)
 class Health:
     """What /healthz judges from: the schedule, when the service started, and the database."""
@@ -148,10 +151,14 @@ def make_app(
     metrics: Metrics,
     routes: Sequence[RouteRegistrar] = (),
     pages: Pages | None = None,
+    detail: Callable[[], dict[str, Any]] | None = None,
 ) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         ok, why = await health.check()
-        return web.json_response({"healthy": ok, "reason": why}, status=200 if ok else 503)
+        body: dict[str, Any] = {"healthy": ok, "reason": why}
+        if detail is not None:  # e.g. the change feed's consumers; reported, not judged
+            body.update(detail())
+        return web.json_response(body, status=200 if ok else 503)
 
     async def metrics_view(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
@@ -178,13 +185,18 @@ async def serve(
     engine: AsyncEngine,
     routes: Sequence[RouteRegistrar] = (),
     pages: Pages | None = None,
+    background: Sequence[Background] = (),
+    health_detail: Callable[[], dict[str, Any]] | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code (0 on a signal-driven stop).
 
-    Raises ConfigError when the port cannot be listened on (exit 2)."""
+    `background`: coroutines run beside the schedule until the stop (e.g. webhook delivery);
+    `health_detail`: extra keys for /healthz. Raises ConfigError when the port cannot be
+    listened on (exit 2)."""
     await prime_metrics(engine, metrics)
     health = Health(engine, settings.schedule, time.time(), grace)
-    runner = web.AppRunner(make_app(health, metrics, routes, pages), access_log=None)
+    app = make_app(health, metrics, routes, pages, health_detail)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.serve_host, settings.serve_port)
     try:
@@ -205,6 +217,7 @@ async def serve(
     if ready is not None:
         ready(port)
     exit_code = 0
+    services = [asyncio.create_task(b(stop), name="serve-background") for b in background]
     try:
         fire = croniter(settings.schedule, datetime.now(UTC))
         next_at = time.time() if run_now else fire.get_next(float)
@@ -220,6 +233,10 @@ async def serve(
             while next_at <= time.time():  # a run longer than the interval skips missed fires
                 next_at = fire.get_next(float)
     finally:
+        stop.set()
+        for service in services:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(service, timeout=drain_seconds)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await runner.cleanup()

@@ -120,6 +120,34 @@ class Settings:
         secret=True,
     )
 
+    # --- the change feed: follow mode and webhook delivery (docs/change-feed.md) ---------------
+    feed_poll_interval: float = _setting(
+        5.0,
+        "Seconds between checks for new changes when no notification arrives (`changes --follow`"
+        " and webhook delivery): what a missed notification costs.",
+    )
+    webhook_batch_size: int = _setting(
+        500, "Changes per webhook request at most (a consumer's own batch size overrides it)."
+    )
+    webhook_batch_max_bytes: int = _setting(
+        4 * 1024**2, "Bytes of changes per webhook request at most (one change always fits)."
+    )
+    webhook_batch_max_wait: float = _setting(
+        0.5, "Seconds a partial webhook batch waits for more changes before it is sent."
+    )
+    webhook_timeout: float = _setting(30.0, "Seconds a webhook request may take in all.")
+    webhook_retry_base_delay: float = _setting(
+        1.0, "Base of the exponential backoff between webhook attempts, in seconds."
+    )
+    webhook_retry_max_delay: float = _setting(
+        300.0, "Cap of one webhook backoff delay (and of an honoured Retry-After), in seconds."
+    )
+    webhook_failing_after: float = _setting(
+        300.0,
+        "Seconds of failed attempts after which a webhook consumer is marked failing (it keeps"
+        " its place and keeps retrying).",
+    )
+
     # --- logging -------------------------------------------------------------------------------
     log_level: str = _setting("info", "debug, info, warning or error.")
     log_format: str = _setting(
@@ -384,6 +412,22 @@ def _validate(s: Settings) -> None:
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError(f"SYNCSVC_{name.upper()} must be positive", setting=name)
+    # The change feed's knobs (docs/change-feed.md).
+    for name in (
+        "feed_poll_interval",
+        "webhook_batch_size",
+        "webhook_batch_max_bytes",
+        "webhook_timeout",
+        "webhook_retry_base_delay",
+        "webhook_retry_max_delay",
+        "webhook_failing_after",
+    ):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"SYNCSVC_{name.upper()} must be positive", setting=name)
+    if s.webhook_batch_max_wait < 0:
+        raise ConfigError(
+            "SYNCSVC_WEBHOOK_BATCH_MAX_WAIT must not be negative", setting="webhook_batch_max_wait"
+        )
     if not 0 < s.delete_hold_ratio <= 1:
         raise ConfigError(
             "SYNCSVC_DELETE_HOLD_RATIO must be in (0, 1]", setting="delete_hold_ratio"

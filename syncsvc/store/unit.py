@@ -57,6 +57,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from syncsvc.cvent.catalog import EVENT_ALL, Resource, resolve
 from syncsvc.cvent.segments import EncodedBatch, staging_line
 from syncsvc.errors import IncompleteDumpError, StoreError
+from syncsvc.feed import notify as feed_notify
 from syncsvc.logs import get_logger
 from syncsvc.normalize import Normalizer, normalizer
 from syncsvc.records import Record, codec
@@ -497,6 +498,11 @@ class UnitWriter:
         await self._step("seq_locked")
         (seqs,) = await self._fetch(sql.insert_changes, self.run_id, self.fetch_id)
         await self._step("changes_inserted")
+
+        # The change feed: wake followers and webhook deliveries when (and only if) this commits.
+        # The payload is the new high seq, never data (docs/change-feed.md).
+        if seqs["last_seq"] is not None:
+            await self._execute(feed_notify.SQL, str(seqs["last_seq"]))
 
         result = ApplyResult(
             status="held" if held else "applied",
