@@ -1,18 +1,28 @@
 """structlog, configured once: JSON lines or console rendering, run_id via contextvars, redaction.
 
-Redaction is the last line of defence: the client keeps the token out of messages in the first
-place, but any string that reaches a log line (event, values, nested values, exception text,
-stdlib records from aiohttp or asyncpg) passes through `redact` after exceptions are formatted.
-Tracebacks are rendered as plain text, never with local variables (tokens live in locals).
+The secret registry here is the one list of values that must never leave the process: the API
+token, the database password, and any secret a later feature adds (it calls `register_secrets`
+with it as soon as it holds it). Each secret is kept with the spellings a server may echo it in:
+as is, URL-encoded (either hex case, `+` for space or not) and XML-escaped.
+
+Redaction happens at two places. Where a server's text enters syncsvc: every SyncError redacts
+its own message and context, so a run record, a fetch row, stdout, `status` and a traceback carry
+what the error carries. And as the last line of defence: any string that reaches a log line
+(event, values, nested values, exception text, stdlib records from aiohttp or asyncpg) passes
+through `redact` after exceptions are formatted. Tracebacks are rendered as plain text, never
+with local variables (tokens live in locals).
 """
 
 from __future__ import annotations
 
+import html
 import logging
+import re
 import sys
 import threading
 from collections.abc import Iterable
 from typing import Any, TextIO
+from urllib.parse import quote, quote_plus
 
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
@@ -23,13 +33,35 @@ _secrets: tuple[str, ...] = ()
 _lock = threading.Lock()
 
 
+MIN_SECRET_CHARS = 4  # shorter values would redact ordinary words; no real secret is that short
+
+
+def spellings(secret: str) -> set[str]:
+    """`secret` as a server may echo it back: as sent, URL-encoded, XML-escaped."""
+    out = {secret, html.escape(secret), html.escape(secret, quote=False)}
+    for encoded in (quote(secret, safe=""), quote(secret), quote_plus(secret)):
+        out.add(encoded)
+        out.add(re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded))
+    return {s for s in out if len(s) >= MIN_SECRET_CHARS}
+
+
 def register_secrets(values: Iterable[str | None]) -> None:
-    """Add values that must never appear in a log line (the API token, the DB password)."""
+    """Add values that must never appear in a log line, an error, a row or an output."""
     global _secrets
     with _lock:
-        merged = set(_secrets) | {v for v in values if v and len(v) >= 4}
+        merged = set(_secrets)
+        for v in values:
+            if v and len(v) >= MIN_SECRET_CHARS:
+                merged |= spellings(v)
         # Longest first so a secret containing another is removed whole.
         _secrets = tuple(sorted(merged, key=len, reverse=True))
+
+
+def redact_text(text: str, limit: int | None = None) -> str:
+    """A server's (or a library's) text made safe to keep: secrets out first, then bounded, so
+    a cut can never leave a secret's head behind."""
+    text = redact(text)
+    return text if limit is None else text[:limit]
 
 
 def clear_secrets() -> None:
