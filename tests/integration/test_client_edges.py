@@ -159,9 +159,10 @@ async def test_a_trickling_body_is_a_stalled_transfer_retried_then_given_up() ->
 
 async def test_a_slow_sink_is_not_a_stalled_transfer() -> None:
     body = render(catalog.USERS, make_records(catalog.USERS, EVENTS[0], 400))
-    async with serve_api() as server, client_for(
-        server, stall_min_rate=1_000_000, stall_window=0.2
-    ) as client:
+    async with (
+        serve_api() as server,
+        client_for(server, stall_min_rate=1_000_000, stall_window=0.2) as client,
+    ):
         server.push(Reply(body=body, chunk=1024))
 
         async def slow(batches: Any) -> int:
@@ -205,9 +206,7 @@ async def test_an_unreachable_api_names_host_port_and_the_os_reason_once() -> No
     from syncsvc.cvent.client import CventClient
 
     port = _closed_port()
-    settings = Settings().replace(
-        base_url=f"http://127.0.0.1:{port}/api/", api_token=ACCOUNT_TOKEN
-    )
+    settings = Settings().replace(base_url=f"http://127.0.0.1:{port}/api/", api_token=ACCOUNT_TOKEN)
     async with CventClient.open(settings, policy=TWO) as client:
         with pytest.raises(RetriesExhaustedError) as info:
             await client.list_events()
@@ -249,7 +248,8 @@ async def test_a_rate_limit_pauses_every_call_of_the_client_not_only_the_refused
     async with serve_api() as server, client_for(server, policy=policy) as client:
         server.push(Reply(status=429, body=b"", headers=[("Retry-After", "1")]))
         first = asyncio.create_task(client.fetch(catalog.USERS, EVENTS[0], collect))
-        while client.stats.retries == 0:  # the refusal arrived and the client backed off
+        # Synchronized on the client's state: the refusal arrived and the client backed off.
+        while client.stats.retries == 0:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         refused_at = time.monotonic()
         # Another call, started after the refusal, must wait out the same Retry-After.
@@ -318,8 +318,8 @@ async def test_whitespace_after_the_root_is_accepted_on_both_paths_however_long(
         pytest.param(DUMP + b" " * (2 * MiB) + b"<x/>", id="a-byte-after-a-long-blank-tail"),
         pytest.param(
             DUMP.replace(
-                b"</users>", b"</users><user><userRef>late</userRef><eventGUID>E-0001</eventGUID>"
-                b"</user>",
+                b"</users>",
+                b"</users><user><userRef>late</userRef><eventGUID>E-0001</eventGUID></user>",
             ),
             id="a-record-after-the-container",
         ),
@@ -335,9 +335,10 @@ async def test_whitespace_after_the_root_is_accepted_on_both_paths_however_long(
 async def test_bytes_or_records_after_the_container_make_the_dump_incomplete_on_both_paths(
     parse_mode: str, body: bytes
 ) -> None:
-    async with serve_api() as server, client_for(
-        server, parse_in_worker=parse_mode, policy=TWO
-    ) as client:
+    async with (
+        serve_api() as server,
+        client_for(server, parse_in_worker=parse_mode, policy=TWO) as client,
+    ):
         server.push(*[Reply(body=body, chunk=64 * 1024)] * 4)
         with pytest.raises(RetriesExhaustedError) as info:
             await client.fetch(catalog.USERS, EVENTS[0], collect, encoded=True)
@@ -402,9 +403,10 @@ async def test_a_token_the_server_echoes_is_redacted_in_the_error_it_becomes(
     parse_mode: str, reply: Reply
 ) -> None:
     logs.register_secrets(["s3cr3t_tok"])  # a second secret, to echo as an element name
-    async with serve_api() as server, client_for(
-        server, token=TOKEN, parse_in_worker=parse_mode, policy=TWO
-    ) as client:
+    async with (
+        serve_api() as server,
+        client_for(server, token=TOKEN, parse_in_worker=parse_mode, policy=TWO) as client,
+    ):
         server.tokens[TOKEN] = True
         server.push(reply, reply)
         with pytest.raises(SyncError) as info:
