@@ -83,9 +83,10 @@ class Settings:
     )
     stall_window: float = _setting(60.0, "The window, in seconds, of stall_min_rate.")
     run_deadline: float = _setting(
-        4 * 3600.0,
+        3.5 * 3600.0,
         "Seconds a whole run may take; units still running then are cancelled and the run ends"
-        " failed or partial (0: no deadline).",
+        " failed or partial (0: no deadline). Keep it below any deadline around the process"
+        " (the CronJob's activeDeadlineSeconds, 4 h), so the run records its own end.",
     )
 
     # --- what to sync --------------------------------------------------------------------------
