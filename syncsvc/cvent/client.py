@@ -395,6 +395,7 @@ class CventClient:
         self._semaphore = asyncio.Semaphore(settings.max_concurrency)
         self._rate_limit = self._throttler.rate_limit  # the configured start rate
         self._paused_until = 0.0  # no request starts before this (monotonic): a rate limit hit
+        self._successes = 0  # successful calls since the start rate last changed
         self._pool: ParsePool | None = None
 
     def __repr__(self) -> str:
@@ -486,16 +487,20 @@ class CventClient:
             yield
 
     def _rate_limited(self, delay: float) -> None:
-        """A 429 or code 301: every call waits out the delay, and starts come slower.
+        """A 429 or code 301: every call waits, and starts come slower.
 
         The server's limit is evidently below ours (or shared with another client): pausing
-        only the call that was refused lets the others keep hitting it. The start rate halves
-        per pause and climbs back by one per successful call (AIMD, as TCP does)."""
+        only the call that was refused lets the others keep hitting it. Every start waits out
+        the delay, and at least one rate period (the server's window is likely as long as ours
+        and has not passed); the start rate halves per pause and climbs back by one per
+        rate_limit successful calls (AIMD, as TCP does per round trip)."""
         now = time.monotonic()
         # Refusals of calls that were already in flight when the client last backed off say
         # nothing new: one halving per pause.
         already_paused = now < self._paused_until
-        self._paused_until = max(self._paused_until, now + delay)
+        pause = max(delay, self.settings.rate_period)
+        self._paused_until = max(self._paused_until, now + pause)
+        self._successes = 0
         lowered = max(1, self._throttler.rate_limit // 2)
         if lowered < self._throttler.rate_limit and not already_paused:
             self._throttler.rate_limit = lowered
@@ -503,12 +508,17 @@ class CventClient:
                 "rate_limit_lowered",
                 starts_per_period=lowered,
                 period=self.settings.rate_period,
-                paused=round(delay, 3),
+                paused=round(pause, 3),
             )
 
     def _call_succeeded(self) -> None:
-        if self._throttler.rate_limit < self._rate_limit:
-            self._throttler.rate_limit += 1
+        throttler = self._throttler
+        if throttler.rate_limit >= self._rate_limit:
+            return
+        self._successes += 1
+        if self._successes >= throttler.rate_limit:
+            throttler.rate_limit += 1
+            self._successes = 0
 
     async def fetch(
         self,
