@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -264,8 +266,19 @@ def _hoist_config(argv: list[str]) -> list[str]:
     return config + rest
 
 
+def _redacted_excepthook(
+    kind: type[BaseException], value: BaseException, tb: TracebackType | None
+) -> None:
+    """The last line of defence for a traceback that escapes every handler (a bug): printed
+    with the secrets redacted, as a log line would be (a chained library error may quote what
+    a server echoed)."""
+    text = "".join(traceback.format_exception(kind, value, tb))
+    sys.stderr.write(logs.redact(text))
+
+
 def main(argv: list[str] | None = None) -> Any:
     _tune_malloc()
+    sys.excepthook = _redacted_excepthook
     args = _hoist_config(list(argv if argv is not None else sys.argv[1:]))
     try:
         code = app(args=args, prog_name="syncsvc", standalone_mode=False)

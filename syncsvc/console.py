@@ -257,10 +257,16 @@ def summary_table(result: RunResult) -> Table:
 
 
 def print_summary(out: Console, result: RunResult) -> None:
-    out.print(summary_table(result))
+    """The summary on stdout; a failed run's reason on stderr (once, and without an empty
+    table above it), where a wrapper script and a person look for errors."""
+    if result.totals() or result.status != "failed":
+        out.print(summary_table(result))
     by_status: dict[str, int] = {}
     for o in result.outcomes:
         by_status[o.status] = by_status.get(o.status, 0) + 1
-    out.print("units: " + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())))
-    if result.error:
+    if by_status:
+        out.print("units: " + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())))
+    if result.error and result.status == "failed":
+        print(f"syncsvc: run {result.run_id} failed: {result.error}", file=sys.stderr)
+    elif result.error:
         out.print(f"[yellow]{result.error}[/yellow]")

@@ -33,7 +33,7 @@ from syncsvc.errors import (
 from syncsvc.metrics import Metrics
 from syncsvc.settings import Settings
 from syncsvc.store import runs as run_rows
-from syncsvc.store.schema import runs
+from syncsvc.store.schema import fetches, runs
 from syncsvc.store.unit import ApplyResult, HoldPolicy, UnitWriter
 
 log = logs.get_logger(__name__)
@@ -53,6 +53,9 @@ class Unit:
     resource: Resource
     event: str | None  # the `event` parameter: "all", a GUID, or None (the home event)
     covered: tuple[str, ...] = ()  # events an `event=all` dump speaks for
+    # The account-wide `event=all` unit. Set, not inferred from `event`: an event's GUID may
+    # itself be "all", and that per-event unit must never be read as every event.
+    account_wide: bool = False
 
     @property
     def scope(self) -> str:
@@ -64,7 +67,7 @@ class Unit:
     @property
     def writer_scope(self) -> str:
         """The store's scope: one GUID, or "all" (per event present in the dump)."""
-        return EVENT_ALL if self.event in (None, EVENT_ALL) else self.event
+        return EVENT_ALL if self.event is None or self.account_wide else self.event
 
     @property
     def name(self) -> str:
@@ -118,7 +121,7 @@ def plan(
     units: list[Unit] = []
     for resource in resources:
         if use_event_all and account_level and resource.allows_event_all:
-            units.append(Unit(resource, EVENT_ALL, tuple(events)))
+            units.append(Unit(resource, EVENT_ALL, tuple(events), account_wide=True))
         elif not account_level:
             units.append(Unit(resource, None))
         else:
@@ -215,7 +218,7 @@ class Runner:
             self.metrics.running.set(1)
             started = time.monotonic()
             try:
-                result = await self._run()
+                result = await self._run_within_deadline()
             except BaseException as exc:
                 message = str(exc) if isinstance(exc, SyncError) else type(exc).__name__
                 await run_rows.finish_run(
@@ -236,6 +239,39 @@ class Runner:
             self._count_run(result.status, started)
             log.info("run_finished", run_id=self.run_id, status=result.status)
             return result
+
+    async def _run_within_deadline(self) -> RunResult:
+        """`_run`, bounded by run_deadline. Past it the units in flight are cancelled (each
+        rolls back whole, as any unit that does not commit), the rest never start, and the run
+        ends partial (something was applied) or failed, saying so."""
+        limit = self.settings.run_deadline
+        deadline = asyncio.timeout(limit or None)
+        try:
+            async with deadline:
+                return await self._run()
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+        passed = f"the run passed its deadline (run_deadline {limit:g} s)"
+        async with self.engine.begin() as conn:
+            cancelled = (
+                await conn.execute(
+                    sa.update(fetches)
+                    .where(fetches.c.run_id == self.run_id, fetches.c.status == "running")
+                    .values(
+                        status="cancelled",
+                        finished_at=sa.func.now(),
+                        error_message=f"cancelled: {passed}",
+                    )
+                )
+            ).rowcount
+        result = self._result(None)
+        applied = any(o.status in ("applied", "held") for o in result.outcomes)
+        result.status = "partial" if applied else "failed"
+        said = f"{passed}: {cancelled} unit(s) cancelled in flight, the rest not started"
+        result.error = f"{said}; {result.error}" if result.error else said
+        log.error("run_deadline_passed", run_deadline=limit, cancelled=cancelled)
+        return result
 
     def _count_run(self, status: str, started: float) -> None:
         now = time.time()
@@ -309,7 +345,7 @@ class Runner:
     async def _run_with_fallback(self, unit: Unit) -> None:
         outcome = await self._run_unit(unit)
         # Refused (103/104) or failed after retries: per-event units can still get the data.
-        if unit.event == EVENT_ALL and outcome.status == "failed" and outcome.error is not None:
+        if unit.account_wide and outcome.status == "failed" and outcome.error is not None:
             replacements = fallback(unit, outcome.error)
             outcome.status = "superseded"
             if outcome.fetch_id is not None:
@@ -356,6 +392,7 @@ class Runner:
                         on_record=writer.normalize,
                         encoded=True,
                         progress=self.on_fetch(unit) if self.on_fetch else None,
+                        single_event=unit.event is not None and not unit.account_wide,
                     )
                     outcome.records = fetched.records
                     outcome.bytes = fetched.bytes

@@ -76,6 +76,20 @@ class Settings:
     retry_max_delay: float = _setting(60.0, "Cap of a single backoff delay, in seconds.")
     retry_budget: float = _setting(300.0, "Total seconds one call may spend waiting to retry.")
 
+    # --- time bounds on a slow or silent server (docs/operations.md, "Slow servers") ----------
+    stall_min_rate: float = _setting(
+        1024.0,
+        "A dump arriving slower than this many bytes/s over stall_window seconds of reading is"
+        " a stalled transfer, retried like a reset (0: no stall rule).",
+    )
+    stall_window: float = _setting(60.0, "The window, in seconds, of stall_min_rate.")
+    run_deadline: float = _setting(
+        3.5 * 3600.0,
+        "Seconds a whole run may take; units still running then are cancelled and the run ends"
+        " failed or partial (0: no deadline). Keep it below any deadline around the process"
+        " (the CronJob's activeDeadlineSeconds, 4 h), so the run records its own end.",
+    )
+
     # --- what to sync --------------------------------------------------------------------------
     resources: tuple[str, ...] = _setting(
         ["users", "sessions", "exhibitors"], "Which data resources to sync (events always are)."
@@ -371,11 +385,19 @@ def _validate(s: Settings) -> None:
             setting="environment",
         )
     if s.database_url is not None:
-        scheme = urlsplit(s.database_url).scheme
-        if scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
+        parts = urlsplit(s.database_url)
+        if parts.scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
             raise ConfigError(
                 "SYNCSVC_DATABASE_URL must be a postgresql:// URL", setting="database_url"
             )
+        try:
+            parts.port  # noqa: B018 (urlsplit checks the port only when it is read)
+        except ValueError:
+            # Not the URL itself in the message: it may carry the password.
+            raise ConfigError(
+                "SYNCSVC_DATABASE_URL is malformed: its port is not a number from 0 to 65535",
+                setting="database_url",
+            ) from None
     if s.parse_in_worker not in PARSE_IN_WORKER:
         raise ConfigError(
             f"SYNCSVC_PARSE_IN_WORKER must be one of {', '.join(PARSE_IN_WORKER)}",
@@ -428,6 +450,11 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             "SYNCSVC_WEBHOOK_BATCH_MAX_WAIT must not be negative", setting="webhook_batch_max_wait"
         )
+    for name in ("stall_min_rate", "run_deadline"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"SYNCSVC_{name.upper()} must be 0 or positive", setting=name)
+    if s.stall_window <= 0:
+        raise ConfigError("SYNCSVC_STALL_WINDOW must be positive", setting="stall_window")
     if not 0 < s.delete_hold_ratio <= 1:
         raise ConfigError(
             "SYNCSVC_DELETE_HOLD_RATIO must be in (0, 1]", setting="delete_hold_ratio"

@@ -54,7 +54,9 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 @changes_app.callback(invoke_without_command=True)
 def changes_cmd(
     ctx: typer.Context,
-    since: Annotated[int, typer.Option("--since", min=0, help="Only changes with seq > SINCE.")] = 0,
+    since: Annotated[
+        int, typer.Option("--since", min=0, help="Only changes with seq > SINCE.")
+    ] = 0,
     until: Annotated[
         int | None, typer.Option("--until", min=0, help="Only changes with seq <= UNTIL.")
     ] = None,

@@ -16,7 +16,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from syncsvc.errors import ConfigError, MigrationError, StoreError
-from syncsvc.logs import get_logger
+from syncsvc.logs import get_logger, register_secrets
 from syncsvc.settings import Settings
 
 log = get_logger(__name__)
@@ -26,8 +26,9 @@ def sqlalchemy_url(url: str, password: str | None = None) -> URL:
     """A postgresql:// URL as SQLAlchemy's asyncpg dialect wants it (password override applied)."""
     try:
         parsed = make_url(url)
-    except sa.exc.ArgumentError as exc:
-        raise ConfigError("SYNCSVC_DATABASE_URL is malformed", setting="database_url") from exc
+    except (sa.exc.ArgumentError, ValueError):
+        # A bad port is a ValueError from int(); the URL is not repeated (it may hold a password).
+        raise ConfigError("SYNCSVC_DATABASE_URL is malformed", setting="database_url") from None
     parsed = parsed.set(drivername="postgresql+asyncpg")
     if password is not None:
         parsed = parsed.set(password=password)
@@ -137,7 +138,9 @@ def stop_embedded(pgdata: Path, timeout: float = 30.0) -> bool:
 def resolve_url(settings: Settings, *, keep_running: bool = False) -> URL:
     """The database URL in force: SYNCSVC_DATABASE_URL, or the embedded server's."""
     if settings.database_url:
-        return sqlalchemy_url(settings.database_url, settings.database_password)
+        configured = sqlalchemy_url(settings.database_url, settings.database_password)
+        register_secrets([configured.password if isinstance(configured.password, str) else None])
+        return configured
     url = embedded_url(settings.data_dir, keep_running=keep_running)
     log.debug("embedded_postgres_ready", data_dir=str(settings.data_dir / "pgdata"))
     return sqlalchemy_url(url)
