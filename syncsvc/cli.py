@@ -53,6 +53,8 @@ def run_async(coro_fn: Callable[[], Awaitable[T]]) -> T:
         raise fail(str(exc), EXIT_FAILED) from None
     except KeyboardInterrupt:
         raise fail("interrupted", 130) from None
+    except asyncio.CancelledError:  # SIGTERM (see scheduler.cancel_on_sigterm)
+        raise fail("interrupted (SIGTERM)", 143) from None
 
 
 @app.callback()
@@ -319,7 +321,7 @@ def run_cmd(
     out = console.console()
 
     async def go() -> scheduler.RunResult:
-        async with db.connect(settings) as engine:
+        async with db.connect(settings) as engine, scheduler.cancel_on_sigterm():
             await db.require_current(engine)
             with console.RunProgress(out) as progress:
                 return await scheduler.run_once(
