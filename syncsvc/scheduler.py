@@ -192,8 +192,8 @@ class RunLock:
                 self.conn = None
         try:
             await self.acquire(wait=False)
-        except (RunLockedError, OSError, sa.exc.SQLAlchemyError):
-            return False
+        except RunLockedError:
+            return False  # another run holds it now (a database error propagates: ask again)
         assert self.conn is not None
         status = await self.conn.scalar(
             sa.text("SELECT status FROM runs WHERE id = :id"), {"id": run_id}
@@ -326,7 +326,13 @@ class Runner:
         write, stop taking units (in-flight ones cannot commit: the fence)."""
         while True:
             await asyncio.sleep(self.lock_check_seconds)
-            if not await lock.check(self.run_id):
+            try:
+                held = await lock.check(self.run_id)
+            except (OSError, sa.exc.SQLAlchemyError) as exc:
+                # The database itself is unreachable: units cannot commit either. Try again.
+                log.warning("run_lock_check_failed", run_id=self.run_id, error=type(exc).__name__)
+                continue
+            if not held:
                 self.fenced = RunFencedError(run_id=self.run_id)
                 log.error("run_lock_lost", run_id=self.run_id, error=str(self.fenced))
                 self.stop.set()
