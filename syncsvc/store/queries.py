@@ -106,7 +106,7 @@ class Statements:
     create_stage: str
     truncate_stage: str
     dedupe_stage: str  # -> (event_guid, duplicates)
-    oversized: str  # -> (event_guid, rejected): staged rows whose keys are too long to store
+    take_rejects: str  # -> (event_guid, rejected): staged rows whose keys are too long to store
     diff_keys: str  # $1 scope event GUIDs (data entities only)
     diff: str
     analyze_diff: str
@@ -159,11 +159,15 @@ def statements(resource: Resource) -> Statements:
 
     key_parts = [*keys, "client_id"] if client else keys
     too_long = " OR ".join(f"octet_length(s.{k}) > {MAX_KEY_BYTES}" for k in key_parts)
-    oversized = (
-        f"SELECT event_guid, count(*) AS rejected FROM {STAGE} s WHERE {too_long} GROUP BY 1"
-    )
     # A staged row with a key too long to store is no change at all: not an insert or update
-    # (it cannot be stored), and not a delete of the stored row of the same key (if any).
+    # (it cannot be stored), and not a delete of the stored row of the same key (if any). The
+    # diff's own scan of the staging table marks it `reject`; `take_rejects` counts those few
+    # rows per event (by tuple id) and drops them, so no statement scans the stage for them.
+    take_rejects = f"""
+WITH r AS (DELETE FROM {KEYS} WHERE op = 'reject' RETURNING s_tid)
+SELECT event_guid, count(*) AS rejected FROM {STAGE}
+WHERE ctid = ANY(ARRAY(SELECT s_tid FROM r)) GROUP BY 1
+"""
     diff_keys = f"""
 CREATE TEMP TABLE {KEYS} ON COMMIT DROP AS
 SELECT x.op, s.ctid AS s_tid, c.tid AS c_tid
@@ -171,7 +175,7 @@ FROM {STAGE} s
 FULL JOIN {current} c ON {on("c", "s")}
 CROSS JOIN LATERAL (
     SELECT CASE
-        WHEN {too_long} THEN NULL
+        WHEN {too_long} THEN 'reject'
         WHEN s.event_guid IS NULL THEN CASE WHEN c.deleted_at IS NULL THEN 'delete' END
         WHEN c.event_guid IS NULL OR c.deleted_at IS NOT NULL THEN 'insert'
         WHEN s.row_hash <> c.row_hash THEN 'update'
@@ -307,7 +311,7 @@ SELECT event_guid, count(*) AS duplicates FROM dropped GROUP BY event_guid
         create_stage=f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} ({col_defs}) ON COMMIT DROP",
         truncate_stage=f"TRUNCATE {STAGE}",
         dedupe_stage=dedupe_stage,
-        oversized=oversized,
+        take_rejects=take_rejects,
         diff_keys=diff_keys,
         diff=diff,
         # Statistics for the columns later statements join and filter on; the before/after

@@ -470,7 +470,12 @@ class UnitWriter:
                 kept="last",
             )
         await self._step("deduped")
-        oversized = {r["event_guid"]: int(r["rejected"]) for r in await self._fetch(sql.oversized)}
+        await self._execute(sql.lock_scope, scope_events or ["*"])
+        await self._step("scope_locked")
+        await self._execute(sql.diff_keys, *args)
+        self._mark("diff_keys")
+        rejects = await self._fetch(sql.take_rejects)
+        oversized = {r["event_guid"]: int(r["rejected"]) for r in rejects}
         n_oversized = sum(oversized.values())
         if n_oversized:
             log.warning(
@@ -481,10 +486,6 @@ class UnitWriter:
                 reason=f"a key (event GUID, {self.resource.key_field.api} or clientID) longer"
                 f" than {queries.MAX_KEY_BYTES} bytes cannot be stored",
             )
-        await self._execute(sql.lock_scope, scope_events or ["*"])
-        await self._step("scope_locked")
-        await self._execute(sql.diff_keys, *args)
-        self._mark("diff_keys")
         await self._execute(sql.diff)
         self._mark("diff_rows")
         suppressed = 0
