@@ -394,11 +394,11 @@ class Runner:
                 for i in range(min(len(units), self.settings.max_concurrency)):
                     tg.create_task(drain(), name=f"units-{i}")
         except* (RunStoppingError, RunFencedError) as group:
-            error = group.exceptions[0]
-            raise error from None
+            # Fallback units run in a nested group: the first leaf is the error itself.
+            raise _first_leaf(group) from None
         except* Exception as group:
             # Never expected (units record their own failures); one line, not an ExceptionGroup.
-            first = group.exceptions[0]
+            first = _first_leaf(group)
             raise SyncError(f"unexpected {type(first).__name__}: {first}") from first
         return self._result(None)
 
@@ -608,6 +608,13 @@ class Runner:
                 parts.append(f"{len(skipped)} unit(s) not started (stopped)")
             error = "; ".join(parts)
         return RunResult(self.run_id, status, list(self.outcomes), error)
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def _failure(exc: BaseException) -> tuple[str, str]:

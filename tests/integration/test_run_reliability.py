@@ -459,6 +459,21 @@ async def test_a_101_stop_leaves_no_unit_running(
     await assert_bookkeeping(db_url)
 
 
+async def test_a_101_in_a_fallback_unit_stops_the_run_with_that_error_alone(
+    simulator: SimFactory, engine: AsyncEngine, db_url: URL
+) -> None:
+    async with simulator(CONFIG) as sim:
+        bad = sorted(g for g, _ in sim.universe.snapshot(0)["event"])[0]
+        fault = {"resource": "userData.do", "kind": "api_code"}
+        refused = fault | {"event": "all", "value": 104}
+        revoked = fault | {"event": bad, "value": 101}
+        await sim.control({"faults": [refused, revoked]})
+        # Not an ExceptionGroup: the per-event units run in a group of their own.
+        with pytest.raises(InvalidTokenError):
+            await scheduler.run_once(_settings(sim), engine)
+    await assert_bookkeeping(db_url)
+
+
 async def test_serve_cancelling_at_its_drain_limit_stores_an_interrupted_run(
     simulator: SimFactory, engine: AsyncEngine, db_url: URL
 ) -> None:
