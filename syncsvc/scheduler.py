@@ -243,6 +243,7 @@ class Runner:
         self.metrics = metrics or Metrics()
         self.override_hold = override_hold
         self.stop = stop or asyncio.Event()
+        self._halt = asyncio.Event()  # set when this run lost the right to write
         self.on_unit = on_unit
         self.trigger = trigger
         self.hold = HoldPolicy.from_settings(settings)
@@ -335,7 +336,7 @@ class Runner:
             if not held:
                 self.fenced = RunFencedError(run_id=self.run_id)
                 log.error("run_lock_lost", run_id=self.run_id, error=str(self.fenced))
-                self.stop.set()
+                self._halt.set()  # this run only: serve's stop stays its own
                 return
 
     async def _quietly(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> Any:
@@ -435,11 +436,11 @@ class Runner:
 
     async def _run_unit(self, unit: Unit) -> UnitOutcome:
         outcome = UnitOutcome(unit, "pending")
-        if self.stop.is_set():
+        if self.stop.is_set() or self._halt.is_set():
             outcome.status = "skipped"
             return self._done(outcome)
         async with self._slots:
-            if self.stop.is_set():
+            if self.stop.is_set() or self._halt.is_set():
                 outcome.status = "skipped"
                 return self._done(outcome)
             return await self._fetch_and_apply(unit, outcome)
@@ -499,7 +500,7 @@ class Runner:
                 outcome.status = "cancelled"
                 await self._record_failure(outcome, exc, status="cancelled")
                 self.fenced = self.fenced or exc
-                self.stop.set()
+                self._halt.set()  # this run only: serve's stop stays its own
                 self._done(outcome)
                 raise
             except RunStoppingError as exc:
