@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from syncsvc import logs
+from syncsvc import cascade, logs
 from syncsvc.cvent.catalog import DATA_RESOURCES, EVENT_ALL, EVENTS, Resource
-from syncsvc.cvent.client import CventClient
+from syncsvc.cvent.client import CventClient, FetchProgress
 from syncsvc.errors import (
     NoAccountAccessError,
     RunFencedError,
@@ -218,6 +218,7 @@ class RunLock:
 
 OnUnit = Callable[[UnitOutcome], None]
 OnPlan = Callable[[int], None]
+OnFetch = Callable[[Unit], FetchProgress | None]  # a unit's live progress (a terminal's display)
 
 
 class Runner:
@@ -235,8 +236,10 @@ class Runner:
         on_unit: OnUnit | None = None,
         on_plan: OnPlan | None = None,
         trigger: str = "run",
+        on_fetch: OnFetch | None = None,
     ) -> None:
         self.on_plan = on_plan
+        self.on_fetch = on_fetch
         self.settings = settings
         self.engine = engine
         self.client = client
@@ -252,6 +255,11 @@ class Runner:
         self.fenced: RunFencedError | None = None
         self.lock_check_seconds = LOCK_CHECK_SECONDS
         self._slots = asyncio.Semaphore(settings.max_concurrency)
+
+    @property
+    def stopping(self) -> bool:
+        """Told to stop (serve's stop event), or this run lost the right to write."""
+        return self.stop.is_set() or self._halt.is_set()
 
     async def run(self, *, wait_lock: bool = False) -> RunResult:
         lock = RunLock(self.engine)
@@ -379,8 +387,10 @@ class Runner:
             select_events(self.settings, guids),
             use_event_all=self.settings.use_event_all and not filtered,
         )
+        vanished = await cascade.plan(self.engine)
         if self.on_plan is not None:
-            self.on_plan(len(units))
+            self.on_plan(len(units) + len(vanished))
+        await cascade.apply(self, vanished)
         # As many tasks as units can run at once, each taking the next unit: a task per unit
         # waiting for a slot costs memory in proportion to the account (measured: 2,000 events,
         # 6,000 units, +30 MB of peak RSS).
@@ -436,11 +446,11 @@ class Runner:
 
     async def _run_unit(self, unit: Unit) -> UnitOutcome:
         outcome = UnitOutcome(unit, "pending")
-        if self.stop.is_set() or self._halt.is_set():
+        if self.stopping:
             outcome.status = "skipped"
             return self._done(outcome)
         async with self._slots:
-            if self.stop.is_set() or self._halt.is_set():
+            if self.stopping:
                 outcome.status = "skipped"
                 return self._done(outcome)
             return await self._fetch_and_apply(unit, outcome)
@@ -473,6 +483,7 @@ class Runner:
                         writer.stage,
                         on_record=writer.normalize,
                         encoded=True,
+                        progress=self.on_fetch(unit) if self.on_fetch else None,
                     )
                     outcome.records = fetched.records
                     outcome.bytes = fetched.bytes
@@ -664,6 +675,7 @@ async def run_once(
     on_unit: OnUnit | None = None,
     on_plan: OnPlan | None = None,
     trigger: str = "run",
+    on_fetch: OnFetch | None = None,
 ) -> RunResult:
     """One whole run with its own API client."""
     settings.require_api()
@@ -679,6 +691,7 @@ async def run_once(
             on_unit=on_unit,
             on_plan=on_plan,
             trigger=trigger,
+            on_fetch=on_fetch,
         )
         try:
             return await runner.run(wait_lock=wait_lock)

@@ -8,6 +8,7 @@ the default. Stages receive the object; none of them reads os.environ.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import tomllib
@@ -156,6 +157,14 @@ class Settings:
         cls, env: Mapping[str, str] | None = None, config_file: str | Path | None = None
     ) -> Settings:
         """Build the settings; raises ConfigError with one line naming the bad setting."""
+        return cls.explain(env, config_file).settings
+
+    @classmethod
+    def explain(
+        cls, env: Mapping[str, str] | None = None, config_file: str | Path | None = None
+    ) -> Loaded:
+        """The settings, where each value came from, and warnings about names that are no
+        setting (a misspelt variable is otherwise silently ignored)."""
         env = os.environ if env is None else env
         config_file = config_file or env.get(ENV_PREFIX + "CONFIG")
         file_values: dict[str, Any] = {}
@@ -168,27 +177,75 @@ class Settings:
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
             file_values = {k.lower(): v for k, v in file_values.items()}
-        known = {f.name for f in dataclasses.fields(cls)}
+        fields = dataclasses.fields(cls)
+        known = {f.name for f in fields}
         unknown = sorted(set(file_values) - known)
         if unknown:
-            raise ConfigError(f"config file {config_file}: unknown setting {unknown[0]!r}")
+            raise ConfigError(
+                f"config file {config_file}: unknown setting {unknown[0]!r}"
+                + _did_you_mean(unknown[0], known)
+            )
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
+        sources: dict[str, str] = {}
+        for f in fields:
             name = ENV_PREFIX + f.name.upper()
             raw: Any
             if name in env:
-                raw = env[name]
+                raw, source = env[name], name
             elif f.metadata.get("secret") and name + "_FILE" in env:
                 raw = _read_secret_file(name, env[name + "_FILE"])
+                source = f"{name}_FILE ({env[name + '_FILE']})"
             elif f.name in file_values:
-                raw = file_values[f.name]
+                raw, source = file_values[f.name], f"{f.name} in {config_file}"
             else:
                 continue
-            values[f.name] = _coerce(f, raw, name)
+            sources[f.name] = source
+            values[f.name] = _coerce(f, raw, source)
         values.setdefault("data_dir", default_data_dir(env))
         settings = cls(**values)
-        _validate(settings)
-        return settings
+        try:
+            _validate(settings)
+        except ConfigError as exc:
+            # _validate speaks of variables; a value from the TOML file is named by its key.
+            origin = sources.get(exc.setting or "")
+            if origin and exc.setting and not origin.startswith(ENV_PREFIX):
+                exc.message = exc.message.replace(ENV_PREFIX + exc.setting.upper(), origin)
+                exc.args = (exc.message,)
+            raise
+        return Loaded(settings, sources, tuple(_unknown_variables(env, fields)))
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What `Settings.explain` found: the settings, each value's origin, and warnings."""
+
+    settings: Settings
+    sources: Mapping[str, str]  # field name -> the variable, file or TOML key; absent: default
+    warnings: tuple[str, ...]
+
+
+# SYNCSVC_* names that are not settings but are not mistakes either.
+_OTHER_VARIABLES = (ENV_PREFIX + "CONFIG",)
+_OTHER_PREFIXES = (ENV_PREFIX + "TEST_",)  # the test suite's own (tests/conftest.py)
+
+
+def _unknown_variables(
+    env: Mapping[str, str], fields: tuple[dataclasses.Field[Any], ...]
+) -> list[str]:
+    known = {ENV_PREFIX + f.name.upper() for f in fields}
+    known |= {ENV_PREFIX + f.name.upper() + "_FILE" for f in fields if f.metadata.get("secret")}
+    known |= set(_OTHER_VARIABLES)
+    out = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in known or name.startswith(_OTHER_PREFIXES):
+            continue
+        out.append(f"{name} is not a setting and is ignored" + _did_you_mean(name, known))
+    return out
+
+
+def _did_you_mean(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _read_secret_file(name: str, path: str) -> str:

@@ -20,7 +20,7 @@ import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -63,6 +63,18 @@ SEGMENTS_AHEAD = 2  # segments queued per worker: enough to keep it busy while C
 # jitter can move a start from one of our windows into the server's previous one.
 RATE_SAFETY = 1.05
 USER_AGENT = "syncsvc/0.1"
+
+
+class FetchProgress(Protocol):
+    """Told how a fetch advances (a terminal's live display); every attempt starts over."""
+
+    def response(self, content_length: int | None) -> None: ...
+
+    def data(self, wire_bytes: int, decoded_bytes: int) -> None: ...
+
+    def records(self, n: int) -> None: ...
+
+    def fetched(self) -> None: ...  # the dump is complete (the caller applies it next)
 
 
 @dataclass(slots=True)
@@ -142,8 +154,10 @@ class _Batches(Generic[T]):
         *,
         split: ParsePool | None = None,
         only: str | None = None,
+        progress: FetchProgress | None = None,
     ) -> None:
         self.error: SyncError | None = None
+        self._progress = progress
         self.finished = False
         self._client = client
         self._resp = resp
@@ -157,21 +171,29 @@ class _Batches(Generic[T]):
 
     async def __anext__(self) -> list[T]:
         try:
-            return await self._gen.__anext__()
+            batch = await self._gen.__anext__()
         except SyncError as exc:
             self.error = exc
             raise
+        if self._progress is not None:
+            self._progress.records(batch.records if isinstance(batch, EncodedBatch) else len(batch))
+        return batch
 
     async def _body(self) -> AsyncGenerator[bytes, None]:
         """The decoded body in pieces; transport failures become syncsvc errors."""
         stats = self._client.stats
+        progress = self._progress
         decoder = _Decoder(self._resp.headers.get("Content-Encoding", ""), self._where)
         try:
             async for raw in self._resp.content.iter_chunked(READ_CHUNK):
                 stats.bytes += len(raw)
+                decoded = 0
                 for piece in decoder.decode(raw):
                     stats.decoded_bytes += len(piece)
+                    decoded += len(piece)
                     yield piece
+                if progress is not None:
+                    progress.data(len(raw), decoded)
             decoder.finish()
         except aiohttp.ClientPayloadError as exc:
             raise IncompleteDumpError("The response body was cut short", **self._where) from exc
@@ -396,8 +418,9 @@ class CventClient:
         on_record: Callable[[etree._Element], T] | None = None,
         *,
         encoded: bool = False,
+        progress: FetchProgress | None = None,
     ) -> FetchResult[R]:
-        """Fetch one dump into `sink`, retrying retryable failures (see CONTRACTS.md).
+        """Fetch one dump into `sink`, retrying retryable failures (docs/conference-api.md).
 
         `event`: None (the endpoint's own event), "all", or an event GUID. Per attempt the
         sink is awaited with a fresh async iterator of record batches that ends normally only
@@ -420,7 +443,7 @@ class CventClient:
             status: list[int | None] = [None]
             try:
                 value, parser = await self._attempt(
-                    resource, event, sink, record, where, status, encoded
+                    resource, event, sink, record, where, status, encoded, progress
                 )
             except SegmentRefused as exc:
                 if not encoded:
@@ -458,6 +481,8 @@ class CventClient:
                 await asyncio.sleep(delay)
                 continue
             elapsed = time.monotonic() - started
+            if progress is not None:
+                progress.fetched()
             log.info(
                 "dump_fetched",
                 resource=resource.path,
@@ -491,6 +516,7 @@ class CventClient:
         where: dict[str, Any],
         status: list[int | None],
         encoded: bool = False,
+        progress: FetchProgress | None = None,
     ) -> tuple[R, DumpParser[T]]:
         form = {catalog.PARAM_TOKEN: self.__token}
         if event is not None:
@@ -523,6 +549,8 @@ class CventClient:
                     )
                     if error is not None:
                         raise error
+                    if progress is not None:
+                        progress.response(resp.content_length)
                     parser = DumpParser(
                         resource,
                         on_record,
@@ -533,7 +561,13 @@ class CventClient:
                     )
                     only = None if event in (None, catalog.EVENT_ALL) else event
                     batches = _Batches(
-                        self, resp, parser, where, split=self._split_pool(event, encoded), only=only
+                        self,
+                        resp,
+                        parser,
+                        where,
+                        split=self._split_pool(event, encoded),
+                        only=only,
+                        progress=progress,
                     )
                     try:
                         value = await sink(batches)

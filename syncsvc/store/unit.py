@@ -538,7 +538,8 @@ class UnitWriter:
                     event_guid=h.event_guid,
                     live=h.live,
                     deletes=h.deletes,
-                    ratio=hold.ratio,
+                    share=round(h.deletes / h.live, 3),
+                    threshold=hold.ratio,
                 )
         await self._step("hold_checked")
 
@@ -581,7 +582,7 @@ class UnitWriter:
         # unit rolls back. Before the fetch row's update: both take locks in the same order.
         await self._check_fence()
         if self.fetch_id is not None:
-            await self._record_fetch(result, transport or {})
+            await self._record_fetch(result, hold, transport or {})
         await self._step("before_commit")
         try:
             await self._tx.commit()
@@ -620,7 +621,9 @@ class UnitWriter:
                 resource=self.resource.path,
             )
 
-    async def _record_fetch(self, result: ApplyResult, transport: dict[str, Any]) -> None:
+    async def _record_fetch(
+        self, result: ApplyResult, hold: HoldPolicy, transport: dict[str, Any]
+    ) -> None:
         note = None
         if result.deletes_suppressed or result.unidentified:
             note = (
@@ -628,6 +631,7 @@ class UnitWriter:
                 f" this unit's scope were not applied ({result.deletes_suppressed} held back)"
             )
         details = {
+            "hold": {"ratio": hold.ratio, "min_rows": hold.min_rows},  # what `status` compares to
             "held": [vars_of(h) for h in result.held],
             "overridden": [vars_of(h) for h in result.overridden],
             "scope_events": list(result.scope_events),

@@ -307,7 +307,7 @@ async def test_a_second_concurrent_run_refuses_with_exit_5(
             with _cli(db_url, sim, "run") as second:
                 rc, _, err = await asyncio.to_thread(_communicate, second)
             assert rc == 5, err
-            assert "another syncsvc run is in progress" in err
+            assert "holds this database; wait for it or pass --wait" in err
             assert len(err.strip().splitlines()) == 1
             await sim.control({"release": True})
             rc, _, err = await asyncio.to_thread(_communicate, first)

@@ -486,7 +486,7 @@ async def test_serve_cancelling_at_its_drain_limit_stores_an_interrupted_run(
             return await scheduler.run_once(settings, engine, metrics=metrics, stop=stop)
 
         served = asyncio.create_task(
-            serve.serve(settings, one_run, metrics, run_now=True, drain_seconds=0.2)
+            serve.serve(settings, one_run, metrics, run_now=True, drain_seconds=0.2, engine=engine)
         )
         try:
             await _held(sim)  # the run is in flight; the held unit never finishes by itself
