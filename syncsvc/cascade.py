@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import logs
 from syncsvc.cvent.catalog import DATA_RESOURCES
-from syncsvc.errors import SyncError
+from syncsvc.errors import RunFencedError, SyncError
 from syncsvc.store import runs as run_rows
 from syncsvc.store.schema import events, metadata
 from syncsvc.store.unit import UnitWriter
@@ -56,7 +56,7 @@ async def apply(runner: Runner, units: list[Unit]) -> None:
 
     for unit in units:
         outcome = UnitOutcome(unit, "pending")
-        if runner.stop.is_set():
+        if runner.stopping:
             outcome.status = "skipped"
             runner._done(outcome)
             continue
@@ -93,6 +93,8 @@ async def apply(runner: Runner, units: list[Unit]) -> None:
                 status=result.status,
                 deleted=result.deleted,
             )
+        except RunFencedError:
+            raise  # a newer run owns the database: the run stops (see scheduler)
         except SyncError as exc:
             outcome.status = "failed"
             outcome.error = exc

@@ -64,6 +64,8 @@ def run_async(coro_fn: Callable[[], Awaitable[T]]) -> T:
         raise fail(str(exc), EXIT_FAILED) from None
     except KeyboardInterrupt:
         raise fail("interrupted", 130) from None
+    except asyncio.CancelledError:  # SIGTERM (see scheduler.cancel_on_sigterm)
+        raise fail("interrupted (SIGTERM)", 143) from None
 
 
 @dataclass(slots=True)
@@ -401,7 +403,7 @@ def run_cmd(
         logs.configure("warning", settings.log_format)
 
     async def go() -> scheduler.RunResult:
-        async with db.connect(settings) as engine:
+        async with db.connect(settings) as engine, scheduler.cancel_on_sigterm():
             await db.require_current(engine)
             expected = await status.previous_bytes(engine) if out.is_terminal else {}
             with console.RunProgress(out, expected) as progress:

@@ -22,11 +22,14 @@
         │   ├── UnknownCodeError      a code the catalog does not know
         │   └── HttpStatusError       an HTTP status retrying will not change (3xx, 4xx but 429)
         ├── UnsafeXmlError            DOCTYPE, entities, size caps, malformed XML
+        ├── UnrecognisedDumpError     not the expected container (a namespace, another shape)
         ├── RetriesExhaustedError     the retry policy gave up (wraps the last error)
         ├── AmbiguousEventError       an event GUID the API cannot name on its own (`all`)
         ├── StoreError                a database operation failed
         │   ├── MigrationError        the schema is missing or behind
-        │   └── RunLockedError        another run holds this database
+        │   ├── RunLockedError        another run holds this database
+        │   └── RunFencedError        this run lost its lock and a newer run started
+        ├── RunInterruptedError       SIGINT/SIGTERM, or serve's drain limit
         └── MassDeleteHeldError       a unit would delete more than the hold allows
 
 The class docstring is the default message; context lives on attributes. Messages never carry
@@ -203,3 +206,35 @@ class RunLockedError(StoreError):
 
 class MassDeleteHeldError(TerminalError):
     """The unit would delete more records than the mass-delete hold allows; nothing applied."""
+
+
+class RunFencedError(StoreError):
+    """This run lost its right to write (its lock session was lost and a newer run started);
+    it commits nothing more."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        run_id: int | None = None,
+        superseded_by: int | None = None,
+        **kw: Any,
+    ) -> None:
+        if message is None and run_id is not None:
+            newer = f"run {superseded_by}" if superseded_by is not None else "a newer run"
+            message = (
+                f"fenced: run {run_id} was superseded by {newer} after its lock session was"
+                " lost; it commits nothing more"
+            )
+        super().__init__(message, **kw)
+        self.run_id = run_id
+        self.superseded_by = superseded_by
+
+
+class RunInterruptedError(TerminalError):
+    """The run was interrupted (SIGINT/SIGTERM, or cancelled at serve's drain limit)."""
+
+
+class UnrecognisedDumpError(TerminalError):
+    """The dump's shape is not the one expected (a namespace, another container or record
+    element); it is incomplete for its scope and nothing of it is applied."""

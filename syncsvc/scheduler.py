@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import signal
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,20 +27,25 @@ from syncsvc.cvent.catalog import DATA_RESOURCES, EVENT_ALL, EVENTS, Resource
 from syncsvc.cvent.client import CventClient, FetchProgress
 from syncsvc.errors import (
     NoAccountAccessError,
+    RunFencedError,
     RunLockedError,
     RunStoppingError,
+    StoreError,
     SyncError,
 )
 from syncsvc.metrics import Metrics
 from syncsvc.settings import Settings
 from syncsvc.store import runs as run_rows
-from syncsvc.store.schema import fetches, runs
+from syncsvc.store.schema import fetches
 from syncsvc.store.unit import ApplyResult, HoldPolicy, UnitWriter
 
 log = logs.get_logger(__name__)
 
 # pg_advisory_lock key of "one run per database": the first 8 bytes of sha1("syncsvc.run").
 RUN_LOCK_KEY = 0x2A5F_1B3C_9D4E_7061
+# How often a run checks its lock session (a query on it also keeps `idle_session_timeout` and
+# idle-killing poolers away from it).
+LOCK_CHECK_SECONDS = 5.0
 
 EXIT_CODES = {"succeeded": 0, "failed": 1, "partial": 3, "held": 4}
 
@@ -77,7 +83,7 @@ class Unit:
 @dataclass(slots=True)
 class UnitOutcome:
     unit: Unit
-    status: str  # applied | held | failed | superseded | skipped
+    status: str  # applied | held | failed | superseded | skipped | cancelled
     fetch_id: int | None = None
     result: ApplyResult | None = None
     records: int = 0
@@ -143,23 +149,75 @@ def select_events(settings: Settings, guids: Sequence[str]) -> list[str]:
     return [g for g in guids if (not include or g in include) and g not in exclude]
 
 
-@contextlib.asynccontextmanager
-async def run_lock(engine: AsyncEngine, *, wait: bool) -> AsyncIterator[AsyncConnection]:
-    """Hold the database's run lock for the block (a session lock: a crash releases it)."""
-    async with engine.connect() as conn:
-        if wait:
-            await conn.execute(sa.select(sa.func.pg_advisory_lock(RUN_LOCK_KEY)))
-        elif not await conn.scalar(sa.select(sa.func.pg_try_advisory_lock(RUN_LOCK_KEY))):
-            raise RunLockedError(
-                "another syncsvc run is in progress on this database; wait for it or pass --wait"
-            )
-        await conn.commit()
+class RunLock:
+    """The database's run lock: a session-level advisory lock on a connection of its own.
+
+    A session lock is released when its session ends, silently: a killed backend, an idle
+    timeout, a pooler, a failover. `check` finds that out and takes the lock again when no other
+    run has taken it meanwhile; whatever happened, a unit commits only while its run is still
+    `running` (the fence in store/unit.py), so a lost lock never lets two runs both write.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.conn: AsyncConnection | None = None
+
+    async def acquire(self, *, wait: bool) -> None:
+        conn = await self.engine.connect()
         try:
-            yield conn
-        finally:
-            with contextlib.suppress(Exception):
-                await conn.execute(sa.select(sa.func.pg_advisory_unlock(RUN_LOCK_KEY)))
+            if wait:
+                await conn.execute(sa.select(sa.func.pg_advisory_lock(RUN_LOCK_KEY)))
+            elif not await conn.scalar(sa.select(sa.func.pg_try_advisory_lock(RUN_LOCK_KEY))):
+                raise RunLockedError(
+                    "another syncsvc run is in progress on this database; wait for it or pass"
+                    " --wait"
+                )
+            await conn.commit()
+        except BaseException:
+            await conn.close()
+            raise
+        self.conn = conn
+
+    async def check(self, run_id: int) -> bool:
+        """True while this run may go on writing: its lock session is alive, or the lock was
+        free to take again and the run is still `running`."""
+        conn = self.conn
+        if conn is not None:
+            try:
+                await conn.execute(sa.select(1))
                 await conn.commit()
+                return True
+            except (OSError, sa.exc.SQLAlchemyError):
+                log.warning("run_lock_session_lost", run_id=run_id)
+                with contextlib.suppress(Exception):
+                    await conn.invalidate()
+                with contextlib.suppress(Exception):
+                    await conn.close()
+                self.conn = None
+        try:
+            await self.acquire(wait=False)
+        except RunLockedError:
+            return False  # another run holds it now (a database error propagates: ask again)
+        assert self.conn is not None
+        status = await self.conn.scalar(
+            sa.text("SELECT status FROM runs WHERE id = :id"), {"id": run_id}
+        )
+        await self.conn.commit()
+        if status == "running":
+            log.warning("run_lock_retaken", run_id=run_id)
+            return True
+        await self.release()
+        return False
+
+    async def release(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):
+            await conn.execute(sa.select(sa.func.pg_advisory_unlock(RUN_LOCK_KEY)))
+            await conn.commit()
+        with contextlib.suppress(Exception):
+            await conn.close()
 
 
 OnUnit = Callable[[UnitOutcome], None]
@@ -192,53 +250,139 @@ class Runner:
         self.metrics = metrics or Metrics()
         self.override_hold = override_hold
         self.stop = stop or asyncio.Event()
+        self._halt = asyncio.Event()  # set when this run lost the right to write
         self.on_unit = on_unit
         self.trigger = trigger
         self.hold = HoldPolicy.from_settings(settings)
         self.run_id = 0
         self.outcomes: list[UnitOutcome] = []
+        self.fenced: RunFencedError | None = None
+        self._deadline_at: float | None = None  # the event loop's clock, when run_deadline is set
+        self.lock_check_seconds = LOCK_CHECK_SECONDS
         self._slots = asyncio.Semaphore(settings.max_concurrency)
 
+    @property
+    def stopping(self) -> bool:
+        """Told to stop (serve's stop event), or this run lost the right to write."""
+        return self.stop.is_set() or self._halt.is_set()
+
     async def run(self, *, wait_lock: bool = False) -> RunResult:
-        async with run_lock(self.engine, wait=wait_lock):
-            await self._abandon_stale_runs()
-            self.run_id = await run_rows.create_run(
-                self.engine,
-                environment=self.settings.environment,
-                api_host=urlsplit(self.settings.base_url or "").hostname,
-                trigger=self.trigger,
-                options={
-                    "override_hold": self.override_hold,
-                    # The hold's threshold in force, so a held run's page shows what it was held at.
-                    "delete_hold_ratio": self.settings.delete_hold_ratio,
-                    "delete_hold_min_rows": self.settings.delete_hold_min_rows,
-                },
-            )
-            logs.bind(run_id=self.run_id)
-            self.metrics.running.set(1)
-            started = time.monotonic()
-            try:
-                result = await self._run_within_deadline()
-            except BaseException as exc:
-                message = str(exc) if isinstance(exc, SyncError) else type(exc).__name__
-                await run_rows.finish_run(
+        lock = RunLock(self.engine)
+        await lock.acquire(wait=wait_lock)
+        try:
+            return await self._locked_run(lock)
+        finally:
+            await asyncio.shield(lock.release())
+
+    async def _locked_run(self, lock: RunLock) -> RunResult:
+        # We hold the run lock: any run still marked running has lost the right to write.
+        stale = await run_rows.abandon_stale_runs(self.engine)
+        if stale:
+            log.warning("stale_runs_abandoned", runs=stale)
+        self.run_id = await run_rows.create_run(
+            self.engine,
+            environment=self.settings.environment,
+            api_host=urlsplit(self.settings.base_url or "").hostname,
+            trigger=self.trigger,
+            options={
+                "override_hold": self.override_hold,
+                # The hold's threshold in force, so a held run's page shows what it was held at.
+                "delete_hold_ratio": self.settings.delete_hold_ratio,
+                "delete_hold_min_rows": self.settings.delete_hold_min_rows,
+            },
+        )
+        logs.bind(run_id=self.run_id)
+        self.metrics.running.set(1)
+        started = time.monotonic()
+        watch = asyncio.create_task(self._watch_lock(lock), name="run-lock-watch")
+        try:
+            result = await self._run_within_deadline()
+            if self.fenced is not None:
+                raise self.fenced
+        except BaseException as exc:
+            status, message = _failure(exc)
+            if isinstance(exc, RunFencedError):
+                # A newer run owns the database: this run's row is `abandoned` and stays so.
+                await self._quietly(
+                    run_rows.close_open_units, self.engine, self.run_id, message=str(exc)
+                )
+                log.error("run_fenced", run_id=self.run_id, error=str(exc))
+            else:
+                await self._quietly(
+                    run_rows.finish_run,
                     self.engine,
                     self.run_id,
-                    status="failed",
+                    status=status,
                     error_code=getattr(exc, "code", None),
                     error_message=message,
                 )
-                self._count_run("failed", started)
-                raise
-            finally:
-                self.metrics.running.set(0)
-                logs.unbind("run_id")
-            await run_rows.finish_run(
-                self.engine, self.run_id, status=result.status, error_message=result.error
-            )
-            self._count_run(result.status, started)
-            log.info("run_finished", run_id=self.run_id, status=result.status)
-            return result
+            self._count_run(status, started)
+            raise
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+            self.metrics.running.set(0)
+            logs.unbind("run_id")
+        closed = await self._quietly(
+            run_rows.finish_run,
+            self.engine,
+            self.run_id,
+            status=result.status,
+            error_message=result.error,
+        )
+        if closed is False:
+            fenced = RunFencedError(run_id=self.run_id)
+            log.error("run_fenced", run_id=self.run_id, error=str(fenced))
+            self._count_run("abandoned", started)
+            raise fenced
+        self._count_run(result.status, started)
+        log.info("run_finished", run_id=self.run_id, status=result.status)
+        return result
+
+    async def _watch_lock(self, lock: RunLock) -> None:
+        """Check the lock session every LOCK_CHECK_SECONDS; once the run has lost the right to
+        write, stop taking units (in-flight ones cannot commit: the fence)."""
+        while True:
+            await asyncio.sleep(self.lock_check_seconds)
+            try:
+                held = await lock.check(self.run_id)
+            except (OSError, sa.exc.SQLAlchemyError) as exc:
+                # The database itself is unreachable: units cannot commit either. Try again.
+                log.warning("run_lock_check_failed", run_id=self.run_id, error=type(exc).__name__)
+                continue
+            if not held:
+                self.fenced = RunFencedError(run_id=self.run_id)
+                log.error("run_lock_lost", run_id=self.run_id, error=str(self.fenced))
+                self._halt.set()  # this run only: serve's stop stays its own
+                return
+
+    async def _quietly(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> Any:
+        """A bookkeeping write, tried twice (the first may meet a pooled connection that died;
+        SQLAlchemy then discards the pool's connections). A failure to record a failure is
+        logged, never raised: the run goes on, and a later run repairs what stayed open."""
+        for attempt in (1, 2):
+            try:
+                return await fn(*args, **kw)
+            except (OSError, sa.exc.SQLAlchemyError, SyncError) as exc:
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                log.warning(
+                    "bookkeeping_write_failed",
+                    write=getattr(fn, "__name__", "?"),
+                    attempt=attempt,
+                    error=f"{type(exc).__name__}: {first}"[:300],
+                )
+        return None
+
+    def _cancel_reason(self) -> str:
+        """Why a unit is being cancelled: the run's deadline, or an interruption."""
+        at = self._deadline_at
+        if at is not None and asyncio.get_running_loop().time() >= at:
+            return self._deadline_passed()
+        return "the run was stopped before the unit committed"
+
+    def _deadline_passed(self) -> str:
+        return f"the run passed its deadline (run_deadline {self.settings.run_deadline:g} s)"
 
     async def _run_within_deadline(self) -> RunResult:
         """`_run`, bounded by run_deadline. Past it the units in flight are cancelled (each
@@ -246,15 +390,17 @@ class Runner:
         ends partial (something was applied) or failed, saying so."""
         limit = self.settings.run_deadline
         deadline = asyncio.timeout(limit or None)
+        if limit:
+            self._deadline_at = asyncio.get_running_loop().time() + limit
         try:
             async with deadline:
                 return await self._run()
         except TimeoutError:
             if not deadline.expired():
                 raise
-        passed = f"the run passed its deadline (run_deadline {limit:g} s)"
+        passed = self._deadline_passed()
         async with self.engine.begin() as conn:
-            cancelled = (
+            swept = (
                 await conn.execute(
                     sa.update(fetches)
                     .where(fetches.c.run_id == self.run_id, fetches.c.status == "running")
@@ -266,6 +412,8 @@ class Runner:
                 )
             ).rowcount
         result = self._result(None)
+        # Units cancelled in flight closed their own rows; the sweep catches any that could not.
+        cancelled = swept + sum(1 for o in result.outcomes if o.status == "cancelled")
         applied = any(o.status in ("applied", "held") for o in result.outcomes)
         result.status = "partial" if applied else "failed"
         said = f"{passed}: {cancelled} unit(s) cancelled in flight, the rest not started"
@@ -280,19 +428,6 @@ class Runner:
         self.metrics.last_duration.set(time.monotonic() - started)
         if status == "succeeded":
             self.metrics.last_success.set(now)
-
-    async def _abandon_stale_runs(self) -> None:
-        # We hold the run lock, so any run still marked running died without closing.
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                sa.update(runs)
-                .where(runs.c.status == "running")
-                .values(
-                    status="abandoned",
-                    finished_at=sa.func.now(),
-                    error_message="the process ended before the run finished",
-                )
-            )
 
     async def _run(self) -> RunResult:
         events_outcome = await self._run_unit(Unit(EVENTS, None))
@@ -326,9 +461,13 @@ class Runner:
             async with asyncio.TaskGroup() as tg:
                 for i in range(min(len(units), self.settings.max_concurrency)):
                     tg.create_task(drain(), name=f"units-{i}")
-        except* RunStoppingError as group:
-            error = group.exceptions[0]
-            raise error from None
+        except* (RunStoppingError, RunFencedError) as group:
+            # Fallback units run in a nested group: the first leaf is the error itself.
+            raise _first_leaf(group) from None
+        except* Exception as group:
+            # Never expected (units record their own failures); one line, not an ExceptionGroup.
+            first = _first_leaf(group)
+            raise SyncError(f"unexpected {type(first).__name__}: {first}") from first
         return self._result(None)
 
     async def _live_events(self) -> list[str]:
@@ -349,7 +488,9 @@ class Runner:
             replacements = fallback(unit, outcome.error)
             outcome.status = "superseded"
             if outcome.fetch_id is not None:
-                await run_rows.finish_fetch(self.engine, outcome.fetch_id, status="superseded")
+                await self._quietly(
+                    run_rows.finish_fetch, self.engine, outcome.fetch_id, status="superseded"
+                )
             log.warning(
                 "event_all_fell_back",
                 resource=unit.resource.path,
@@ -362,19 +503,27 @@ class Runner:
 
     async def _run_unit(self, unit: Unit) -> UnitOutcome:
         outcome = UnitOutcome(unit, "pending")
-        if self.stop.is_set():
+        if self.stopping:
             outcome.status = "skipped"
             return self._done(outcome)
         async with self._slots:
-            if self.stop.is_set():
+            if self.stopping:
                 outcome.status = "skipped"
                 return self._done(outcome)
             return await self._fetch_and_apply(unit, outcome)
 
     async def _fetch_and_apply(self, unit: Unit, outcome: UnitOutcome) -> UnitOutcome:
-        outcome.fetch_id = await run_rows.create_fetch(
-            self.engine, run_id=self.run_id, resource=unit.resource, scope=unit.scope
+        outcome.fetch_id = await self._quietly(
+            run_rows.create_fetch,
+            self.engine,
+            run_id=self.run_id,
+            resource=unit.resource,
+            scope=unit.scope,
         )
+        if outcome.fetch_id is None:
+            outcome.status = "failed"
+            outcome.error = StoreError("could not record the unit's start in the database")
+            return self._done(outcome)
         started = time.monotonic()
         with structlog_unit(unit):
             try:
@@ -397,29 +546,37 @@ class Runner:
                     outcome.records = fetched.records
                     outcome.bytes = fetched.bytes
                     outcome.attempts = fetched.attempts
+                    # The fetch row is closed in the unit's own transaction (status, counts
+                    # and transport figures): nothing is left to write after the commit.
                     result = await writer.apply(
                         complete=True,
                         covered_events=unit.covered or None,
                         hold=self.hold,
                         override_hold=self.override_hold,
+                        transport={
+                            "attempts": fetched.attempts,
+                            "http_status": fetched.http_status,
+                            "bytes": fetched.bytes,
+                            "fetch_seconds": fetched.elapsed,
+                        },
                     )
                 outcome.result = result
                 outcome.status = result.status
                 outcome.seconds = time.monotonic() - started
-                await run_rows.finish_fetch(
-                    self.engine,
-                    outcome.fetch_id,
-                    status=result.status,
-                    attempts=fetched.attempts,
-                    http_status=fetched.http_status,
-                    bytes_read=fetched.bytes,
-                    fetch_seconds=fetched.elapsed,
-                )
                 self._count_applied(unit, result, fetched.bytes)
+            except RunFencedError as exc:
+                outcome.error = exc
+                outcome.status = "cancelled"
+                await self._record_failure(outcome, exc, status="cancelled")
+                self.fenced = self.fenced or exc
+                self._halt.set()  # this run only: serve's stop stays its own
+                self._done(outcome)
+                raise
             except RunStoppingError as exc:
                 outcome.error = exc
                 outcome.status = "failed"
                 await self._record_failure(outcome, exc)
+                self._done(outcome)
                 raise
             except SyncError as exc:
                 outcome.error = exc
@@ -427,23 +584,42 @@ class Runner:
                 await self._record_failure(outcome, exc)
                 log.warning("unit_failed", unit=unit.name, error=str(exc))
             except Exception as exc:
-                # Not one of ours (a bug, an untranslated driver error): this unit fails and is
-                # recorded; its siblings go on, as for any other unit failure.
-                log.exception("unit_crashed", unit=unit.name)
-                wrapped = SyncError(f"unexpected {type(exc).__name__}: {exc}")
+                # Not one of ours (a bug, a connection that died under the unit): this unit fails
+                # and is recorded; its siblings go on, as for any other unit failure.
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                wrapped = SyncError(f"unexpected {type(exc).__name__}: {first}"[:500])
                 wrapped.__cause__ = exc
+                log.error("unit_crashed", unit=unit.name, error=str(wrapped))
                 outcome.error = wrapped
                 outcome.status = "failed"
                 await self._record_failure(outcome, wrapped)
+            except asyncio.CancelledError:
+                # Interrupted, or a sibling stopped the run: rolled back, nothing applied. The
+                # row is closed here, or by finish_run's sweep when this write cannot happen.
+                outcome.status = "cancelled"
+                await asyncio.shield(
+                    self._quietly(
+                        run_rows.finish_fetch,
+                        self.engine,
+                        outcome.fetch_id,
+                        status="cancelled",
+                        error_message=f"cancelled: {self._cancel_reason()}; nothing applied",
+                    )
+                )
+                self._done(outcome)
+                raise
             return self._done(outcome)
 
-    async def _record_failure(self, outcome: UnitOutcome, exc: SyncError) -> None:
+    async def _record_failure(
+        self, outcome: UnitOutcome, exc: SyncError, status: str = "failed"
+    ) -> None:
         assert outcome.fetch_id is not None
         attempts = exc.context.get("attempts")
-        await run_rows.finish_fetch(
+        await self._quietly(
+            run_rows.finish_fetch,
             self.engine,
             outcome.fetch_id,
-            status="failed",
+            status=status,
             attempts=attempts if isinstance(attempts, int) else None,
             error_code=exc.code,
             error_message=str(exc),
@@ -473,12 +649,16 @@ class Runner:
     def _result(self, error: str | None) -> RunResult:
         final = [o for o in self.outcomes if o.status != "superseded"]
         failed = [o for o in final if o.status == "failed"]
-        skipped = [o for o in final if o.status == "skipped"]
+        skipped = [o for o in final if o.status in ("skipped", "cancelled")]
         held = [o for o in final if o.status == "held"]
         applied = [o for o in final if o.status == "applied"]
         if error is not None or (failed and not applied):
             status = "failed"
-        elif failed or skipped:
+        elif skipped:
+            # Units are skipped or cancelled only once the run was told to stop (a signal to
+            # serve) or lost its lock: it did not finish.
+            status = "interrupted"
+        elif failed:
             status = "partial"
         elif held:
             status = "held"
@@ -500,6 +680,25 @@ class Runner:
         return RunResult(self.run_id, status, list(self.outcomes), error)
 
 
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def _failure(exc: BaseException) -> tuple[str, str]:
+    """A run's status and message for the exception that ended it."""
+    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+        return "interrupted", "interrupted (SIGINT/SIGTERM, or serve's drain limit)"
+    if isinstance(exc, RunFencedError):
+        return "abandoned", str(exc)
+    if isinstance(exc, SyncError):
+        return "failed", str(exc)
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return "failed", f"{type(exc).__name__}: {first}"[:500]
+
+
 @contextlib.contextmanager
 def structlog_unit(unit: Unit) -> Any:
     logs.bind(unit=unit.name, event_guid=unit.scope)
@@ -507,6 +706,20 @@ def structlog_unit(unit: Unit) -> Any:
         yield
     finally:
         logs.unbind("unit", "event_guid")
+
+
+@contextlib.asynccontextmanager
+async def cancel_on_sigterm() -> AsyncIterator[None]:
+    """SIGTERM cancels the current task, as asyncio.run does for SIGINT: the run closes as
+    `interrupted` (its uncommitted units `cancelled`) instead of dying with its row `running`."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def run_once(

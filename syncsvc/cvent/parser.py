@@ -28,7 +28,13 @@ from syncsvc import logs
 from syncsvc.cvent import catalog
 from syncsvc.cvent.catalog import Resource
 from syncsvc.cvent.responses import classify, parse_code
-from syncsvc.errors import IncompleteDumpError, SyncError, UnknownCodeError, UnsafeXmlError
+from syncsvc.errors import (
+    IncompleteDumpError,
+    SyncError,
+    UnknownCodeError,
+    UnrecognisedDumpError,
+    UnsafeXmlError,
+)
 
 T = TypeVar("T")
 
@@ -158,10 +164,12 @@ class DumpParser(Generic[T]):
         self._prolog: bytearray | None = bytearray()
         self._root_ended = False
         self._container: etree._Element | None = None
+        self._container_seen = False  # the root's own <container> element (no namespace) ended
         self._parser = etree.XMLPullParser(
             events=("end",),
             tag=(
                 resource.record,
+                resource.container,
                 catalog.ENVELOPE_CODE,
                 catalog.ENVELOPE_MESSAGE,
                 catalog.ENVELOPE_ROOT,
@@ -283,6 +291,10 @@ class DumpParser(Generic[T]):
             if parent is None:
                 self._root_ended = True
             return
+        if tag == self.resource.container:
+            if parent is not None and parent.getparent() is None:
+                self._container_seen = True
+            return
         if parent is None or parent.getparent() is not None:
             return  # not a child of the root: an unknown field inside a record
         if tag == catalog.ENVELOPE_CODE:
@@ -337,6 +349,14 @@ class DumpParser(Generic[T]):
             )
         if self.code is None:
             raise IncompleteDumpError("The response carries no response code", **self._where())
+        if self.code == 0 and not self._container_seen:
+            # No <users> (say, <users xmlns="..."> or another shape): its records are invisible,
+            # and "zero records" must never be read as "every record was deleted".
+            raise UnrecognisedDumpError(
+                f"The response has no <{self.resource.container}> element of the expected shape"
+                " (a namespace, or another container); nothing applied",
+                **self._where(),
+            )
         error = classify(
             200,
             self.code,

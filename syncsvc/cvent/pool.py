@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import queue
+import signal
 import threading
 from multiprocessing.connection import Connection
 from typing import Any
@@ -32,6 +33,9 @@ class WorkerDiedError(RetryableError):
 
 def _serve(conn: Connection) -> None:
     """A worker: segments in, EncodedBatch (or the error it raised) out, until end of file."""
+    # Ctrl-C reaches the whole process group: the parent stops its workers (close() kills
+    # them), so a worker ignores SIGINT rather than print a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
             job = conn.recv()

@@ -44,6 +44,8 @@ class EncodedBatch:
     records: int = 0  # record elements in the segment
     staged: int = 0  # rows in `data`
     rejected: int = 0  # without their key or eventGUID, or outside the unit's event
+    unidentified: int = 0  # of `rejected`: without their key or eventGUID (the store then
+    # infers no delete from this dump)
     events: dict[str, int] = field(default_factory=dict)  # rows per event GUID
 
     def __len__(self) -> int:
@@ -156,7 +158,11 @@ class SegmentCodec:
             out.records += 1
             parts = self.parts(elem)
             guid, key = parts[guid_at], parts[key_at]
-            if guid is _NULL or key is _NULL or (only is not None and guid != only):
+            if guid is _NULL or key is _NULL:
+                out.rejected += 1
+                out.unidentified += 1
+                continue
+            if only is not None and guid != only:
                 out.rejected += 1
                 continue
             events[guid] = events.get(guid, 0) + 1

@@ -30,6 +30,13 @@ from syncsvc.records import EXTRAS, EXTRAS_PREFIX
 # Transaction-level advisory lock serializing change-log `seq` allocation (commit order).
 SEQ_LOCK_KEY = 0x5E9C_5EC0_0001
 
+# Longest key a record may carry, in UTF-8 bytes, for each of event_guid, its own key and
+# client_id. A btree entry holds at most 2704 bytes (PostgreSQL: a third of an 8 kB page), and
+# the widest index (event_guid, key) holds two of them: 2 x 1000 fits with room to spare. A
+# record with a longer key is rejected (counted, logged) and never stored: one such record in
+# a dump used to fail its whole unit on every run ("index row size ... exceeds btree maximum").
+MAX_KEY_BYTES = 1000
+
 STAGE = "syncsvc_stage"
 KEYS = "syncsvc_diff_keys"
 DIFF = "syncsvc_diff"
@@ -99,6 +106,7 @@ class Statements:
     create_stage: str
     truncate_stage: str
     dedupe_stage: str  # -> (event_guid, duplicates)
+    take_rejects: str  # -> (event_guid, rejected): staged rows whose keys are too long to store
     diff_keys: str  # $1 scope event GUIDs (data entities only)
     diff: str
     analyze_diff: str
@@ -149,6 +157,17 @@ def statements(resource: Resource) -> Statements:
     current = f"(SELECT ctid AS tid, {key_cols}, row_hash, deleted_at FROM {t}"
     current += " WHERE event_guid = ANY($1::text[]))" if per_event else ")"
 
+    key_parts = [*keys, "client_id"] if client else keys
+    too_long = " OR ".join(f"octet_length(s.{k}) > {MAX_KEY_BYTES}" for k in key_parts)
+    # A staged row with a key too long to store is no change at all: not an insert or update
+    # (it cannot be stored), and not a delete of the stored row of the same key (if any). The
+    # diff's own scan of the staging table marks it `reject`; `take_rejects` counts those few
+    # rows per event (by tuple id) and drops them, so no statement scans the stage for them.
+    take_rejects = f"""
+WITH r AS (DELETE FROM {KEYS} WHERE op = 'reject' RETURNING s_tid)
+SELECT event_guid, count(*) AS rejected FROM {STAGE}
+WHERE ctid = ANY(ARRAY(SELECT s_tid FROM r)) GROUP BY 1
+"""
     diff_keys = f"""
 CREATE TEMP TABLE {KEYS} ON COMMIT DROP AS
 SELECT x.op, s.ctid AS s_tid, c.tid AS c_tid
@@ -156,6 +175,7 @@ FROM {STAGE} s
 FULL JOIN {current} c ON {on("c", "s")}
 CROSS JOIN LATERAL (
     SELECT CASE
+        WHEN {too_long} THEN 'reject'
         WHEN s.event_guid IS NULL THEN CASE WHEN c.deleted_at IS NULL THEN 'delete' END
         WHEN c.event_guid IS NULL OR c.deleted_at IS NOT NULL THEN 'insert'
         WHEN s.row_hash <> c.row_hash THEN 'update'
@@ -291,6 +311,7 @@ SELECT event_guid, count(*) AS duplicates FROM dropped GROUP BY event_guid
         create_stage=f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} ({col_defs}) ON COMMIT DROP",
         truncate_stage=f"TRUNCATE {STAGE}",
         dedupe_stage=dedupe_stage,
+        take_rejects=take_rejects,
         diff_keys=diff_keys,
         diff=diff,
         # Statistics for the columns later statements join and filter on; the before/after

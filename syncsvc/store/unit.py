@@ -56,7 +56,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncsvc.cvent.catalog import EVENT_ALL, Resource, resolve
 from syncsvc.cvent.segments import EncodedBatch, staging_line
-from syncsvc.errors import IncompleteDumpError, StoreError
+from syncsvc.errors import IncompleteDumpError, RunFencedError, StoreError
 from syncsvc.feed import notify as feed_notify
 from syncsvc.logs import get_logger
 from syncsvc.normalize import Normalizer, normalizer
@@ -124,6 +124,7 @@ class StageResult:
     records: int  # staged, duplicates included
     rejected: int  # without their key (or outside the unit's event), never staged
     events: tuple[str, ...]  # event GUIDs present in the dump
+    unidentified: int = 0  # of `rejected`: without their key or eventGUID
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,9 @@ class ApplyResult:
     overridden: tuple[HeldScope, ...] = ()  # would have been held; applied by override
     first_seq: int | None = None
     last_seq: int | None = None
+    unidentified: int = 0  # records without their key or eventGUID (in `rejected`)
+    oversized: int = 0  # records whose keys are too long to store (in `rejected`)
+    deletes_suppressed: int = 0  # deletes not applied because some records were unidentified
     stage_seconds: float = 0.0
     apply_seconds: float = 0.0
     scope_events: tuple[str, ...] = field(default=())
@@ -155,6 +159,7 @@ class ApplyResult:
 class _StageCounts:
     staged: int = 0
     rejected: int = 0
+    unidentified: int = 0
 
 
 class UnitWriter:
@@ -189,6 +194,7 @@ class UnitWriter:
         self._done = False
         self._records = 0
         self._rejected = 0
+        self._unidentified = 0
         self._events: dict[str, int] = {}
         self._stage_seconds = 0.0
         self._timings: dict[str, float] = {}
@@ -201,16 +207,28 @@ class UnitWriter:
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> UnitWriter:
-        self._conn = await self.engine.connect()
-        try:
-            self._raw = await raw_connection(self._conn)
-            # READ COMMITTED whatever the server's default: the seq and scope locks rely on each
-            # statement seeing what committed before the lock was granted.
-            self._tx = self._raw.transaction(isolation="read_committed")
-            await self._tx.start()
-        except BaseException:
-            await self._conn.close()
-            raise
+        for attempt in (1, 2):
+            self._conn = await self.engine.connect()
+            try:
+                self._raw = await raw_connection(self._conn)
+                # READ COMMITTED whatever the server's default: the seq and scope locks rely on
+                # each statement seeing what committed before the lock was granted.
+                self._tx = self._raw.transaction(isolation="read_committed")
+                await self._tx.start()
+                break
+            except (asyncpg.InterfaceError, OSError) as exc:
+                # A pooled connection whose backend died (terminated, restarted, a failover):
+                # drop it and take a fresh one, once.
+                await self._conn.invalidate()
+                await self._conn.close()
+                if attempt == 2:
+                    raise StoreError(
+                        f"{self.resource.entity} unit could not begin: {_one_line(exc)}",
+                        resource=self.resource.path,
+                    ) from exc
+            except BaseException:
+                await self._conn.close()
+                raise
         await self._step("begun")
         return self
 
@@ -252,9 +270,9 @@ class UnitWriter:
     async def _execute(self, sql: str, *args: Any) -> str:
         try:
             status: str = await self._raw.execute(sql, *args)
-        except asyncpg.PostgresError as exc:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise StoreError(
-                f"{self.resource.entity} unit failed: {type(exc).__name__}: {exc}",
+                f"{self.resource.entity} unit failed: {_one_line(exc)}",
                 resource=self.resource.path,
             ) from exc
         return status
@@ -262,9 +280,9 @@ class UnitWriter:
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         try:
             rows: list[Any] = await self._raw.fetch(sql, *args)
-        except asyncpg.PostgresError as exc:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise StoreError(
-                f"{self.resource.entity} unit failed: {type(exc).__name__}: {exc}",
+                f"{self.resource.entity} unit failed: {_one_line(exc)}",
                 resource=self.resource.path,
             ) from exc
         return rows
@@ -278,7 +296,7 @@ class UnitWriter:
         if self._staged:
             await self._execute(self._sql.truncate_stage)
         self._staged = True
-        self._records = self._rejected = 0
+        self._records = self._rejected = self._unidentified = 0
         self._events = {}
         await self._step("staging_ready")
 
@@ -305,15 +323,16 @@ class UnitWriter:
         except BaseException as exc:
             with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                 await savepoint.rollback()
-            if isinstance(exc, asyncpg.PostgresError | asyncpg.DataError):
+            if isinstance(exc, asyncpg.PostgresError | asyncpg.DataError | asyncpg.InterfaceError):
                 raise StoreError(
-                    f"staging {self.resource.entity} records failed: {type(exc).__name__}: {exc}",
+                    f"staging {self.resource.entity} records failed: {_one_line(exc)}",
                     resource=self.resource.path,
                 ) from exc
             raise
         await savepoint.commit()
         self._records = counts.staged
         self._rejected = counts.rejected
+        self._unidentified = counts.unidentified
         self._stage_seconds = time.perf_counter() - started
         if counts.rejected:
             log.warning(
@@ -325,7 +344,10 @@ class UnitWriter:
             )
         await self._step("staged")
         return StageResult(
-            records=counts.staged, rejected=counts.rejected, events=tuple(self._events)
+            records=counts.staged,
+            rejected=counts.rejected,
+            events=tuple(self._events),
+            unidentified=counts.unidentified,
         )
 
     async def _rows(
@@ -345,6 +367,7 @@ class UnitWriter:
                         "a batch was parsed for another scope", resource=self.resource.path
                     )
                 counts.rejected += batch.rejected
+                counts.unidentified += batch.unidentified
                 counts.staged += batch.staged
                 for event, n in batch.events.items():
                     events[event] = events.get(event, 0) + n
@@ -355,10 +378,15 @@ class UnitWriter:
             for record in batch:
                 if record is None:
                     counts.rejected += 1
+                    counts.unidentified += 1
                     continue
                 guid: Any = record[guid_at]
                 key: Any = record[key_at]
-                if guid is None or key is None or (only is not None and guid != only):
+                if guid is None or key is None:
+                    counts.rejected += 1
+                    counts.unidentified += 1
+                    continue
+                if only is not None and guid != only:
                     counts.rejected += 1
                     continue
                 events[guid] = events.get(guid, 0) + 1
@@ -401,8 +429,13 @@ class UnitWriter:
         covered_events: Iterable[str] | None = None,
         hold: HoldPolicy | None = None,
         override_hold: bool = False,
+        transport: dict[str, Any] | None = None,
     ) -> ApplyResult:
-        """Diff the staged dump against the current state and apply it; commit. See module doc."""
+        """Diff the staged dump against the current state and apply it; commit. See module doc.
+
+        `transport`: the fetch's figures (attempts, http_status, bytes, fetch_seconds), written
+        on the fetch row in this transaction, so a run's totals are exactly its committed units'.
+        """
         if self._done:
             raise StoreError("this unit is already applied", resource=self.resource.path)
         if not complete:
@@ -442,8 +475,33 @@ class UnitWriter:
         await self._step("scope_locked")
         await self._execute(sql.diff_keys, *args)
         self._mark("diff_keys")
+        rejects = await self._fetch(sql.take_rejects)
+        oversized = {r["event_guid"]: int(r["rejected"]) for r in rejects}
+        n_oversized = sum(oversized.values())
+        if n_oversized:
+            log.warning(
+                "records_rejected",
+                resource=self.resource.path,
+                scope=self.scope,
+                rejected=n_oversized,
+                reason=f"a key (event GUID, {self.resource.key_field.api} or clientID) longer"
+                f" than {queries.MAX_KEY_BYTES} bytes cannot be stored",
+            )
         await self._execute(sql.diff)
         self._mark("diff_rows")
+        suppressed = 0
+        if self._unidentified:
+            # A record without its key could be any stored row: none of them may be inferred
+            # deleted from this dump (its inserts and updates are still right).
+            status = await self._execute(f"DELETE FROM {queries.DIFF} WHERE op = 'delete'")
+            suppressed = int(status.split()[-1])
+            log.warning(
+                "deletes_suppressed",
+                resource=self.resource.path,
+                scope=self.scope,
+                unidentified=self._unidentified,
+                deletes=suppressed,
+            )
         await self._execute(sql.analyze_diff)
         await self._step("diffed")
         if self.resource.has_client_id:
@@ -457,9 +515,9 @@ class UnitWriter:
 
         # Live rows before = staged (distinct) - inserts + deletes: no scan of the current table.
         if self.resource.per_event:
-            staged = {e: n - dups.get(e, 0) for e, n in self._events.items()}
+            staged = {e: n - dups.get(e, 0) - oversized.get(e, 0) for e, n in self._events.items()}
         else:
-            staged = {"*": self._records - duplicates}
+            staged = {"*": self._records - duplicates - n_oversized}
         would_hold = []
         for r in await self._fetch(sql.diff_counts):
             scope, deletes = r["event_guid"], int(r["deletes"])
@@ -506,8 +564,8 @@ class UnitWriter:
 
         result = ApplyResult(
             status="held" if held else "applied",
-            records=self._records - duplicates,
-            rejected=self._rejected,
+            records=self._records - duplicates - n_oversized,
+            rejected=self._rejected + n_oversized,
             duplicates=duplicates,
             inserted=counts.get("insert", 0),
             updated=counts.get("update", 0),
@@ -517,12 +575,20 @@ class UnitWriter:
             overridden=tuple(overridden),
             first_seq=seqs["first_seq"],
             last_seq=seqs["last_seq"],
+            unidentified=self._unidentified,
+            oversized=n_oversized,
+            deletes_suppressed=suppressed,
             stage_seconds=self._stage_seconds,
             apply_seconds=time.perf_counter() - started,
             scope_events=tuple(scope_events),
         )
+        # The fence, last before commit (the transaction stayed open for the whole download):
+        # this run must still be `running`. The row lock is held to commit, so a newer run's
+        # UPDATE to `abandoned` waits for this commit, or this check sees `abandoned` and the
+        # unit rolls back. Before the fetch row's update: both take locks in the same order.
+        await self._check_fence()
         if self.fetch_id is not None:
-            await self._record_fetch(result, hold)
+            await self._record_fetch(result, hold, transport or {})
         await self._step("before_commit")
         try:
             await self._tx.commit()
@@ -547,7 +613,29 @@ class UnitWriter:
         )
         return result
 
-    async def _record_fetch(self, result: ApplyResult, hold: HoldPolicy) -> None:
+    async def _check_fence(self) -> None:
+        rows = await self._fetch(
+            "SELECT status, (SELECT min(id) FROM runs WHERE id > $1) AS newer"
+            " FROM runs WHERE id = $1 FOR SHARE",
+            self.run_id,
+        )
+        if not rows or rows[0]["status"] != "running":
+            newer = rows[0]["newer"] if rows else None
+            raise RunFencedError(
+                run_id=self.run_id,
+                superseded_by=int(newer) if newer is not None else None,
+                resource=self.resource.path,
+            )
+
+    async def _record_fetch(
+        self, result: ApplyResult, hold: HoldPolicy, transport: dict[str, Any]
+    ) -> None:
+        note = None
+        if result.deletes_suppressed or result.unidentified:
+            note = (
+                f"{result.unidentified} record(s) without their key or eventGUID: deletes in"
+                f" this unit's scope were not applied ({result.deletes_suppressed} held back)"
+            )
         details = {
             "hold": {"ratio": hold.ratio, "min_rows": hold.min_rows},  # what `status` compares to
             "held": [vars_of(h) for h in result.held],
@@ -556,12 +644,18 @@ class UnitWriter:
             "first_seq": result.first_seq,
             "last_seq": result.last_seq,
             "step_seconds": dict(self._timings),
+            "unidentified": result.unidentified,
+            "oversized": result.oversized,
+            "deletes_suppressed": result.deletes_suppressed,
         }
         await self._execute(
             """
 UPDATE fetches SET status = $2, records = $3, rejected = $4, duplicates = $5,
        inserted = $6, updated = $7, deleted = $8, rekeyed = $9,
-       stage_seconds = $10, apply_seconds = $11, details = details || $12::jsonb
+       stage_seconds = $10, apply_seconds = $11, details = details || $12::jsonb,
+       attempts = coalesce($13, attempts), http_status = coalesce($14, http_status),
+       bytes = coalesce($15, bytes), fetch_seconds = coalesce($16, fetch_seconds),
+       error_message = coalesce($17, error_message), finished_at = now()
 WHERE id = $1
 """,
             self.fetch_id,
@@ -576,7 +670,17 @@ WHERE id = $1
             result.stage_seconds,
             result.apply_seconds,
             json.dumps(details),
+            transport.get("attempts"),
+            transport.get("http_status"),
+            transport.get("bytes"),
+            transport.get("fetch_seconds"),
+            note,
         )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:500]
 
 
 def vars_of(h: HeldScope) -> dict[str, Any]:
