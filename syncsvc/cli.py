@@ -13,6 +13,7 @@ import typer
 
 from syncsvc import logs
 from syncsvc.errors import ConfigError, RunLockedError, SyncError
+from syncsvc.export.cli import dbt_sources_cmd, export_app
 from syncsvc.settings import Settings
 
 T = TypeVar("T")
@@ -454,3 +455,6 @@ def simulate(
         run_async(lambda: serve_forever(config, host, port, announce=announce, **options))
     except OSError as exc:  # the port is taken, the address is not ours
         raise fail(f"cannot listen on {host}:{port}: {exc}", EXIT_FAILED) from None
+
+app.add_typer(export_app, name="export")
+app.command("dbt-sources")(dbt_sources_cmd)

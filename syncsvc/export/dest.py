@@ -1,0 +1,151 @@
+"""Where an export goes: a local directory or an object store URL, through pyarrow.fs.
+
+A destination writes part files and, last, a manifest. A loader that sees a manifest sees
+complete files: object stores publish an object whole at the end of its upload, and a local
+manifest is written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+from syncsvc.errors import ConfigError, StoreError
+
+MANIFEST = "manifest.json"
+
+
+def _pyarrow_fs() -> Any:
+    try:
+        import pyarrow.fs as pafs
+    except ImportError as exc:  # the export extra is optional
+        raise ConfigError(
+            "Parquet export needs pyarrow: pip install 'syncsvc[export]'", setting="export"
+        ) from exc
+    return pafs
+
+
+def display(url: str) -> str:
+    """The destination as it may be shown: no credentials, no query string."""
+    parsed = urllib.parse.urlsplit(url)
+    if not parsed.scheme or len(parsed.scheme) == 1:  # a path (or a Windows drive letter)
+        return url
+    host = parsed.hostname or ""
+    return urllib.parse.urlunsplit((parsed.scheme, host, parsed.path, "", ""))
+
+
+@dataclass(slots=True)
+class Destination:
+    """A filesystem and the base path inside it; `shown` is safe to log."""
+
+    fs: Any
+    base: str
+    shown: str
+    local: bool
+
+    @classmethod
+    def open(cls, target: str) -> Destination:
+        """`target` is a directory path, `file://...`, or an object store URL such as
+        `s3://bucket/prefix` (pyarrow's URI options, e.g. `?endpoint_override=host:port`,
+        are honoured; credentials come from the usual AWS environment and files)."""
+        pafs = _pyarrow_fs()
+        scheme = urllib.parse.urlsplit(target).scheme
+        try:
+            if not scheme or len(scheme) == 1:
+                path = os.path.abspath(target)
+                return cls(pafs.LocalFileSystem(), path, path, local=True)
+            fs, base = pafs.FileSystem.from_uri(target)
+        except (ValueError, OSError) as exc:
+            # pyarrow's message names the problem (unknown scheme, bad option), never a secret
+            # it was not given: the URL's credentials are not echoed.
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"--to {display(target)}: {first}", setting="to") from exc
+        return cls(
+            fs, base.rstrip("/"), display(target), local=isinstance(fs, pafs.LocalFileSystem)
+        )
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.base, *parts])
+
+    def makedirs(self, *parts: str) -> None:
+        try:
+            self.fs.create_dir(self.path(*parts), recursive=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {self.shown}/{'/'.join(parts)}: {exc}") from exc
+
+    def open_output(self, *parts: str) -> HashingStream:
+        try:
+            stream = self.fs.open_output_stream(self.path(*parts))
+        except OSError as exc:
+            raise StoreError(f"cannot write {self.shown}/{'/'.join(parts)}: {exc}") from exc
+        return HashingStream(stream)
+
+    def read_text(self, *parts: str) -> str | None:
+        """A small file's text, or None when it does not exist."""
+        pafs = _pyarrow_fs()
+        path = self.path(*parts)
+        if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return None
+        with self.fs.open_input_stream(path) as f:
+            data: bytes = f.read()
+        return data.decode()
+
+    def write_manifest(self, directory: str, manifest: dict[str, Any]) -> None:
+        """Write the manifest last and atomically (rename on a local disk, one PUT elsewhere)."""
+        body = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        final = self.path(directory, MANIFEST)
+        target = final + ".tmp" if self.local else final
+        try:
+            with self.fs.open_output_stream(target) as f:
+                f.write(body)
+            if self.local:
+                with open(target, "rb+") as raw:  # durable before it becomes visible
+                    os.fsync(raw.fileno())
+                self.fs.move(target, final)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write the manifest in {self.shown}/{directory}: {exc}"
+            ) from exc
+
+
+class HashingStream:
+    """A write-only file object that counts and hashes what passes through (the manifest's
+    checksum without reading the file back, which on an object store is a download)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._sha = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self._sha.update(view)
+        self.size += view.nbytes
+        self._stream.write(data)
+        return view.nbytes
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self.size
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stream.close()
+            self.closed = True
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
