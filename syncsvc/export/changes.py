@@ -159,8 +159,9 @@ async def _export(
         dest.makedirs(directory)
         writer = PartWriter(dest, directory, arrow_schema(), limits, seq_column="seq")
         query, params = changes_query(filters)
-        rows = await copy_cursor(raw, query, [since, through, *params], writer)
-        parts = writer.finish()
+        with dest.translating_errors(directory):
+            rows = await copy_cursor(raw, query, [since, through, *params], writer)
+            parts = writer.finish()
     manifest = {
         "format": FORMAT,
         "kind": "changes",

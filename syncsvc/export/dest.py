@@ -7,10 +7,12 @@ manifest is written under a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,11 +64,19 @@ class Destination:
         except (ValueError, OSError) as exc:
             # pyarrow's message names the problem (unknown scheme, bad option), never a secret
             # it was not given: the URL's credentials are not echoed.
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"--to {display(target)}: {first}", setting="to") from exc
+            raise ConfigError(f"--to {display(target)}: {_first_line(exc)}", setting="to") from exc
         return cls(
             fs, base.rstrip("/"), display(target), local=isinstance(fs, pafs.LocalFileSystem)
         )
+
+    @contextlib.contextmanager
+    def translating_errors(self, directory: str) -> Iterator[None]:
+        """I/O failures of the filesystem layer (pyarrow raises OSError subclasses) become one
+        StoreError naming the destination."""
+        try:
+            yield
+        except OSError as exc:
+            raise StoreError(f"cannot write {self.shown}/{directory}: {_first_line(exc)}") from exc
 
     def path(self, *parts: str) -> str:
         return "/".join([self.base, *parts])
@@ -75,13 +85,17 @@ class Destination:
         try:
             self.fs.create_dir(self.path(*parts), recursive=True)
         except OSError as exc:
-            raise StoreError(f"cannot create {self.shown}/{'/'.join(parts)}: {exc}") from exc
+            raise StoreError(
+                f"cannot create {self.shown}/{'/'.join(parts)}: {_first_line(exc)}"
+            ) from exc
 
     def open_output(self, *parts: str) -> HashingStream:
         try:
             stream = self.fs.open_output_stream(self.path(*parts))
         except OSError as exc:
-            raise StoreError(f"cannot write {self.shown}/{'/'.join(parts)}: {exc}") from exc
+            raise StoreError(
+                f"cannot write {self.shown}/{'/'.join(parts)}: {_first_line(exc)}"
+            ) from exc
         return HashingStream(stream)
 
     def read_text(self, *parts: str) -> str | None:
@@ -110,6 +124,11 @@ class Destination:
             raise StoreError(
                 f"cannot write the manifest in {self.shown}/{directory}: {exc}"
             ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class HashingStream:

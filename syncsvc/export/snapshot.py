@@ -101,8 +101,9 @@ async def export_snapshot(
                 directory = directory_name(entity, seq)
                 dest.makedirs(directory)
                 writer = PartWriter(dest, directory, arrow_schema(resource), limits)
-                rows = await copy_cursor(raw, snapshot_query(resource), [], writer)
-                pending.append((entity, directory, rows, writer.finish()))
+                with dest.translating_errors(directory):
+                    rows = await copy_cursor(raw, snapshot_query(resource), [], writer)
+                    pending.append((entity, directory, rows, writer.finish()))
     for entity, directory, rows, parts in pending:
         manifest = {
             "format": FORMAT,
