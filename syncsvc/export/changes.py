@@ -13,6 +13,7 @@ history views.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any
@@ -23,9 +24,9 @@ from syncsvc import __version__
 from syncsvc.errors import ConfigError
 from syncsvc.export.consumer import FILTER_KEYS, advance_cursor, read_consumer
 from syncsvc.export.dest import Destination
-from syncsvc.export.parquet import Limits, PartWriter, copy_cursor
+from syncsvc.export.parquet import Limits, PartFile, PartWriter, snapshot_session
 from syncsvc.logs import get_logger
-from syncsvc.store.db import raw_connection
+from syncsvc.store.db import libpq_url, raw_connection
 
 log = get_logger(__name__)
 
@@ -77,23 +78,35 @@ def directory_name(after_seq: int, through_seq: int) -> str:
     return f"changes_{after_seq:020d}_{through_seq:020d}"
 
 
-def changes_query(filters: dict[str, list[str]]) -> tuple[str, list[Any]]:
-    """The range query ($1 < seq <= $2) with the filters as bound parameters."""
-    clauses = ["c.seq > $1", "c.seq <= $2"]
-    params: list[Any] = []
+def changes_query(after_seq: int, through_seq: int, literals: dict[str, list[str]]) -> str:
+    """The range query. `literals` are filter values already quoted by PostgreSQL
+    (`quote_literal`); the seq bounds are integers."""
+    clauses = [f"c.seq > {int(after_seq)}", f"c.seq <= {int(through_seq)}"]
     for key in FILTER_KEYS:
-        values = filters.get(key)
+        values = literals.get(key)
         if values:
-            params.append(list(values))
-            clauses.append(f"{_FILTER_COLUMNS[key]} = ANY(${len(params) + 2})")
+            clauses.append(f"{_FILTER_COLUMNS[key]} IN ({', '.join(values)})")
     select = ", ".join(f"{expr} AS {name}" for name, expr, _ in _COLUMNS)
     # LEFT JOIN: the change log has no foreign keys (migration 0002); a row whose run is
     # gone still exports, with a null environment.
     return (
         f"SELECT {select} FROM changes c LEFT JOIN runs r ON r.id = c.run_id "
-        f"WHERE {' AND '.join(clauses)} ORDER BY c.seq",
-        params,
+        f"WHERE {' AND '.join(clauses)} ORDER BY c.seq"
     )
+
+
+async def quote_filters(raw: Any, filters: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Each filter value as an SQL literal, quoted by the server (asyncpg connection)."""
+    out = {}
+    for key, values in filters.items():
+        if values:
+            rows = await raw.fetch(
+                "SELECT quote_literal(v) AS q FROM unnest($1::text[]) WITH ORDINALITY AS u(v, i) "
+                "ORDER BY i",
+                list(values),
+            )
+            out[key] = [r["q"] for r in rows]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +133,12 @@ async def export_changes(
     if (consumer is None) == (since is None):
         raise ConfigError("give exactly one of --consumer NAME or --since SEQ", setting="since")
     limits = limits or Limits()
+    url = libpq_url(engine.url)
     async with engine.connect() as conn:
         raw = await raw_connection(conn)
         if consumer is None:
             assert since is not None
-            return await _export(raw, dest, since, until, None, filters or {}, limits)
+            return await _export(raw, url, dest, since, until, None, filters or {}, limits)
         # One export per consumer at a time: two would write the same range twice.
         lock = "hashtextextended('syncsvc:export:' || $1, 0)"
         if not await raw.fetchval(f"SELECT pg_try_advisory_lock({lock})", consumer):
@@ -133,13 +147,41 @@ async def export_changes(
             )
         try:
             state = await read_consumer(raw, consumer)
-            return await _export(raw, dest, state.cursor, until, consumer, state.filters, limits)
+            return await _export(
+                raw, url, dest, state.cursor, until, consumer, state.filters, limits
+            )
         finally:  # a session lock outlives the transaction: pooled connections keep it
             await raw.execute(f"SELECT pg_advisory_unlock({lock})", consumer)
 
 
+def _write_range(
+    url: str,
+    dest: Destination,
+    since: int,
+    until: int | None,
+    literals: dict[str, list[str]],
+    limits: Limits,
+) -> tuple[int, str | None, int, list[PartFile]]:
+    """(through_seq, directory or None when the range is empty, rows, parts)."""
+    with snapshot_session(url, limits.batch_bytes) as session:
+        # seq is allocated in commit order under a lock held to commit, so this snapshot
+        # holds every seq up to its max and none beyond: the range is complete.
+        last = int(session.scalar("SELECT coalesce(max(seq), 0) FROM changes"))
+        through = last if until is None else min(until, last)
+        if through <= since:
+            return max(through, since), None, 0, []
+        directory = directory_name(since, through)
+        dest.makedirs(directory)
+        writer = PartWriter(dest, directory, arrow_schema(), limits, seq_column="seq")
+        with dest.translating_errors(directory):
+            rows = session.stream(changes_query(since, through, literals), writer)
+            parts = writer.finish()
+    return through, directory, rows, parts
+
+
 async def _export(
     raw: Any,
+    url: str,
     dest: Destination,
     since: int,
     until: int | None,
@@ -147,21 +189,13 @@ async def _export(
     filters: dict[str, list[str]],
     limits: Limits,
 ) -> ExportResult:
-    async with raw.transaction(readonly=True, isolation="repeatable_read"):
-        # seq is allocated in commit order under a lock held to commit, so this snapshot
-        # holds every seq up to its max and none beyond: the range is complete.
-        last = int(await raw.fetchval("SELECT coalesce(max(seq), 0) FROM changes"))
-        through = last if until is None else min(until, last)
-        if through <= since:
-            log.info("changes_export_empty", after_seq=since, through_seq=through)
-            return ExportResult(None, since, max(through, since), 0, 0, None)
-        directory = directory_name(since, through)
-        dest.makedirs(directory)
-        writer = PartWriter(dest, directory, arrow_schema(), limits, seq_column="seq")
-        query, params = changes_query(filters)
-        with dest.translating_errors(directory):
-            rows = await copy_cursor(raw, query, [since, through, *params], writer)
-            parts = writer.finish()
+    literals = await quote_filters(raw, filters)
+    through, directory, rows, parts = await asyncio.to_thread(
+        _write_range, url, dest, since, until, literals, limits
+    )
+    if directory is None:
+        log.info("changes_export_empty", after_seq=since, through_seq=through)
+        return ExportResult(None, since, through, 0, 0, None)
     manifest = {
         "format": FORMAT,
         "kind": "changes",
@@ -176,7 +210,7 @@ async def _export(
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
         "syncsvc_version": __version__,
     }
-    dest.write_manifest(directory, manifest)
+    await asyncio.to_thread(dest.write_manifest, directory, manifest)
     if consumer is not None:
         await advance_cursor(raw, consumer, since, through)
     log.info(

@@ -18,15 +18,15 @@ export_app = typer.Typer(
 )
 
 
-def _limits(max_file_rows: int, max_file_mb: float, batch_rows: int) -> Limits:
+def _limits(max_file_rows: int, max_file_mb: float, batch_mb: float) -> Limits:
     from syncsvc.cli import EXIT_CONFIG, fail
 
-    if max_file_rows < 1 or max_file_mb <= 0 or batch_rows < 1:
-        raise fail("--max-file-rows, --max-file-mb and --batch-rows must be positive", EXIT_CONFIG)
+    if max_file_rows < 1 or max_file_mb <= 0 or batch_mb <= 0:
+        raise fail("--max-file-rows, --max-file-mb and --batch-mb must be positive", EXIT_CONFIG)
     return Limits(
         max_rows=max_file_rows,
         max_bytes=int(max_file_mb * 1024 * 1024),
-        batch_rows=min(batch_rows, max_file_rows),
+        batch_bytes=max(64 * 1024, int(batch_mb * 1024 * 1024)),
     )
 
 
@@ -34,8 +34,8 @@ MaxRows = Annotated[int, typer.Option("--max-file-rows", help="Rows per part fil
 MaxMb = Annotated[
     float, typer.Option("--max-file-mb", help="Start a new part file past this size (MiB).")
 ]
-BatchRows = Annotated[
-    int, typer.Option("--batch-rows", help="Rows fetched and written per row group.")
+BatchMb = Annotated[
+    float, typer.Option("--batch-mb", help="About this much (MiB) fetched per row group.")
 ]
 To = Annotated[
     str, typer.Option("--to", help="A directory, or an object store URL such as s3://bucket/path.")
@@ -58,7 +58,7 @@ def export_changes_cmd(
     ] = None,
     max_file_rows: MaxRows = 1_000_000,
     max_file_mb: MaxMb = 256.0,
-    batch_rows: BatchRows = 20_000,
+    batch_mb: BatchMb = 8.0,
 ) -> None:
     """Write the change log as Parquet parts and a manifest (written last) into a new directory
     named after the seq range; with --consumer, advance its cursor once the manifest exists."""
@@ -71,7 +71,7 @@ def export_changes_cmd(
         raise fail("give exactly one of --consumer NAME or --since SEQ", EXIT_CONFIG)
     if since is not None and since < 0:
         raise fail("--since must be >= 0", EXIT_CONFIG)
-    limits = _limits(max_file_rows, max_file_mb, batch_rows)
+    limits = _limits(max_file_rows, max_file_mb, batch_mb)
     settings = _settings(ctx)
 
     async def go() -> changes.ExportResult:
@@ -106,7 +106,7 @@ def export_snapshot_cmd(
     ] = None,
     max_file_rows: MaxRows = 1_000_000,
     max_file_mb: MaxMb = 256.0,
-    batch_rows: BatchRows = 20_000,
+    batch_mb: BatchMb = 8.0,
 ) -> None:
     """Write the live current state as typed Parquet, all entities from one repeatable-read
     snapshot; each manifest records the change-log seq the state is consistent with."""
@@ -120,7 +120,7 @@ def export_snapshot_cmd(
     bad = [e for e in chosen if e not in ENTITIES]
     if bad:
         raise fail(f"--entity {bad[0]!r} is not one of {', '.join(ENTITIES)}", EXIT_CONFIG)
-    limits = _limits(max_file_rows, max_file_mb, batch_rows)
+    limits = _limits(max_file_rows, max_file_mb, batch_mb)
     settings = _settings(ctx)
 
     async def go() -> list[snapshot.SnapshotResult]:

@@ -9,6 +9,7 @@ can start from the snapshot and continue with `export changes --since <consisten
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,9 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from syncsvc import __version__
 from syncsvc.cvent.catalog import BY_ENTITY, FieldKind, Resource
 from syncsvc.export.dest import Destination
-from syncsvc.export.parquet import Limits, PartWriter, copy_cursor
+from syncsvc.export.parquet import Limits, PartFile, PartWriter, snapshot_session
 from syncsvc.logs import get_logger
-from syncsvc.store.db import raw_connection
+from syncsvc.store.db import libpq_url
 
 log = get_logger(__name__)
 
@@ -81,6 +82,24 @@ class SnapshotResult:
     manifest: dict[str, Any]
 
 
+def _write_snapshot(
+    url: str, dest: Destination, entities: Sequence[str], limits: Limits
+) -> tuple[int, dt.datetime, list[tuple[str, str, int, list[PartFile]]]]:
+    with snapshot_session(url, limits.batch_bytes) as session:
+        seq = int(session.scalar("SELECT coalesce(max(seq), 0) FROM changes"))
+        taken_at = session.scalar("SELECT now()")
+        written = []
+        for entity in entities:
+            resource = BY_ENTITY[entity]
+            directory = directory_name(entity, seq)
+            dest.makedirs(directory)
+            writer = PartWriter(dest, directory, arrow_schema(resource), limits)
+            with dest.translating_errors(directory):
+                rows = session.stream(snapshot_query(resource), writer)
+                written.append((entity, directory, rows, writer.finish()))
+    return seq, taken_at, written
+
+
 async def export_snapshot(
     engine: AsyncEngine,
     dest: Destination,
@@ -89,22 +108,11 @@ async def export_snapshot(
 ) -> list[SnapshotResult]:
     """One directory per entity, each with its manifest; all from one snapshot."""
     limits = limits or Limits()
+    seq, taken_at, written = await asyncio.to_thread(
+        _write_snapshot, libpq_url(engine.url), dest, entities, limits
+    )
     results: list[SnapshotResult] = []
-    async with engine.connect() as conn:
-        raw = await raw_connection(conn)
-        async with raw.transaction(readonly=True, isolation="repeatable_read"):
-            seq = int(await raw.fetchval("SELECT coalesce(max(seq), 0) FROM changes"))
-            taken_at = await raw.fetchval("SELECT now()")
-            pending = []
-            for entity in entities:
-                resource = BY_ENTITY[entity]
-                directory = directory_name(entity, seq)
-                dest.makedirs(directory)
-                writer = PartWriter(dest, directory, arrow_schema(resource), limits)
-                with dest.translating_errors(directory):
-                    rows = await copy_cursor(raw, snapshot_query(resource), [], writer)
-                    pending.append((entity, directory, rows, writer.finish()))
-    for entity, directory, rows, parts in pending:
+    for entity, directory, rows, parts in written:
         manifest = {
             "format": FORMAT,
             "kind": "snapshot",
@@ -121,7 +129,7 @@ async def export_snapshot(
             "created_at": dt.datetime.now(dt.UTC).isoformat(),
             "syncsvc_version": __version__,
         }
-        dest.write_manifest(directory, manifest)
+        await asyncio.to_thread(dest.write_manifest, directory, manifest)
         results.append(SnapshotResult(entity, directory, seq, rows, manifest))
         log.info(
             "snapshot_exported",

@@ -92,7 +92,7 @@ async def test_nightly_exports_replay_to_the_tables_and_the_ground_truth(
             await _sync(sim, engine, day)
             proc = syncsvc(
                 db_url, "export", "changes", "--consumer", "warehouse", "--to", str(out),
-                "--max-file-rows", "50", "--batch-rows", "25",
+                "--max-file-rows", "50", "--batch-mb", "0.1",
             )  # fmt: skip
             assert proc.returncode == 0, proc.stderr
             assert json.loads(proc.stdout)["rows"] > 0
@@ -202,7 +202,7 @@ async def test_history_as_of_the_end_of_each_day_equals_that_days_ground_truth(
 def _start_export(url: URL, out: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "syncsvc", "export", "changes", "--consumer", "nightly",
-         "--to", str(out), "--max-file-rows", "20", "--batch-rows", "20"],
+         "--to", str(out), "--max-file-rows", "20"],
         env=cli_env(url),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -266,7 +266,7 @@ async def test_an_export_killed_half_way_leaves_no_manifest_and_the_next_gives_t
     fifo.unlink()
     proc = syncsvc(
         db_url, "export", "changes", "--consumer", "nightly", "--to", str(out),
-        "--max-file-rows", "20", "--batch-rows", "20",
+        "--max-file-rows", "20",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     done = manifests(out)
@@ -311,6 +311,13 @@ async def test_export_filters_from_the_consumer_and_a_fixed_range(
         range(11, 26)
     )
     assert (m["after_seq"], m["through_seq"], m["consumer"]) == (10, 25, None)
+
+    # A filter value is data, never SQL: it matches no event, and the export is empty.
+    await add_consumer(db_url, "odd", filters=json.dumps({"event": ["x' OR 'a' = 'a"]}))
+    proc = syncsvc(db_url, "export", "changes", "--consumer", "odd", "--to", str(tmp_path / "o"))
+    assert proc.returncode == 0, proc.stderr
+    ((_, m),) = manifests(tmp_path / "o")
+    assert (m["rows"], m["files"], m["through_seq"]) == (0, [], last)
 
 
 @pytest.mark.parametrize(

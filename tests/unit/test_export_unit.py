@@ -9,13 +9,14 @@ import importlib
 import io
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
 from syncsvc.export import dbt, history
 from syncsvc.export.changes import arrow_schema, changes_query, directory_name
 from syncsvc.export.dest import Destination, HashingStream, display
-from syncsvc.export.parquet import Limits, PartWriter, record_batch
+from syncsvc.export.parquet import Limits, PartWriter, conform
 
 NOW = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
 
@@ -31,13 +32,12 @@ def test_a_destination_is_shown_without_credentials_or_options() -> None:
     assert display("/data/exports") == "/data/exports"
 
 
-def test_the_range_query_binds_every_filter_value() -> None:
-    query, params = changes_query({"entity": ["user"], "op": ["rekey"], "event": ["E'1"]})
-    assert params == [["user"], ["rekey"], ["E'1"]]
-    assert "E'1" not in query
-    assert "c.seq > $1 AND c.seq <= $2" in query
-    assert "c.entity = ANY($3)" in query
-    assert "c.event_guid = ANY($5)" in query
+def test_the_range_query_takes_integer_bounds_and_server_quoted_literals() -> None:
+    query = changes_query(10, 20, {"entity": ["'user'"], "event": ["'E''1'", "'E2'"]})
+    assert "c.seq > 10 AND c.seq <= 20" in query
+    assert "c.entity IN ('user')" in query
+    assert "c.event_guid IN ('E''1', 'E2')" in query
+    assert "c.op IN" not in query
 
 
 def test_directory_names_sort_in_seq_order() -> None:
@@ -45,23 +45,29 @@ def test_directory_names_sort_in_seq_order() -> None:
     assert sorted(names) == names
 
 
-def test_parts_close_at_the_row_limit_and_record_their_checksums(tmp_path: Path) -> None:
+def test_parts_hold_at_most_max_rows_and_record_their_checksums(tmp_path: Path) -> None:
     dest = Destination.open(str(tmp_path))
     dest.makedirs("d")
-    writer = PartWriter(dest, "d", arrow_schema(), Limits(max_rows=5, batch_rows=2), "seq")
-    for start in range(1, 13, 2):  # 12 rows in batches of 2
+    schema = arrow_schema()
+    writer = PartWriter(dest, "d", schema, Limits(max_rows=5), "seq")
+    plain = pa.schema([pa.field(f.name, f.type.storage_type) if f.name in ("before", "after")
+                       else f for f in schema])  # fmt: skip
+    for start in range(1, 13, 4):  # 12 rows in batches of 4, as a driver hands them over
         rows = [
-            (s, 1, None, "uat", "user", "E", f"U{s}", None, "insert", [], None, "{}", None, NOW)
-            for s in (start, start + 1)
-        ]
-        writer.write(record_batch(writer.schema, rows))
+            dict(zip(schema.names, (s, 1, None, "uat", "user", "E", f"U{s}", None, "insert", [],
+                                    None, "{}", None, NOW), strict=True))
+            for s in range(start, start + 4)
+        ]  # fmt: skip
+        writer.write(conform(pa.RecordBatch.from_pylist(rows, schema=plain), schema))
     parts = writer.finish()
-    assert [p.rows for p in parts] == [6, 6]  # closes after the batch that reaches 5
-    assert [(p.min_seq, p.max_seq) for p in parts] == [(1, 6), (7, 12)]
+    assert [p.rows for p in parts] == [5, 5, 2]
+    assert [(p.min_seq, p.max_seq) for p in parts] == [(1, 5), (6, 10), (11, 12)]
     for p in parts:
         data = (tmp_path / "d" / p.path).read_bytes()
         assert hashlib.sha256(data).hexdigest() == p.sha256
-        assert pq.read_table(io.BytesIO(data)).num_rows == p.rows
+        table = pq.read_table(io.BytesIO(data))
+        assert table.num_rows == p.rows
+        assert table.schema.field("after").type == pa.json_(pa.string())
 
 
 def test_hashing_stream_counts_and_hashes_what_it_forwards() -> None:
