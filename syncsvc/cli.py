@@ -456,5 +456,6 @@ def simulate(
     except OSError as exc:  # the port is taken, the address is not ours
         raise fail(f"cannot listen on {host}:{port}: {exc}", EXIT_FAILED) from None
 
+
 app.add_typer(export_app, name="export")
 app.command("dbt-sources")(dbt_sources_cmd)

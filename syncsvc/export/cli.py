@@ -58,7 +58,7 @@ def export_changes_cmd(
     ] = None,
     max_file_rows: MaxRows = 1_000_000,
     max_file_mb: MaxMb = 256.0,
-    batch_mb: BatchMb = 8.0,
+    batch_mb: BatchMb = 4.0,
 ) -> None:
     """Write the change log as Parquet parts and a manifest (written last) into a new directory
     named after the seq range; with --consumer, advance its cursor once the manifest exists."""
@@ -106,7 +106,7 @@ def export_snapshot_cmd(
     ] = None,
     max_file_rows: MaxRows = 1_000_000,
     max_file_mb: MaxMb = 256.0,
-    batch_mb: BatchMb = 8.0,
+    batch_mb: BatchMb = 4.0,
 ) -> None:
     """Write the live current state as typed Parquet, all entities from one repeatable-read
     snapshot; each manifest records the change-log seq the state is consistent with."""

@@ -29,7 +29,7 @@ class Limits:
 
     max_rows: int = 1_000_000
     max_bytes: int = 256 * 1024 * 1024
-    batch_bytes: int = 8 * 1024 * 1024
+    batch_bytes: int = 4 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -63,6 +63,7 @@ class PartWriter:
     schema: Any
     limits: Limits
     seq_column: str | None = None
+    dictionary_columns: tuple[str, ...] = ()
     parts: list[PartFile] = field(default_factory=list)
     _writer: Any = None
     _stream: HashingStream | None = None
@@ -96,8 +97,20 @@ class PartWriter:
         name = f"part-{len(self.parts):05d}.parquet"
         self.parts.append(PartFile(name))
         self._stream = self.dest.open_output(self.directory, name)
+        # Dictionary-encode only the repetitive text columns: a dictionary over unique values
+        # (keys, JSON images) costs memory and falls back to plain pages anyway.
+        repetitive = [
+            f.name
+            for f in self.schema
+            if f.name in ("environment", "entity", "op", "event_guid", "changed_fields")
+            or f.name in self.dictionary_columns
+        ]
         self._writer = pq.ParquetWriter(
-            self._stream, self.schema, compression="zstd", write_statistics=True
+            self._stream,
+            self.schema,
+            compression="zstd",
+            write_statistics=True,
+            use_dictionary=repetitive,
         )
 
     def _close(self) -> None:
