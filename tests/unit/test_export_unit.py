@@ -7,6 +7,9 @@ import datetime as dt
 import hashlib
 import importlib
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -90,3 +93,23 @@ def test_dbt_sources_render_as_yaml_dbt_reads() -> None:
     assert tables["users_history"]["config"]["loaded_at_field"] == "valid_from"
     assert "syncsvc.fetches" in tables["users"]["config"]["loaded_at_query"]
     assert tables["users"]["config"]["freshness"]["warn_after"] == {"count": 12, "period": "hour"}
+
+
+def test_without_the_export_extra_the_command_says_what_to_install(tmp_path: Path) -> None:
+    runner = (
+        "import sys\n"
+        "sys.modules['pyarrow'] = None\n"
+        "sys.modules['adbc_driver_postgresql'] = None\n"
+        "from syncsvc.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", runner, "export", "changes", "--since", "0", "--to", str(tmp_path)],
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "pip install 'syncsvc[export]'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
