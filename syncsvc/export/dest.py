@@ -98,15 +98,11 @@ class Destination:
             ) from exc
         return HashingStream(stream)
 
-    def read_text(self, *parts: str) -> str | None:
-        """A small file's text, or None when it does not exist."""
-        pafs = _pyarrow_fs()
-        path = self.path(*parts)
-        if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
-            return None
-        with self.fs.open_input_stream(path) as f:
-            data: bytes = f.read()
-        return data.decode()
+    def sync(self, *parts: str) -> None:
+        """On a local disk, make a closed file durable (before a manifest can name it)."""
+        if self.local:
+            with open(self.path(*parts), "rb") as f:
+                os.fsync(f.fileno())
 
     def write_manifest(self, directory: str, manifest: dict[str, Any]) -> None:
         """Write the manifest last and atomically (rename on a local disk, one PUT elsewhere)."""
@@ -117,8 +113,7 @@ class Destination:
             with self.fs.open_output_stream(target) as f:
                 f.write(body)
             if self.local:
-                with open(target, "rb+") as raw:  # durable before it becomes visible
-                    os.fsync(raw.fileno())
+                self.sync(directory, MANIFEST + ".tmp")  # durable before it becomes visible
                 self.fs.move(target, final)
         except OSError as exc:
             raise StoreError(

@@ -119,6 +119,7 @@ class PartWriter:
         self._writer.close()
         self._stream.close()
         part = self.parts[-1]
+        self.dest.sync(self.directory, part.path)
         part.bytes, part.sha256 = self._stream.size, self._stream.sha256
         self._writer = self._stream = None
 
