@@ -71,7 +71,7 @@ async def test_embedded_default_is_created_named_and_reused(tmp_path: Path) -> N
         # Next time the same server and data are reused: the schema is already there.
         again = _syncsvc("db", "current", env=env)
         assert again.returncode == 0
-        assert "database revision: 0002" in again.stdout
+        assert f"database revision: {db.SCHEMA_HEAD}" in again.stdout
         assert _syncsvc("db", "url", env=env).stdout.strip() == uri
     finally:
         with warnings.catch_warnings():
