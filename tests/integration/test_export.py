@@ -338,3 +338,47 @@ async def test_export_refuses_bad_input_with_one_line_and_exit_2(
     assert words in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr
+
+
+_PEAK_RSS = (
+    "import resource, sys\n"
+    "from syncsvc.cli import main\n"
+    "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+    "sys.stderr.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+)
+
+
+def _export_peak_kb(url: URL, until: int, out: Path) -> int:
+    proc = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, "export", "changes", "--since", "0",
+         "--until", str(until), "--to", str(out)],
+        env=cli_env(url),
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )  # fmt: skip
+    assert json.loads(proc.stdout)["rows"] == until, proc.stderr
+    return int(proc.stderr.strip().splitlines()[-1])
+
+
+async def test_export_memory_stays_flat_for_a_large_log(db_url: URL, tmp_path: Path) -> None:
+    """Exporting 60,000 changes of ~2 KB images each (130 MB of JSON) peaks within a few
+    batches of exporting 600: nothing is held beyond the batch being written."""
+    image = (
+        "jsonb_build_object('userRef', 'U' || g, 'bio', repeat(md5(g::text), 30), "
+        "'customFields', jsonb_build_object('note', repeat(md5((g + 1)::text), 2)))"
+    )
+    conn = await asyncpg.connect(db.libpq_url(db_url))
+    try:
+        run = await conn.fetchval("INSERT INTO runs (environment) VALUES ('uat') RETURNING id")
+        await conn.execute(
+            "INSERT INTO changes (seq, run_id, entity, event_guid, record_key, op, before, after) "
+            f"SELECT g, $1, 'user', 'E1', 'U' || g, 'update', {image}, {image} "
+            "FROM generate_series(1, 60000) AS g",
+            run,
+        )
+    finally:
+        await conn.close()
+    small = _export_peak_kb(db_url, 600, tmp_path / "small")
+    large = _export_peak_kb(db_url, 60_000, tmp_path / "large")
+    assert large - small < 48 * 1024, (small, large)
