@@ -64,7 +64,7 @@ class Unit:
     @property
     def writer_scope(self) -> str:
         """The store's scope: one GUID, or "all" (per event present in the dump)."""
-        return EVENT_ALL if self.event in (None, EVENT_ALL) else self.event
+        return EVENT_ALL if self.event is None or self.event == EVENT_ALL else self.event
 
     @property
     def name(self) -> str:
