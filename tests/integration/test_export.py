@@ -382,3 +382,22 @@ async def test_export_memory_stays_flat_for_a_large_log(db_url: URL, tmp_path: P
     small = _export_peak_kb(db_url, 600, tmp_path / "small")
     large = _export_peak_kb(db_url, 60_000, tmp_path / "large")
     assert large - small < 48 * 1024, (small, large)
+
+
+async def test_a_second_export_of_one_consumer_refuses_while_the_first_runs(
+    db_url: URL, tmp_path: Path
+) -> None:
+    await add_consumer(db_url, "busy")
+    holder = await asyncpg.connect(db.libpq_url(db_url))
+    try:
+        # What a running export holds for its whole duration.
+        await holder.execute(
+            "SELECT pg_advisory_lock(hashtextextended('syncsvc:export:' || $1, 0))", "busy"
+        )
+        proc = syncsvc(db_url, "export", "changes", "--consumer", "busy", "--to", str(tmp_path))
+        assert proc.returncode == 2, proc.stderr
+        assert "another export of consumer 'busy' is running" in proc.stderr
+    finally:
+        await holder.close()
+    proc = syncsvc(db_url, "export", "changes", "--consumer", "busy", "--to", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
