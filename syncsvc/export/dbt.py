@@ -39,7 +39,7 @@ _CHANGES = {
     "before": "The whole record before the change, as JSON (null for an insert).",
     "after": "The whole record after the change, as JSON (null for a delete).",
     "source_modified_at": "The source's lastModified of the record.",
-    "captured_at": "When syncsvc committed the change.",
+    "captured_at": "When syncsvc captured the change (the start of the transaction that wrote it).",
 }
 _HISTORY = {
     "valid_from": "When this version began: the captured_at of the change that started it.",

@@ -13,7 +13,7 @@ a gap; the new version names the key it replaced in `previous_<key>`.
     SELECT * FROM users_history
     WHERE valid_from <= T AND (valid_to IS NULL OR valid_to > T) [AND event_guid = E]
 
-`valid_from` is when syncsvc committed the change (its unit's transaction), not the source's
+`valid_from` is when syncsvc captured the change (its unit's transaction), not the source's
 `lastModified`: deletes and silent edits have no source time, and the history must answer
 "what did the mirror hold at T".
 
