@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -14,6 +17,7 @@ import typer
 from syncsvc import logs
 from syncsvc.errors import ConfigError, RunLockedError, SyncError
 from syncsvc.export.cli import dbt_sources_cmd, export_app
+from syncsvc.feed import cli as feed_cli
 from syncsvc.settings import Settings
 
 T = TypeVar("T")
@@ -31,9 +35,16 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain click help: typer's rich help labels flags `<bool>`, which they do not take.
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
-db_app = typer.Typer(help="The database: migrations and where it is.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="The database: migrations, where it is, the embedded server.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
+app.add_typer(feed_cli.changes_app, name="changes")  # the change feed (docs/change-feed.md)
+app.add_typer(feed_cli.consumers_app, name="consumers")
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -56,25 +67,60 @@ def run_async(coro_fn: Callable[[], Awaitable[T]]) -> T:
         raise fail("interrupted", 130) from None
 
 
+@dataclass(slots=True)
+class _Config:
+    """The settings, loaded when a command first asks: `--help`, `--version` and `simulate`
+    must work whatever the environment holds."""
+
+    file: Path | None
+    settings: Settings | None = None
+    sources: dict[str, str] | None = None  # where each setting came from (absent: default)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"syncsvc {version('syncsvc')}")
+        raise typer.Exit(EXIT_OK)
+
+
 @app.callback()
 def main_callback(
     ctx: typer.Context,
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="A TOML settings file.", exists=False)
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="A TOML settings file (anywhere on the command line).",
+            exists=False,
+        ),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_version, is_eager=True
+        ),
+    ] = False,
 ) -> None:
-    try:
-        settings = Settings.load(config_file=config)
-    except ConfigError as exc:
-        raise fail(str(exc), EXIT_CONFIG) from None
-    logs.register_secrets(settings.secrets)
-    logs.configure(settings.log_level, settings.log_format)
-    ctx.obj = settings
+    ctx.obj = _Config(config)
 
 
 def _settings(ctx: typer.Context) -> Settings:
-    settings: Settings = ctx.obj
-    return settings
+    cfg: _Config = ctx.find_root().obj
+    if cfg.settings is None:
+        try:
+            loaded = Settings.explain(config_file=cfg.file)
+        except ConfigError as exc:
+            raise fail(str(exc), EXIT_CONFIG) from None
+        cfg.settings = loaded.settings
+        cfg.sources = dict(loaded.sources)
+        logs.register_secrets(cfg.settings.secrets)
+        logs.configure(cfg.settings.log_level, cfg.settings.log_format)
+        for warning in loaded.warnings:
+            logs.get_logger(__name__).warning("setting_ignored", warning=warning)
+    return cfg.settings
 
 
 def _api_settings(ctx: typer.Context) -> Settings:
@@ -151,10 +197,27 @@ def db_url(ctx: typer.Context) -> None:
 
     settings = _settings(ctx)
     try:
-        url = db.resolve_url(settings)
+        url = db.resolve_url(settings, keep_running=True)
     except SyncError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     typer.echo(db.libpq_url(url))
+
+
+@db_app.command("stop")
+def db_stop(ctx: typer.Context) -> None:
+    """Stop the embedded PostgreSQL under SYNCSVC_DATA_DIR (other commands stop the one they
+    started when they exit; `db url` leaves it running for psql)."""
+    from syncsvc.store import db
+
+    settings = _settings(ctx)
+    if settings.database_url:
+        raise fail("SYNCSVC_DATABASE_URL is set: there is no embedded server to stop", EXIT_CONFIG)
+    pgdata = settings.data_dir / "pgdata"
+    try:
+        stopped = db.stop_embedded(pgdata)
+    except SyncError as exc:
+        raise fail(str(exc), EXIT_FAILED) from None
+    typer.echo(f"{'stopped' if stopped else 'not running'}: embedded PostgreSQL in {pgdata}")
 
 
 def _say_where(settings: Settings) -> None:
@@ -182,80 +245,92 @@ def _tune_malloc() -> None:
     mallopt(m_mmap_threshold, 1024 * 1024)
 
 
+def _hoist_config(argv: list[str]) -> list[str]:
+    """`--config FILE` moved to the front, so it works after the subcommand too (as in dbt)."""
+    rest: list[str] = []
+    config: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            config = [arg, argv[i + 1]]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            config = [arg]
+        else:
+            rest.append(arg)
+        i += 1
+    return config + rest
+
+
+def _redacted_excepthook(
+    kind: type[BaseException], value: BaseException, tb: TracebackType | None
+) -> None:
+    """The last line of defence for a traceback that escapes every handler (a bug): printed
+    with the secrets redacted, as a log line would be (a chained library error may quote what
+    a server echoed)."""
+    text = "".join(traceback.format_exception(kind, value, tb))
+    sys.stderr.write(logs.redact(text))
+
+
 def main(argv: list[str] | None = None) -> Any:
     _tune_malloc()
-    return app(args=argv if argv is not None else sys.argv[1:], prog_name="syncsvc")
-
-
-@app.command("changes")
-def changes_cmd(
-    ctx: typer.Context,
-    since: Annotated[int, typer.Option("--since", help="Only changes with seq > SINCE.")] = 0,
-    entity: Annotated[
-        list[str] | None, typer.Option("--entity", help="event, user, session, exhibitor.")
-    ] = None,
-    op: Annotated[
-        list[str] | None, typer.Option("--op", help="insert, update, delete, rekey.")
-    ] = None,
-    event: Annotated[list[str] | None, typer.Option("--event", help="An event GUID.")] = None,
-    run: Annotated[list[int] | None, typer.Option("--run", help="A run id.")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="At most this many.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="ndjson or csv.")] = "ndjson",
-) -> None:
-    """Stream the change log in seq order from a cursor, as NDJSON or CSV on stdout."""
-    from syncsvc import changefeed
-    from syncsvc.store import db
-    from syncsvc.store.schema import ENTITIES, OPS
-
-    if fmt not in changefeed.FORMATS:
-        raise fail(f"--format must be one of {', '.join(changefeed.FORMATS)}", EXIT_CONFIG)
-    for name, values, allowed in (("--entity", entity, ENTITIES), ("--op", op, OPS)):
-        bad = [v for v in values or () if v not in allowed]
-        if bad:
-            raise fail(f"{name} {bad[0]!r} is not one of {', '.join(allowed)}", EXIT_CONFIG)
-    flt = changefeed.ChangeFilter(
-        since=since,
-        entity=entity or (),
-        op=op or (),
-        event=event or (),
-        run=run or (),
-        limit=limit,
-    )
-    settings = _settings(ctx)
-
-    async def go() -> int:
-        async with db.connect(settings) as engine:
-            await db.require_current(engine)
-            return await changefeed.export(engine, flt, fmt, sys.stdout)
-
+    sys.excepthook = _redacted_excepthook
+    args = _hoist_config(list(argv if argv is not None else sys.argv[1:]))
     try:
-        run_async(go)
-    except BrokenPipeError:  # `syncsvc changes | head` is a normal way to peek
-        sys.stderr.close()
+        code = app(args=args, prog_name="syncsvc", standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors: one line, not a usage block
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(exc.format_message())
+            sys.exit(EXIT_OK)
+        context = getattr(exc, "ctx", None)
+        hint = f" (see `{context.command_path} -h`)" if context is not None else ""
+        typer.echo(f"syncsvc: {exc.format_message()}{hint}", err=True)
+        sys.exit(getattr(exc, "exit_code", EXIT_CONFIG))
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
 @app.command("status")
 def status_cmd(
     ctx: typer.Context,
-    last: Annotated[int, typer.Option("--last", help="How many runs.")] = 5,
+    last: Annotated[int, typer.Option("--last", min=1, help="How many runs.")] = 5,
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
-    """The last runs and their units, failed and held units first."""
+    """The last runs and their units, failed and held units first, with why."""
+    import json
+
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from syncsvc import status
+    from syncsvc.feed.consumers import list_consumers
     from syncsvc.store import db
 
+    if fmt not in ("table", "json"):
+        raise fail("--format must be one of table, json", EXIT_CONFIG)
     settings = _settings(ctx)
 
-    async def go() -> list[status.RunStatus]:
+    async def go() -> tuple[list[status.RunStatus], list[Any]]:
         async with db.connect(settings) as engine:
             await db.require_current(engine)
-            return await status.last_runs(engine, last)
+            return await status.last_runs(engine, last), await list_consumers(engine)
 
-    runs = run_async(go)
+    runs, feed_consumers = run_async(go)
+    if fmt == "json":
+        typer.echo(json.dumps([r.as_json() for r in runs], indent=2))
+        return
     # Piped output (a log, a ticket) gets full-width rows rather than folding at 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=200)
+    if feed_consumers:  # the change feed's consumers and their lag
+        console.print("[bold]consumers[/bold]")
+        console.print(feed_cli.consumers_table(feed_consumers))
     if not runs:
         console.print("no runs yet: `syncsvc run` starts one")
         return
@@ -265,9 +340,11 @@ def status_cmd(
             f"[bold]run {r.run_id}[/bold] {r.status} ({r.environment}, {r.trigger}) "
             f"started {r.started_at:%Y-%m-%d %H:%M:%S}Z"
             + (f", {took:.1f}s" if took is not None else "")
-            + f": {r.records} records, +{r.inserted} ~{r.updated} -{r.deleted} rekey {r.rekeyed}"
-            + (f"\n  {r.error_message}" if r.error_message else "")
+            + f": {r.records} records, +{r.inserted} ~{r.updated} -{r.deleted} rekey {r.rekeyed}",
+            highlight=False,
         )
+        if r.error_message:
+            console.print(f"  {r.error_message}", markup=False, highlight=False)
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
         for col in (
             "id",
@@ -281,11 +358,10 @@ def status_cmd(
             "upd",
             "del",
             "rekey",
-            "error",
+            "why",
         ):
-            table.add_column(col, no_wrap=col != "error", overflow="fold")
+            table.add_column(col, no_wrap=col != "why", overflow="fold")
         for u in r.units:
-            error = f"{u.error_code or ''} {u.error_message or ''}".strip()
             table.add_row(
                 str(u.fetch_id),
                 f"{u.resource}",
@@ -298,7 +374,7 @@ def status_cmd(
                 str(u.updated),
                 str(u.deleted),
                 str(u.rekeyed),
-                error,
+                Text(u.reason),
             )
         console.print(table)
 
@@ -306,31 +382,52 @@ def status_cmd(
 @app.command("run")
 def run_cmd(
     ctx: typer.Context,
-    wait: Annotated[bool, typer.Option("--wait", help="Wait for a run in progress.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for a run in progress instead of exiting 5.")
+    ] = False,
     override_hold: Annotated[
         bool,
         typer.Option("--override-hold", help="Apply units held for mass deletes (after checking)."),
     ] = False,
 ) -> None:
     """One run now. Exit: 0 succeeded, 1 failed, 2 config, 3 partial, 4 held, 5 locked."""
-    from syncsvc import console, scheduler
+    from syncsvc import console, lockinfo, scheduler, status
     from syncsvc.store import db
 
     settings = _api_settings(ctx)
     out = console.console()
+    if out.is_terminal and "log_level" not in (ctx.find_root().obj.sources or {}):
+        # The live display shows what info lines would say; warnings and errors still print
+        # (through it). An explicit SYNCSVC_LOG_LEVEL is kept.
+        logs.configure("warning", settings.log_format)
 
     async def go() -> scheduler.RunResult:
         async with db.connect(settings) as engine:
             await db.require_current(engine)
-            with console.RunProgress(out) as progress:
-                return await scheduler.run_once(
-                    settings,
-                    engine,
-                    override_hold=override_hold,
-                    wait_lock=wait,
-                    on_unit=progress.unit_done,
-                    on_plan=progress.planned,
-                )
+            expected = await status.previous_bytes(engine) if out.is_terminal else {}
+            with console.RunProgress(out, expected) as progress:
+                holder = await lockinfo.holder(engine) if wait else None
+                if holder is not None:
+                    progress.waiting(f"waiting for {holder.describe()} to finish")
+                    log = logs.get_logger(__name__)
+                    log.info("run_waiting", run_id=holder.run_id, holder=holder.describe())
+                try:
+                    return await scheduler.run_once(
+                        settings,
+                        engine,
+                        override_hold=override_hold,
+                        wait_lock=wait,
+                        on_unit=progress.unit_done,
+                        on_plan=progress.planned,
+                        on_fetch=progress.fetch_progress,
+                    )
+                except RunLockedError as exc:
+                    holder = await lockinfo.holder(engine)
+                    if holder is None:
+                        raise
+                    raise RunLockedError(
+                        f"{holder.describe()} holds this database; wait for it or pass --wait"
+                    ) from exc
 
     result = run_async(go)
     console.print_summary(out, result)
@@ -340,9 +437,9 @@ def run_cmd(
 @app.command("demo")
 def demo_cmd(
     ctx: typer.Context,
-    events: Annotated[int, typer.Option(help="Events in the simulated account.")] = 6,
-    users_per_event: Annotated[int, typer.Option(help="Mean users per event.")] = 400,
-    seed: Annotated[int, typer.Option(help="The simulator's seed.")] = 7,
+    events: Annotated[int, typer.Option(min=1, help="Events in the simulated account.")] = 6,
+    users_per_event: Annotated[int, typer.Option(min=1, help="Mean users per event.")] = 400,
+    seed: Annotated[int, typer.Option(min=0, help="The simulator's seed.")] = 7,
 ) -> None:
     """Sync two days of a simulated account into the embedded PostgreSQL and show the changes."""
     from syncsvc import console, demo
@@ -361,8 +458,12 @@ def serve_cmd(
     ctx: typer.Context,
     run_now: Annotated[bool, typer.Option("--run-now", help="Run once at start-up too.")] = False,
 ) -> None:
-    """Run on SYNCSVC_SCHEDULE and serve /healthz and /metrics until SIGTERM."""
+    """Run on SYNCSVC_SCHEDULE; serve /healthz, /metrics and the status pages until SIGTERM."""
+    from aiohttp import web
+
     from syncsvc import scheduler, serve
+    from syncsvc import web as status_pages
+    from syncsvc.feed.webhook import Deliveries
     from syncsvc.metrics import Metrics
     from syncsvc.store import db
 
@@ -378,7 +479,20 @@ def serve_cmd(
                     settings, engine, metrics=metrics, stop=stop, trigger="serve"
                 )
 
-            return await serve.serve(settings, one_run, metrics, run_now=run_now)
+            def pages(app: web.Application, health: serve.Health) -> None:
+                status_pages.register(app, engine, settings, health.check)
+
+            deliveries = Deliveries(settings, engine, metrics.registry)  # webhook consumers
+            return await serve.serve(
+                settings,
+                one_run,
+                metrics,
+                run_now=run_now,
+                engine=engine,
+                pages=pages,
+                background=[deliveries.run],
+                health_detail=deliveries.health_detail,
+            )
 
     raise typer.Exit(run_async(go))
 
@@ -386,19 +500,33 @@ def serve_cmd(
 @app.command()
 def simulate(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8080,
-    events: Annotated[int, typer.Option(help="Events alive on day 0.")] = 8,
-    users_per_event: Annotated[int, typer.Option(help="Mean users per event.")] = 200,
-    sessions_per_event: Annotated[int, typer.Option(help="Mean sessions per event.")] = 20,
-    exhibitors_per_event: Annotated[int, typer.Option(help="Mean exhibitors per event.")] = 8,
-    seed: Annotated[int, typer.Option(help="The account's seed: same seed, same data.")] = 1,
-    day: Annotated[int, typer.Option(help="The day served (change it via the control API).")] = 0,
-    update_rate: Annotated[float, typer.Option(help="Daily share of records updated.")] = 0.05,
-    delete_rate: Annotated[float, typer.Option(help="Daily share of records deleted.")] = 0.01,
-    insert_rate: Annotated[float, typer.Option(help="Daily share of records inserted.")] = 0.02,
-    recreate_rate: Annotated[float, typer.Option(help="Daily share re-created.")] = 0.005,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free port).")
+    ] = 8080,
+    events: Annotated[int, typer.Option(min=1, help="Events alive on day 0.")] = 8,
+    users_per_event: Annotated[int, typer.Option(min=0, help="Mean users per event.")] = 200,
+    sessions_per_event: Annotated[int, typer.Option(min=0, help="Mean sessions per event.")] = 20,
+    exhibitors_per_event: Annotated[
+        int, typer.Option(min=0, help="Mean exhibitors per event.")
+    ] = 8,
+    seed: Annotated[int, typer.Option(min=0, help="The account's seed: same seed, same data.")] = 1,
+    day: Annotated[
+        int, typer.Option(min=0, help="The day served (change it via the control API).")
+    ] = 0,
+    update_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Daily share of records updated.")
+    ] = 0.05,
+    delete_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Daily share of records deleted.")
+    ] = 0.01,
+    insert_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Daily share of records inserted.")
+    ] = 0.02,
+    recreate_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Daily share re-created.")
+    ] = 0.005,
     new_event_every: Annotated[
-        int, typer.Option(help="A new event appears every N days (0: never).")
+        int, typer.Option(min=0, help="A new event appears every N days (0: never).")
     ] = 7,
     cache_dir: Annotated[
         Path | None, typer.Option(help="Render each dump once into this directory, then sendfile.")
@@ -455,6 +583,35 @@ def simulate(
         run_async(lambda: serve_forever(config, host, port, announce=announce, **options))
     except OSError as exc:  # the port is taken, the address is not ours
         raise fail(f"cannot listen on {host}:{port}: {exc}", EXIT_FAILED) from None
+
+
+@app.command("check")
+def check_cmd(ctx: typer.Context) -> None:
+    """Check the settings, the database and the API (one event.do call); exit 0 if all pass."""
+    from syncsvc import check
+
+    cfg: _Config = ctx.find_root().obj
+    lines, ok = run_async(lambda: check.run_checks(cfg.file))
+    for line in lines:
+        typer.echo(line)
+    raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+@app.command("plan")
+def plan_cmd(ctx: typer.Context) -> None:
+    """The units a run would execute now (from the events the last run stored), fetching nothing."""
+    from syncsvc import planview
+    from syncsvc.store import db
+
+    settings = _settings(ctx)
+
+    async def go() -> list[str]:
+        async with db.connect(settings) as engine:
+            await db.require_current(engine)
+            return await planview.describe(settings, engine)
+
+    for line in run_async(go):
+        typer.echo(line)
 
 
 app.add_typer(export_app, name="export")

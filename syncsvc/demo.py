@@ -1,13 +1,20 @@
 """`syncsvc demo`: the whole product on embedded defaults in under a minute.
 
 Embedded PostgreSQL, an in-process simulator, migrate, sync day 0, advance the simulator a day,
-sync again, and show what changed. The demo owns the database it runs in: it refuses to reset
-one that holds runs other than its own.
+sync again, and show what changed. The demo's data is kept apart from a real run's: with the
+embedded server it uses its own data directory (`<data_dir>/demo`), so a later `syncsvc run`
+against a real account never sees the simulated events (and never deletes them). With
+SYNCSVC_DATABASE_URL it refuses to reset a database that holds runs other than its own.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -93,7 +100,30 @@ def _show_change(out: Console, c: dict[str, Any]) -> None:
         out.print(f"    {image.get('firstName')} {image.get('lastName')} <{image.get('email')}>")
 
 
+def demo_settings(settings: Settings) -> Settings:
+    """The settings the demo runs with: its own embedded data directory unless a database URL
+    is given."""
+    if settings.database_url:
+        return settings
+    return settings.replace(data_dir=settings.data_dir / "demo")
+
+
+def program() -> str:
+    """How to call syncsvc again from here: `syncsvc` when the one on PATH is this one, else the
+    path that was used (`.venv/bin/syncsvc` after the quick start)."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "syncsvc" and argv0.is_file():
+        on_path = shutil.which("syncsvc")
+        if on_path and Path(on_path).resolve() == argv0.resolve():
+            return "syncsvc"
+        rel = os.path.relpath(argv0)
+        return rel if not rel.startswith("..") else str(argv0)
+    python = os.path.relpath(sys.executable)
+    return f"{python if not python.startswith('..') else sys.executable} -m syncsvc"
+
+
 async def run_demo(settings: Settings, out: Console, config: SimConfig) -> int:
+    settings = demo_settings(settings)
     async with run_simulator(config, host="127.0.0.1", port=0) as sim:
         settings = settings.replace(base_url=sim.base_url, api_token=DEMO_TOKEN)
         async with db.connect(settings) as engine:
@@ -110,6 +140,7 @@ async def run_demo(settings: Settings, out: Console, config: SimConfig) -> int:
                         trigger="demo",
                         on_unit=progress.unit_done,
                         on_plan=progress.planned,
+                        on_fetch=progress.fetch_progress,
                     )
                 ui.print_summary(out, result)
                 results.append(result)
@@ -118,16 +149,33 @@ async def run_demo(settings: Settings, out: Console, config: SimConfig) -> int:
             )
             for c in await _samples(engine, results[-1].run_id):
                 _show_change(out, c)
-    where = (
-        f"embedded PostgreSQL in {settings.data_dir / 'pgdata'}"
-        if not settings.database_url
-        else "SYNCSVC_DATABASE_URL"
-    )
+    cmd = program()
+    if settings.database_url:
+        head = "Done (SYNCSVC_DATABASE_URL). Next:"
+        env: list[str] = []
+        done = f"  {cmd} status"
+    else:
+        # The demo's own data directory: the commands below name it, so they read the demo's
+        # database and not the one a real run uses.
+        head = (
+            f"Done (embedded PostgreSQL in {settings.data_dir / 'pgdata'}). The demo keeps its "
+            "own database; to look at it:"
+        )
+        env = [f"  export SYNCSVC_DATA_DIR={shlex.quote(str(settings.data_dir))}"]
+        done = f"  {cmd} db stop; unset SYNCSVC_DATA_DIR"
+    width = max(len(cmd) + 32, len(done))
+    rows = [
+        (f"  {cmd} changes --since 0 | head", "the change log as NDJSON, by cursor"),
+        (f"  {cmd} changes --op rekey --format csv", "filter by entity, op, event, run"),
+        (f"  {cmd} status", "the runs and their units"),
+        (f'  psql "$({cmd} db url)"', "the current-state tables and the log"),
+    ]
+    if env:
+        rows.append((done, "then: stop its server, back to your own data"))
     out.print(
-        f"\nDone ({where}). Next:\n"
-        "  syncsvc changes --since 0 | head        # the change log as NDJSON, by cursor\n"
-        "  syncsvc changes --op rekey --format csv  # filter by entity, op, event, run\n"
-        "  syncsvc status                           # the runs and their units\n"
-        '  psql "$(syncsvc db url)"                 # the current-state tables and the log'
+        "\n".join(["", head, *env, *(f"{c:<{width}}  # {why}" for c, why in rows)]),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
     return max(r.exit_code for r in results)

@@ -38,11 +38,13 @@ precedence first:
 2. for a secret, `{ENV_PREFIX}<NAME>_FILE`: a path whose content (trailing whitespace stripped) is
    the value, so the secret stays out of process listings and manifests (Kubernetes Secrets and
    compose secrets mount as files);
-3. the TOML file given by `--config FILE` or `{ENV_PREFIX}CONFIG` (keys are the lower-case names;
-   an unknown key is an error);
+3. the TOML file given by `--config FILE` (anywhere on the command line) or `{ENV_PREFIX}CONFIG`
+   (keys are the lower-case names; an unknown key is an error naming the closest known one);
 4. the default.
 
-An invalid value stops every command with exit code 2 and one line naming the setting. Lists are
+An invalid value stops every command with exit code 2 and one line naming the setting as it was
+given (the variable, or the TOML key and file). A `{ENV_PREFIX}*` variable that is no setting is
+ignored with a warning naming the closest one (`syncsvc check` lists them too). Lists are
 comma-separated in the environment (`users,sessions`) and arrays in TOML; booleans accept
 `true/false`, `1/0`, `yes/no`, `on/off`.
 

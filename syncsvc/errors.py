@@ -23,18 +23,23 @@
         │   └── HttpStatusError       an HTTP status retrying will not change (3xx, 4xx but 429)
         ├── UnsafeXmlError            DOCTYPE, entities, size caps, malformed XML
         ├── RetriesExhaustedError     the retry policy gave up (wraps the last error)
+        ├── AmbiguousEventError       an event GUID the API cannot name on its own (`all`)
         ├── StoreError                a database operation failed
         │   ├── MigrationError        the schema is missing or behind
         │   └── RunLockedError        another run holds this database
         └── MassDeleteHeldError       a unit would delete more than the hold allows
 
 The class docstring is the default message; context lives on attributes. Messages never carry
-the API token: the client keeps it out of every argument it passes here.
+a secret: the client keeps the token out of every argument it passes here, and a SyncError
+redacts its message and context against `syncsvc.logs`' registry when it is made, because a
+server's own text (a response message, an element name in a parse error) may repeat the token.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+from syncsvc.logs import redact
 
 
 class SyncError(Exception):
@@ -51,12 +56,20 @@ class SyncError(Exception):
         event_guid: str | None = None,
         **context: Any,
     ) -> None:
-        self.message = message or (type(self).__doc__ or "").strip().splitlines()[0]
+        # Redacted here, once: every sink (run and fetch rows, stdout, status, tracebacks)
+        # renders the error through this message.
+        self.message = redact(message or (type(self).__doc__ or "").strip().splitlines()[0])
         self.code = code
         self.resource = resource
-        self.event_guid = event_guid
-        self.context = context
+        self.event_guid = redact(event_guid)
+        self.context = {k: redact(v) if isinstance(v, str) else v for k, v in context.items()}
         super().__init__(self.message)
+
+    def __setstate__(self, state: dict[str, Any] | None) -> None:
+        # Unpickled (a parse worker's error): the worker knows no secrets, this process does.
+        self.__dict__.update(state or {})
+        self.message = redact(self.message)
+        self.args = (self.message,)
 
     def __str__(self) -> str:
         where = ", ".join(
@@ -170,6 +183,10 @@ class UnsafeXmlError(TerminalError):
 
 class RetriesExhaustedError(TerminalError):
     """The call kept failing until the retry policy gave up."""
+
+
+class AmbiguousEventError(TerminalError):
+    """This event's GUID is the API's word for every event (`all`): it cannot be asked alone."""
 
 
 class StoreError(TerminalError):

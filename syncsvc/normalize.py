@@ -4,7 +4,7 @@
 record element, before it clears the element. It walks the element's children once, looking each
 tag up in a dispatch table built from the catalog, and computes the row hash on the way out.
 
-Rules (CONTRACTS.md, "Typed records"): text is trimmed and empty means None; dates are
+Rules (docs/conference-api.md, "Fields"): text is trimmed and empty means None; dates are
 `datetime.date`; datetimes are aware UTC (no offset: read as UTC); refs are lists in source order;
 customFields is a dict code -> value code (empty values omitted); unknown elements go to `extras`;
 `userKey` is dropped. A value that does not parse as its kind (a date, an integer) is not lost and

@@ -4,7 +4,8 @@ A record's fields are the catalog's columns in catalog order, then `extras` (unk
 name -> trimmed text, or None) and `row_hash` (16 bytes over every typed value, computed once
 in normalize). A record is a tuple, so asyncpg's COPY takes it almost as is, and it is frozen.
 
-`to_typed` turns a record into the CONTRACTS.md form (a dict keyed by API field names);
+`to_typed` turns a record into its typed form (docs/conference-api.md, "Fields": a dict keyed by
+API field names);
 `from_typed` builds a record, hash included, from that form (tests, benchmarks, the simulator).
 """
 
@@ -198,7 +199,7 @@ def hash_values(resource: Resource, values: Sequence[Any]) -> bytes:
 
 
 def to_typed(entity: str, record: Record) -> dict[str, Any]:
-    """The CONTRACTS.md typed form: API field names -> values, plus `extras`."""
+    """The typed form (docs/conference-api.md): API field names -> values, plus `extras`."""
     resource = BY_ENTITY[entity]
     out = {f.api: record[i] for i, f in enumerate(resource.fields)}
     out[EXTRAS] = record[len(resource.fields)]

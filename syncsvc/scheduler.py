@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from syncsvc import logs
+from syncsvc import cascade, logs
 from syncsvc.cvent.catalog import DATA_RESOURCES, EVENT_ALL, EVENTS, Resource
-from syncsvc.cvent.client import CventClient
+from syncsvc.cvent.client import CventClient, FetchProgress
 from syncsvc.errors import (
     NoAccountAccessError,
     RunLockedError,
@@ -33,7 +33,7 @@ from syncsvc.errors import (
 from syncsvc.metrics import Metrics
 from syncsvc.settings import Settings
 from syncsvc.store import runs as run_rows
-from syncsvc.store.schema import runs
+from syncsvc.store.schema import fetches, runs
 from syncsvc.store.unit import ApplyResult, HoldPolicy, UnitWriter
 
 log = logs.get_logger(__name__)
@@ -53,6 +53,9 @@ class Unit:
     resource: Resource
     event: str | None  # the `event` parameter: "all", a GUID, or None (the home event)
     covered: tuple[str, ...] = ()  # events an `event=all` dump speaks for
+    # The account-wide `event=all` unit. Set, not inferred from `event`: an event's GUID may
+    # itself be "all", and that per-event unit must never be read as every event.
+    account_wide: bool = False
 
     @property
     def scope(self) -> str:
@@ -64,7 +67,7 @@ class Unit:
     @property
     def writer_scope(self) -> str:
         """The store's scope: one GUID, or "all" (per event present in the dump)."""
-        return EVENT_ALL if self.event is None or self.event == EVENT_ALL else self.event
+        return EVENT_ALL if self.event is None or self.account_wide else self.event
 
     @property
     def name(self) -> str:
@@ -118,7 +121,7 @@ def plan(
     units: list[Unit] = []
     for resource in resources:
         if use_event_all and account_level and resource.allows_event_all:
-            units.append(Unit(resource, EVENT_ALL, tuple(events)))
+            units.append(Unit(resource, EVENT_ALL, tuple(events), account_wide=True))
         elif not account_level:
             units.append(Unit(resource, None))
         else:
@@ -161,6 +164,7 @@ async def run_lock(engine: AsyncEngine, *, wait: bool) -> AsyncIterator[AsyncCon
 
 OnUnit = Callable[[UnitOutcome], None]
 OnPlan = Callable[[int], None]
+OnFetch = Callable[[Unit], FetchProgress | None]  # a unit's live progress (a terminal's display)
 
 
 class Runner:
@@ -178,8 +182,10 @@ class Runner:
         on_unit: OnUnit | None = None,
         on_plan: OnPlan | None = None,
         trigger: str = "run",
+        on_fetch: OnFetch | None = None,
     ) -> None:
         self.on_plan = on_plan
+        self.on_fetch = on_fetch
         self.settings = settings
         self.engine = engine
         self.client = client
@@ -201,13 +207,18 @@ class Runner:
                 environment=self.settings.environment,
                 api_host=urlsplit(self.settings.base_url or "").hostname,
                 trigger=self.trigger,
-                options={"override_hold": self.override_hold},
+                options={
+                    "override_hold": self.override_hold,
+                    # The hold's threshold in force, so a held run's page shows what it was held at.
+                    "delete_hold_ratio": self.settings.delete_hold_ratio,
+                    "delete_hold_min_rows": self.settings.delete_hold_min_rows,
+                },
             )
             logs.bind(run_id=self.run_id)
             self.metrics.running.set(1)
             started = time.monotonic()
             try:
-                result = await self._run()
+                result = await self._run_within_deadline()
             except BaseException as exc:
                 message = str(exc) if isinstance(exc, SyncError) else type(exc).__name__
                 await run_rows.finish_run(
@@ -228,6 +239,39 @@ class Runner:
             self._count_run(result.status, started)
             log.info("run_finished", run_id=self.run_id, status=result.status)
             return result
+
+    async def _run_within_deadline(self) -> RunResult:
+        """`_run`, bounded by run_deadline. Past it the units in flight are cancelled (each
+        rolls back whole, as any unit that does not commit), the rest never start, and the run
+        ends partial (something was applied) or failed, saying so."""
+        limit = self.settings.run_deadline
+        deadline = asyncio.timeout(limit or None)
+        try:
+            async with deadline:
+                return await self._run()
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+        passed = f"the run passed its deadline (run_deadline {limit:g} s)"
+        async with self.engine.begin() as conn:
+            cancelled = (
+                await conn.execute(
+                    sa.update(fetches)
+                    .where(fetches.c.run_id == self.run_id, fetches.c.status == "running")
+                    .values(
+                        status="cancelled",
+                        finished_at=sa.func.now(),
+                        error_message=f"cancelled: {passed}",
+                    )
+                )
+            ).rowcount
+        result = self._result(None)
+        applied = any(o.status in ("applied", "held") for o in result.outcomes)
+        result.status = "partial" if applied else "failed"
+        said = f"{passed}: {cancelled} unit(s) cancelled in flight, the rest not started"
+        result.error = f"{said}; {result.error}" if result.error else said
+        log.error("run_deadline_passed", run_deadline=limit, cancelled=cancelled)
+        return result
 
     def _count_run(self, status: str, started: float) -> None:
         now = time.time()
@@ -265,8 +309,10 @@ class Runner:
             select_events(self.settings, guids),
             use_event_all=self.settings.use_event_all and not filtered,
         )
+        vanished = await cascade.plan(self.engine)
         if self.on_plan is not None:
-            self.on_plan(len(units))
+            self.on_plan(len(units) + len(vanished))
+        await cascade.apply(self, vanished)
         # As many tasks as units can run at once, each taking the next unit: a task per unit
         # waiting for a slot costs memory in proportion to the account (measured: 2,000 events,
         # 6,000 units, +30 MB of peak RSS).
@@ -299,7 +345,7 @@ class Runner:
     async def _run_with_fallback(self, unit: Unit) -> None:
         outcome = await self._run_unit(unit)
         # Refused (103/104) or failed after retries: per-event units can still get the data.
-        if unit.event == EVENT_ALL and outcome.status == "failed" and outcome.error is not None:
+        if unit.account_wide and outcome.status == "failed" and outcome.error is not None:
             replacements = fallback(unit, outcome.error)
             outcome.status = "superseded"
             if outcome.fetch_id is not None:
@@ -345,6 +391,8 @@ class Runner:
                         writer.stage,
                         on_record=writer.normalize,
                         encoded=True,
+                        progress=self.on_fetch(unit) if self.on_fetch else None,
+                        single_event=unit.event is not None and not unit.account_wide,
                     )
                     outcome.records = fetched.records
                     outcome.bytes = fetched.bytes
@@ -472,6 +520,7 @@ async def run_once(
     on_unit: OnUnit | None = None,
     on_plan: OnPlan | None = None,
     trigger: str = "run",
+    on_fetch: OnFetch | None = None,
 ) -> RunResult:
     """One whole run with its own API client."""
     settings.require_api()
@@ -487,6 +536,7 @@ async def run_once(
             on_unit=on_unit,
             on_plan=on_plan,
             trigger=trigger,
+            on_fetch=on_fetch,
         )
         try:
             return await runner.run(wait_lock=wait_lock)

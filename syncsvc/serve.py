@@ -1,9 +1,13 @@
 """`syncsvc serve`: runs on a cron schedule and serves /healthz and /metrics.
 
-Health means the scheduler is alive and keeping its schedule: healthy until a scheduled run is
-overdue, i.e. the last run finished before the latest fire time that is more than `grace`
-seconds old. SIGTERM (or SIGINT) stops taking units; in-flight units finish (or, past
-`drain_seconds`, are cancelled and roll back); the process exits 0.
+Health is judged from the database, so it survives restarts: the last finished run's status and
+finish time against the schedule. Unhealthy when that run `failed` or was `held` (the reason is
+its error), or when a scheduled run is overdue: the last run finished before the latest fire time
+that is more than `grace` seconds old. A refused token (101) or address (102) fails the run and
+so makes the service unhealthy with that reason; it keeps serving and tries again at the next
+fire. SIGTERM (or SIGINT) stops taking units; in-flight units finish (or, past `drain_seconds`,
+are cancelled and roll back); the process exits 0. It exits 2 only on a configuration error at
+start (a port in use included).
 """
 
 from __future__ import annotations
@@ -12,56 +16,149 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
 from aiohttp import web
 from croniter import croniter
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import logs
-from syncsvc.errors import RunStoppingError, SyncError
+from syncsvc.errors import ConfigError, SyncError
 from syncsvc.metrics import Metrics
 from syncsvc.settings import Settings
+from syncsvc.store.schema import runs
 
 log = logs.get_logger(__name__)
 
 RunFn = Callable[[asyncio.Event], Coroutine[Any, Any, object]]
+# Adds routes to the app (other features' pages and endpoints share the port).
+RouteRegistrar = Callable[[web.Application], None]
+
+# Finished runs that say something about the data. `interrupted` and `abandoned` runs stopped
+# before they could (a deploy, a kill): the run before them is the last word.
+VERDICTS = ("succeeded", "partial", "failed", "held")
+UNHEALTHY = ("failed", "held")
+DB_TIMEOUT = 5.0  # seconds a probe waits for the database before answering 503
+
+
+@dataclass(frozen=True, slots=True)
+class LastRun:
+    """The last finished run with a verdict, as the database has it."""
+
+    run_id: int
+    status: str
+    finished_at: float
+    error_message: str | None = None
+
+
+def judge(
+    schedule: str, grace: float, started_at: float, last: LastRun | None, now: float
+) -> tuple[bool, str]:
+    """(healthy, reason) from the schedule and the last finished run (pure: tests give `now`)."""
+    due = croniter(schedule, datetime.fromtimestamp(now, UTC)).get_prev(float)
+    if now < due + grace:
+        # The latest fire is still within its grace: judge by the one before it.
+        due = croniter(schedule, datetime.fromtimestamp(due, UTC)).get_prev(float)
+    if last is not None:
+        what = f"run {last.run_id} {last.status} at {_iso(last.finished_at)}"
+        if last.status in UNHEALTHY:
+            return False, what + (f": {last.error_message}" if last.error_message else "")
+        if last.finished_at >= due:
+            return True, what
+        return False, f"the run due at {_iso(due)} has not finished (last: {what})"
+    if due < started_at:
+        return True, "no run yet, and none was due since the service started"
+    return False, f"the run due at {_iso(due)} has not finished (no run yet)"
+
+
+async def last_run(engine: AsyncEngine) -> LastRun | None:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.select(
+                    runs.c.id,
+                    runs.c.status,
+                    sa.extract("epoch", runs.c.finished_at),
+                    runs.c.error_message,
+                )
+                .where(runs.c.status.in_(VERDICTS), runs.c.finished_at.is_not(None))
+                .order_by(runs.c.id.desc())
+                .limit(1)
+            )
+        ).first()
+    return None if row is None else LastRun(row[0], row[1], float(row[2]), row[3])
+
+
+async def prime_metrics(engine: AsyncEngine, metrics: Metrics) -> None:
+    """Set the last-run gauges from the database, so a restart does not zero them (a staleness
+    alert on `syncsvc_last_success_timestamp_seconds` would fire after every deploy)."""
+    epoch = sa.extract("epoch", runs.c.finished_at)
+    async with engine.connect() as conn:
+        success = await conn.scalar(
+            sa.select(sa.func.max(epoch)).where(runs.c.status == "succeeded")
+        )
+        last = (
+            await conn.execute(
+                sa.select(epoch, sa.extract("epoch", runs.c.finished_at - runs.c.started_at))
+                .where(runs.c.finished_at.is_not(None))
+                .order_by(runs.c.finished_at.desc())
+                .limit(1)
+            )
+        ).first()
+    if success is not None:
+        metrics.last_success.set(float(success))
+    if last is not None:
+        metrics.last_finished.set(float(last[0]))
+        metrics.last_duration.set(float(last[1]))
+
+
+Background = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
 @dataclass(slots=True)
 class Health:
-    """What /healthz judges from: the schedule, when the service started, the last run's end."""
+    """What /healthz judges from: the schedule, when the service started, and the database."""
 
+    engine: AsyncEngine
     schedule: str
     started_at: float
     grace: float
-    last_finished: float | None = None
-    running_since: float | None = None
 
-    def healthy(self, now: float | None = None) -> tuple[bool, str]:
-        now = time.time() if now is None else now
-        due = croniter(self.schedule, datetime.fromtimestamp(now, UTC)).get_prev(float)
-        overdue_at = due + self.grace
-        if now < overdue_at:
-            # The latest fire is still within its grace: judge by the one before it.
-            due = croniter(self.schedule, datetime.fromtimestamp(due, UTC)).get_prev(float)
-        if due < self.started_at:
-            return True, "no run was due since the service started"
-        if self.last_finished is not None and self.last_finished >= due:
-            return True, f"last run finished at {_iso(self.last_finished)}"
-        return False, f"the run due at {_iso(due)} has not finished"
+    async def check(self, now: float | None = None) -> tuple[bool, str]:
+        try:
+            async with asyncio.timeout(DB_TIMEOUT):
+                last = await last_run(self.engine)
+        except (TimeoutError, OSError, sa.exc.SQLAlchemyError) as exc:
+            return False, f"the database does not answer: {type(exc).__name__}"
+        return judge(
+            self.schedule, self.grace, self.started_at, last, time.time() if now is None else now
+        )
 
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
-def make_app(health: Health, metrics: Metrics) -> web.Application:
+Pages = Callable[[web.Application, "Health"], None]
+
+
+def make_app(
+    health: Health,
+    metrics: Metrics,
+    routes: Sequence[RouteRegistrar] = (),
+    pages: Pages | None = None,
+    detail: Callable[[], dict[str, Any]] | None = None,
+) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
-        ok, why = health.healthy()
-        return web.json_response({"healthy": ok, "reason": why}, status=200 if ok else 503)
+        ok, why = await health.check()
+        body: dict[str, Any] = {"healthy": ok, "reason": why}
+        if detail is not None:  # e.g. the change feed's consumers; reported, not judged
+            body.update(detail())
+        return web.json_response(body, status=200 if ok else 503)
 
     async def metrics_view(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
@@ -69,6 +166,10 @@ def make_app(health: Health, metrics: Metrics) -> web.Application:
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
+    for register in routes:
+        register(app)
+    if pages is not None:  # the status pages (syncsvc.web), given by the CLI with its engine
+        pages(app, health)
     return app
 
 
@@ -81,22 +182,42 @@ async def serve(
     drain_seconds: float = 60.0,
     run_now: bool = False,
     ready: Callable[[int], None] | None = None,
+    engine: AsyncEngine,
+    routes: Sequence[RouteRegistrar] = (),
+    pages: Pages | None = None,
+    background: Sequence[Background] = (),
+    health_detail: Callable[[], dict[str, Any]] | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit code (0 on a signal-driven stop)."""
+    """Serve until SIGTERM/SIGINT; returns the exit code (0 on a signal-driven stop).
+
+    `background`: coroutines run beside the schedule until the stop (e.g. webhook delivery);
+    `health_detail`: extra keys for /healthz. Raises ConfigError when the port cannot be
+    listened on (exit 2)."""
+    await prime_metrics(engine, metrics)
+    health = Health(engine, settings.schedule, time.time(), grace)
+    app = make_app(health, metrics, routes, pages, health_detail)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.serve_host, settings.serve_port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(
+            f"cannot listen on {settings.serve_host}:{settings.serve_port} "
+            f"(SYNCSVC_SERVE_HOST, SYNCSVC_SERVE_PORT): {exc.strerror or exc}",
+            setting="serve_port",
+        ) from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    health = Health(settings.schedule, time.time(), grace)
-    runner = web.AppRunner(make_app(health, metrics), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.serve_host, settings.serve_port)
-    await site.start()
     port = runner.addresses[0][1] if runner.addresses else settings.serve_port
     log.info("serve_started", host=settings.serve_host, port=port, schedule=settings.schedule)
     if ready is not None:
         ready(port)
     exit_code = 0
+    services = [asyncio.create_task(b(stop), name="serve-background") for b in background]
     try:
         fire = croniter(settings.schedule, datetime.now(UTC))
         next_at = time.time() if run_now else fire.get_next(float)
@@ -112,6 +233,10 @@ async def serve(
             while next_at <= time.time():  # a run longer than the interval skips missed fires
                 next_at = fire.get_next(float)
     finally:
+        stop.set()
+        for service in services:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(service, timeout=drain_seconds)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
@@ -120,31 +245,30 @@ async def serve(
 
 
 async def _one_run(run: RunFn, stop: asyncio.Event, health: Health, drain: float) -> int:
-    health.running_since = time.time()
     task: asyncio.Task[object] = asyncio.create_task(run(stop), name="scheduled-run")
-    try:
-        waiter = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if task not in done:
-            # Stopping: the run takes no new units; give in-flight ones time to finish.
-            log.info("serve_draining", seconds=drain)
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout=drain)
-            except TimeoutError:
-                task.cancel()  # in-flight units roll back: their transactions never commit
-                with contextlib.suppress(asyncio.CancelledError, SyncError):
-                    await task
-        waiter.cancel()
-        if task.done() and not task.cancelled():
-            exc = task.exception()
-            if isinstance(exc, RunStoppingError):
-                log.error("run_stopped_service", error=str(exc))
-                return 1
-            if exc is not None and not isinstance(exc, SyncError):
-                raise exc
-            if exc is not None:
-                log.error("run_failed", error=str(exc))
-        return 0
-    finally:
-        health.running_since = None
-        health.last_finished = time.time()
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if task not in done:
+        # Stopping: the run takes no new units; give in-flight ones time to finish.
+        log.info("serve_draining", seconds=drain)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=drain)
+        except TimeoutError:
+            task.cancel()  # in-flight units roll back: their transactions never commit
+            with contextlib.suppress(asyncio.CancelledError, SyncError):
+                await task
+    waiter.cancel()
+    if task.done() and not task.cancelled():
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, SyncError):
+            # A bug in one run: it is recorded failed; the service goes on and says so.
+            log.error("run_crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        elif exc is not None:
+            # 101/102 too: the run is recorded failed, /healthz answers 503 with its reason,
+            # and the next scheduled run tries again (a new token is read at restart).
+            log.error("run_failed", error=str(exc), next="the next scheduled run")
+    if not stop.is_set():
+        ok, why = await health.check()
+        if not ok:
+            log.error("serve_unhealthy", reason=why)
+    return 0

@@ -8,6 +8,7 @@ the default. Stages receive the object; none of them reads os.environ.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import tomllib
@@ -75,6 +76,20 @@ class Settings:
     retry_max_delay: float = _setting(60.0, "Cap of a single backoff delay, in seconds.")
     retry_budget: float = _setting(300.0, "Total seconds one call may spend waiting to retry.")
 
+    # --- time bounds on a slow or silent server (docs/operations.md, "Slow servers") ----------
+    stall_min_rate: float = _setting(
+        1024.0,
+        "A dump arriving slower than this many bytes/s over stall_window seconds of reading is"
+        " a stalled transfer, retried like a reset (0: no stall rule).",
+    )
+    stall_window: float = _setting(60.0, "The window, in seconds, of stall_min_rate.")
+    run_deadline: float = _setting(
+        3.5 * 3600.0,
+        "Seconds a whole run may take; units still running then are cancelled and the run ends"
+        " failed or partial (0: no deadline). Keep it below any deadline around the process"
+        " (the CronJob's activeDeadlineSeconds, 4 h), so the run records its own end.",
+    )
+
     # --- what to sync --------------------------------------------------------------------------
     resources: tuple[str, ...] = _setting(
         ["users", "sessions", "exhibitors"], "Which data resources to sync (events always are)."
@@ -108,6 +123,44 @@ class Settings:
         "Address `syncsvc serve` listens on for /healthz, /metrics.",
     )
     serve_port: int = _setting(9108, "Port of /healthz and /metrics.")
+
+    # --- the status pages of serve (syncsvc/web) ------------------------------------------------
+    status_page_token: str | None = _setting(
+        None,
+        "A token the status pages (/, /runs, /trends, /consumers, /now) require, as the HTTP Basic"
+        " password (any user name) or `Authorization: Bearer`; give it as a file"
+        " (SYNCSVC_STATUS_PAGE_TOKEN_FILE). Unset: the pages are open. /healthz and /metrics never"
+        " need it.",
+        secret=True,
+    )
+
+    # --- the change feed: follow mode and webhook delivery (docs/change-feed.md) ---------------
+    feed_poll_interval: float = _setting(
+        5.0,
+        "Seconds between checks for new changes when no notification arrives (`changes --follow`"
+        " and webhook delivery): what a missed notification costs.",
+    )
+    webhook_batch_size: int = _setting(
+        500, "Changes per webhook request at most (a consumer's own batch size overrides it)."
+    )
+    webhook_batch_max_bytes: int = _setting(
+        4 * 1024**2, "Bytes of changes per webhook request at most (one change always fits)."
+    )
+    webhook_batch_max_wait: float = _setting(
+        0.5, "Seconds a partial webhook batch waits for more changes before it is sent."
+    )
+    webhook_timeout: float = _setting(30.0, "Seconds a webhook request may take in all.")
+    webhook_retry_base_delay: float = _setting(
+        1.0, "Base of the exponential backoff between webhook attempts, in seconds."
+    )
+    webhook_retry_max_delay: float = _setting(
+        300.0, "Cap of one webhook backoff delay (and of an honoured Retry-After), in seconds."
+    )
+    webhook_failing_after: float = _setting(
+        300.0,
+        "Seconds of failed attempts after which a webhook consumer is marked failing (it keeps"
+        " its place and keeps retrying).",
+    )
 
     # --- logging -------------------------------------------------------------------------------
     log_level: str = _setting("info", "debug, info, warning or error.")
@@ -156,6 +209,14 @@ class Settings:
         cls, env: Mapping[str, str] | None = None, config_file: str | Path | None = None
     ) -> Settings:
         """Build the settings; raises ConfigError with one line naming the bad setting."""
+        return cls.explain(env, config_file).settings
+
+    @classmethod
+    def explain(
+        cls, env: Mapping[str, str] | None = None, config_file: str | Path | None = None
+    ) -> Loaded:
+        """The settings, where each value came from, and warnings about names that are no
+        setting (a misspelt variable is otherwise silently ignored)."""
         env = os.environ if env is None else env
         config_file = config_file or env.get(ENV_PREFIX + "CONFIG")
         file_values: dict[str, Any] = {}
@@ -168,27 +229,75 @@ class Settings:
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
             file_values = {k.lower(): v for k, v in file_values.items()}
-        known = {f.name for f in dataclasses.fields(cls)}
+        fields = dataclasses.fields(cls)
+        known = {f.name for f in fields}
         unknown = sorted(set(file_values) - known)
         if unknown:
-            raise ConfigError(f"config file {config_file}: unknown setting {unknown[0]!r}")
+            raise ConfigError(
+                f"config file {config_file}: unknown setting {unknown[0]!r}"
+                + _did_you_mean(unknown[0], known)
+            )
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
+        sources: dict[str, str] = {}
+        for f in fields:
             name = ENV_PREFIX + f.name.upper()
             raw: Any
             if name in env:
-                raw = env[name]
+                raw, source = env[name], name
             elif f.metadata.get("secret") and name + "_FILE" in env:
                 raw = _read_secret_file(name, env[name + "_FILE"])
+                source = f"{name}_FILE ({env[name + '_FILE']})"
             elif f.name in file_values:
-                raw = file_values[f.name]
+                raw, source = file_values[f.name], f"{f.name} in {config_file}"
             else:
                 continue
-            values[f.name] = _coerce(f, raw, name)
+            sources[f.name] = source
+            values[f.name] = _coerce(f, raw, source)
         values.setdefault("data_dir", default_data_dir(env))
         settings = cls(**values)
-        _validate(settings)
-        return settings
+        try:
+            _validate(settings)
+        except ConfigError as exc:
+            # _validate speaks of variables; a value from the TOML file is named by its key.
+            origin = sources.get(exc.setting or "")
+            if origin and exc.setting and not origin.startswith(ENV_PREFIX):
+                exc.message = exc.message.replace(ENV_PREFIX + exc.setting.upper(), origin)
+                exc.args = (exc.message,)
+            raise
+        return Loaded(settings, sources, tuple(_unknown_variables(env, fields)))
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What `Settings.explain` found: the settings, each value's origin, and warnings."""
+
+    settings: Settings
+    sources: Mapping[str, str]  # field name -> the variable, file or TOML key; absent: default
+    warnings: tuple[str, ...]
+
+
+# SYNCSVC_* names that are not settings but are not mistakes either.
+_OTHER_VARIABLES = (ENV_PREFIX + "CONFIG",)
+_OTHER_PREFIXES = (ENV_PREFIX + "TEST_",)  # the test suite's own (tests/conftest.py)
+
+
+def _unknown_variables(
+    env: Mapping[str, str], fields: tuple[dataclasses.Field[Any], ...]
+) -> list[str]:
+    known = {ENV_PREFIX + f.name.upper() for f in fields}
+    known |= {ENV_PREFIX + f.name.upper() + "_FILE" for f in fields if f.metadata.get("secret")}
+    known |= set(_OTHER_VARIABLES)
+    out = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in known or name.startswith(_OTHER_PREFIXES):
+            continue
+        out.append(f"{name} is not a setting and is ignored" + _did_you_mean(name, known))
+    return out
+
+
+def _did_you_mean(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _read_secret_file(name: str, path: str) -> str:
@@ -276,11 +385,19 @@ def _validate(s: Settings) -> None:
             setting="environment",
         )
     if s.database_url is not None:
-        scheme = urlsplit(s.database_url).scheme
-        if scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
+        parts = urlsplit(s.database_url)
+        if parts.scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
             raise ConfigError(
                 "SYNCSVC_DATABASE_URL must be a postgresql:// URL", setting="database_url"
             )
+        try:
+            parts.port  # noqa: B018 (urlsplit checks the port only when it is read)
+        except ValueError:
+            # Not the URL itself in the message: it may carry the password.
+            raise ConfigError(
+                "SYNCSVC_DATABASE_URL is malformed: its port is not a number from 0 to 65535",
+                setting="database_url",
+            ) from None
     if s.parse_in_worker not in PARSE_IN_WORKER:
         raise ConfigError(
             f"SYNCSVC_PARSE_IN_WORKER must be one of {', '.join(PARSE_IN_WORKER)}",
@@ -317,6 +434,27 @@ def _validate(s: Settings) -> None:
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError(f"SYNCSVC_{name.upper()} must be positive", setting=name)
+    # The change feed's knobs (docs/change-feed.md).
+    for name in (
+        "feed_poll_interval",
+        "webhook_batch_size",
+        "webhook_batch_max_bytes",
+        "webhook_timeout",
+        "webhook_retry_base_delay",
+        "webhook_retry_max_delay",
+        "webhook_failing_after",
+    ):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"SYNCSVC_{name.upper()} must be positive", setting=name)
+    if s.webhook_batch_max_wait < 0:
+        raise ConfigError(
+            "SYNCSVC_WEBHOOK_BATCH_MAX_WAIT must not be negative", setting="webhook_batch_max_wait"
+        )
+    for name in ("stall_min_rate", "run_deadline"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"SYNCSVC_{name.upper()} must be 0 or positive", setting=name)
+    if s.stall_window <= 0:
+        raise ConfigError("SYNCSVC_STALL_WINDOW must be positive", setting="stall_window")
     if not 0 < s.delete_hold_ratio <= 1:
         raise ConfigError(
             "SYNCSVC_DELETE_HOLD_RATIO must be in (0, 1]", setting="delete_hold_ratio"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +13,29 @@ from syncsvc.store.schema import fetches, runs
 
 # Units that need an operator's eye sort first.
 _UNIT_ORDER = {"failed": 0, "held": 1, "running": 2, "pending": 3, "superseded": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class HeldScope:
+    """One scope a unit held: its live rows, the deletes it would have applied, and the share
+    of the live rows that is, against the threshold in force for that run."""
+
+    event_guid: str
+    live: int
+    deletes: int
+    threshold: float | None
+
+    @property
+    def share(self) -> float:
+        return self.deletes / self.live if self.live else 1.0
+
+    def describe(self) -> str:
+        scope = "the account's events" if self.event_guid == "*" else f"event {self.event_guid}"
+        limit = f" > threshold {self.threshold:.0%}" if self.threshold is not None else ""
+        return (
+            f"{scope}: {self.deletes:,} of {self.live:,} live rows would be deleted "
+            f"({self.share:.0%}{limit})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +53,22 @@ class UnitStatus:
     rekeyed: int
     error_code: int | None
     error_message: str | None
+    held: tuple[HeldScope, ...] = ()
+    note: str | None = None  # why a unit without a fetch exists (an event's records cascading)
+
+    @property
+    def reason(self) -> str:
+        """What an operator reads: the error's code and message, or why the unit was held."""
+        if self.status == "held" and self.held:
+            text = "held: " + "; ".join(h.describe() for h in self.held)
+        elif self.error_code is not None or self.error_message:
+            code = "" if self.error_code is None else str(self.error_code)
+            text = f"{code} {self.error_message or ''}"
+        else:
+            text = ""
+        if self.note:
+            text = f"{self.note}; {text}" if text.strip() else self.note
+        return text.strip()
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +86,40 @@ class RunStatus:
     rekeyed: int
     error_message: str | None
     units: tuple[UnitStatus, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        """A plain, JSON-ready view (`status --format json`)."""
+        out = asdict(self)
+        for key in ("started_at", "finished_at"):
+            value = out[key]
+            out[key] = value.isoformat() if value is not None else None
+        for unit, data in zip(self.units, out["units"], strict=True):
+            data["reason"] = unit.reason
+            for h, hd in zip(unit.held, data["held"], strict=True):
+                hd["share"] = round(h.share, 4)
+        return out
+
+
+def _held(details: dict[str, Any] | None) -> tuple[HeldScope, ...]:
+    details = details or {}
+    threshold = (details.get("hold") or {}).get("ratio")
+    return tuple(
+        HeldScope(h["event_guid"], int(h["live"]), int(h["deletes"]), threshold)
+        for h in details.get("held") or ()
+    )
+
+
+async def previous_bytes(engine: AsyncEngine) -> dict[tuple[str, str], int]:
+    """(resource path, scope) -> decoded bytes of its last applied fetch: a unit's expected
+    size, for the ETA of a run on a terminal when the server sends no Content-Length."""
+    latest = (
+        sa.select(fetches.c.resource, fetches.c.scope, fetches.c.bytes)
+        .distinct(fetches.c.resource, fetches.c.scope)
+        .where(fetches.c.status.in_(("applied", "held")), fetches.c.bytes > 0)
+        .order_by(fetches.c.resource, fetches.c.scope, fetches.c.id.desc())
+    )
+    async with engine.connect() as conn:
+        return {(r, s): int(b) for r, s, b in await conn.execute(latest)}
 
 
 async def last_runs(engine: AsyncEngine, limit: int = 5) -> list[RunStatus]:
@@ -106,6 +179,8 @@ async def last_runs(engine: AsyncEngine, limit: int = 5) -> list[RunStatus]:
                         rekeyed=u["rekeyed"],
                         error_code=u["error_code"],
                         error_message=u["error_message"],
+                        held=_held(u["details"]),
+                        note=(u["details"] or {}).get("cascade"),
                     )
                     for u in units
                 ),

@@ -1,6 +1,6 @@
 """The Conference API as syncsvc models it: resources, fields and response codes, in one place.
 
-Everything here marked [modeled] in shared/docs/conference-api.md is our contract where the
+Everything here marked [modeled] in docs/conference-api.md is our contract where the
 vendor's overview is silent. The simulator, the client, the normalizer and the store schema all
 read these definitions, so a real capture corrects the model in one edit.
 """

@@ -6,7 +6,15 @@ flight) shared by every fetch. `fetch` streams a dump through the safe parser in
 sink, retrying per the RetryPolicy; library errors become syncsvc errors here, chained.
 
 The API token lives in one private attribute and goes into request bodies only: never into a URL,
-a message, a repr, a log line or a stat.
+a message, a repr, a log line or a stat. The client registers it with `syncsvc.logs` when it is
+made, so whatever a server echoes of it is redacted where the server's text enters (see
+syncsvc/errors.py).
+
+Time bounds, each for a different way a server can hold a run (docs/operations.md): connect_timeout
+to open a connection; read_timeout of silence, before the answer or while it streams; the stall
+rule (under stall_min_rate bytes/s over stall_window seconds of reading) for a body that trickles;
+fetch_deadline for an attempt in all. A 429 or code 301 pauses every request start of the client,
+not only the retry of the call that got it, and lowers its start rate until calls succeed again.
 """
 
 from __future__ import annotations
@@ -14,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import ssl
 import time
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -37,8 +46,10 @@ from syncsvc.cvent.retry import RetryPolicy
 from syncsvc.cvent.segments import EncodedBatch, SegmentRefused
 from syncsvc.cvent.split import Splitter
 from syncsvc.errors import (
+    AmbiguousEventError,
     ConfigError,
     IncompleteDumpError,
+    RateLimitedError,
     RetriesExhaustedError,
     SyncError,
     TerminalError,
@@ -63,6 +74,19 @@ SEGMENTS_AHEAD = 2  # segments queued per worker: enough to keep it busy while C
 # jitter can move a start from one of our windows into the server's previous one.
 RATE_SAFETY = 1.05
 USER_AGENT = "syncsvc/0.1"
+STALL_BUCKETS = 64  # reads are summed in this many time slices of the stall window
+
+
+class FetchProgress(Protocol):
+    """Told how a fetch advances (a terminal's live display); every attempt starts over."""
+
+    def response(self, content_length: int | None) -> None: ...
+
+    def data(self, wire_bytes: int, decoded_bytes: int) -> None: ...
+
+    def records(self, n: int) -> None: ...
+
+    def fetched(self) -> None: ...  # the dump is complete (the caller applies it next)
 
 
 @dataclass(slots=True)
@@ -88,6 +112,50 @@ class ClientStats:
     rate_limit_wait_seconds: float = 0.0
     bytes: int = 0  # body bytes received on the wire (before gzip decoding)
     decoded_bytes: int = 0  # XML bytes parsed
+
+
+class _StallWatch:
+    """The stall rule: over any `window` seconds of reading, at least `floor` bytes/s arrive.
+
+    Time counts only while the client waits on the socket (its `clock`), so a slow sink (a COPY
+    behind a lock) never makes a healthy transfer look stalled. Reads are summed in slices of
+    window / STALL_BUCKETS, each stamped with its last read: the rule errs by at most one slice,
+    and towards patience.
+    """
+
+    def __init__(self, floor: float, window: float) -> None:
+        self.need = floor * window  # bytes any window must hold
+        self.window = window
+        self.clock = 0.0
+        self.total = 0  # bytes read
+        self._slice = window / STALL_BUCKETS
+        self._marks: collections.deque[list[float]] = collections.deque()  # [first, last, bytes]
+
+    def add(self, nbytes: int) -> None:
+        self.total += nbytes
+        marks = self._marks
+        if marks and self.clock - marks[-1][0] < self._slice:
+            marks[-1][1] = self.clock
+            marks[-1][2] += nbytes
+        else:
+            marks.append([self.clock, self.clock, float(nbytes)])
+        while marks and marks[0][1] <= self.clock - self.window:
+            marks.popleft()
+
+    def left(self) -> float | None:
+        """Reading time left before the transfer counts as stalled; None: the rule is off."""
+        if self.need <= 0:
+            return None
+        # The newest reads that alone hold `need` bytes keep the transfer alive until the
+        # oldest of them leaves the window; none such: the first window is the limit.
+        until = self.window
+        held = 0.0
+        for _, last, nbytes in reversed(self._marks):
+            held += nbytes
+            if held >= self.need:
+                until = max(until, last + self.window)
+                break
+        return max(0.0, until - self.clock)
 
 
 class _Decoder:
@@ -142,8 +210,10 @@ class _Batches(Generic[T]):
         *,
         split: ParsePool | None = None,
         only: str | None = None,
+        progress: FetchProgress | None = None,
     ) -> None:
         self.error: SyncError | None = None
+        self._progress = progress
         self.finished = False
         self._client = client
         self._resp = resp
@@ -157,26 +227,61 @@ class _Batches(Generic[T]):
 
     async def __anext__(self) -> list[T]:
         try:
-            return await self._gen.__anext__()
+            batch = await self._gen.__anext__()
         except SyncError as exc:
             self.error = exc
             raise
+        if self._progress is not None:
+            self._progress.records(batch.records if isinstance(batch, EncodedBatch) else len(batch))
+        return batch
 
     async def _body(self) -> AsyncGenerator[bytes, None]:
         """The decoded body in pieces; transport failures become syncsvc errors."""
         stats = self._client.stats
+        progress = self._progress
+        settings = self._client.settings
         decoder = _Decoder(self._resp.headers.get("Content-Encoding", ""), self._where)
+        watch = _StallWatch(settings.stall_min_rate, settings.stall_window)
+        chunks = self._resp.content.iter_chunked(READ_CHUNK)
+        loop = asyncio.get_running_loop()
         try:
-            async for raw in self._resp.content.iter_chunked(READ_CHUNK):
+            while True:
+                started = loop.time()
+                stalled = asyncio.timeout(watch.left())
+                try:
+                    async with stalled:
+                        raw = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError as exc:
+                    if not stalled.expired():
+                        raise
+                    raise TransportError(
+                        f"The transfer stalled: under {settings.stall_min_rate:g} bytes/s for"
+                        f" {settings.stall_window:g} s (stall_min_rate, stall_window) after"
+                        f" {watch.total} bytes",
+                        **self._where,
+                    ) from exc
+                finally:
+                    watch.clock += loop.time() - started
+                watch.add(len(raw))
                 stats.bytes += len(raw)
+                decoded = 0
                 for piece in decoder.decode(raw):
                     stats.decoded_bytes += len(piece)
+                    decoded += len(piece)
                     yield piece
+                if progress is not None:
+                    progress.data(len(raw), decoded)
             decoder.finish()
         except aiohttp.ClientPayloadError as exc:
             raise IncompleteDumpError("The response body was cut short", **self._where) from exc
         except TimeoutError as exc:
-            raise TransportError("Reading the response timed out", **self._where) from exc
+            raise TransportError(
+                f"The API sent nothing for read_timeout ({settings.read_timeout:g} s) while the"
+                " dump streamed",
+                **self._where,
+            ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise TransportError(
                 f"Reading the response failed: {type(exc).__name__}", **self._where
@@ -297,6 +402,9 @@ class CventClient:
         base_url, token = settings.require_api()
         self._base_url = _check_base_url(base_url)
         self.__token = token
+        # However this client was made (the CLI, serve, a library caller), a server that echoes
+        # the token finds it redacted in every error, row and line.
+        logs.register_secrets([token])
         self._session = session
         self.settings = settings
         self.policy = policy
@@ -307,6 +415,9 @@ class CventClient:
             period=settings.rate_period * RATE_SAFETY,
         )
         self._semaphore = asyncio.Semaphore(settings.max_concurrency)
+        self._rate_limit = self._throttler.rate_limit  # the configured start rate
+        self._paused_until = 0.0  # no request starts before this (monotonic): a rate limit hit
+        self._successes = 0  # successful calls since the start rate last changed
         self._pool: ParsePool | None = None
 
     def __repr__(self) -> str:
@@ -375,18 +486,61 @@ class CventClient:
     def url(self, resource: Resource) -> str:
         return self._base_url + resource.path
 
+    def _netloc(self) -> str:
+        parts = urlsplit(self._base_url)
+        return _host_port(
+            parts.hostname or "?", parts.port or (443 if parts.scheme == "https" else 80)
+        )
+
     @asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
         # The semaphore first: a start slot taken while queueing for the semaphore would be
         # stale by the time the request really starts, and starts would bunch up.
         async with self._semaphore:
             t0 = time.monotonic()
+            # A deadline, not an event: a later refusal may push it further while we wait.
+            while (pause := self._paused_until - time.monotonic()) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(pause)
             await self._throttler.acquire()  # type: ignore[no-untyped-call]
             waited = time.monotonic() - t0
             if waited > 0.001:
                 self.stats.rate_limit_waits += 1
                 self.stats.rate_limit_wait_seconds += waited
             yield
+
+    def _rate_limited(self, delay: float) -> None:
+        """A 429 or code 301: every call waits, and starts come slower.
+
+        The server's limit is evidently below ours (or shared with another client): pausing
+        only the call that was refused lets the others keep hitting it. Every start waits out
+        the delay, and at least one rate period (the server's window is likely as long as ours
+        and has not passed); the start rate halves per pause and climbs back by one per
+        rate_limit successful calls (AIMD, as TCP does per round trip)."""
+        now = time.monotonic()
+        # Refusals of calls that were already in flight when the client last backed off say
+        # nothing new: one halving per pause.
+        already_paused = now < self._paused_until
+        pause = max(delay, self.settings.rate_period)
+        self._paused_until = max(self._paused_until, now + pause)
+        self._successes = 0
+        lowered = max(1, self._throttler.rate_limit // 2)
+        if lowered < self._throttler.rate_limit and not already_paused:
+            self._throttler.rate_limit = lowered
+            log.warning(
+                "rate_limit_lowered",
+                starts_per_period=lowered,
+                period=self.settings.rate_period,
+                paused=round(pause, 3),
+            )
+
+    def _call_succeeded(self) -> None:
+        throttler = self._throttler
+        if throttler.rate_limit >= self._rate_limit:
+            return
+        self._successes += 1
+        if self._successes >= throttler.rate_limit:
+            throttler.rate_limit += 1
+            self._successes = 0
 
     async def fetch(
         self,
@@ -396,8 +550,10 @@ class CventClient:
         on_record: Callable[[etree._Element], T] | None = None,
         *,
         encoded: bool = False,
+        progress: FetchProgress | None = None,
+        single_event: bool = False,
     ) -> FetchResult[R]:
-        """Fetch one dump into `sink`, retrying retryable failures (see CONTRACTS.md).
+        """Fetch one dump into `sink`, retrying retryable failures (docs/conference-api.md).
 
         `event`: None (the endpoint's own event), "all", or an event GUID. Per attempt the
         sink is awaited with a fresh async iterator of record batches that ends normally only
@@ -409,9 +565,20 @@ class CventClient:
         processes, see cvent/segments.py) for the dumps `parse_in_worker` names. When such a
         dump's segments do not parse on their own, it is fetched again (one more attempt, no
         backoff) and parsed as one document.
+
+        `single_event=True`: `event` is one event's GUID, never the account-wide `all`. The
+        API reads `event=all` as every event (case aside), so an event whose GUID is `all`
+        cannot be asked for on its own: AmbiguousEventError, before any request.
         """
         record = on_record or cast(Callable[[etree._Element], T], element_to_dict)
         where: dict[str, Any] = {"resource": resource.path, "event_guid": event}
+        if single_event and event is not None and event.strip().lower() == catalog.EVENT_ALL:
+            raise AmbiguousEventError(
+                f"The event GUID {event!r} cannot be requested on its own: the API reads"
+                f" event={event} as every event of the account, so this event's"
+                f" {resource.entity} records are not synced",
+                **where,
+            )
         delays: list[float] = []
         started = time.monotonic()
         attempt = 0
@@ -420,7 +587,7 @@ class CventClient:
             status: list[int | None] = [None]
             try:
                 value, parser = await self._attempt(
-                    resource, event, sink, record, where, status, encoded
+                    resource, event, sink, record, where, status, encoded, progress
                 )
             except SegmentRefused as exc:
                 if not encoded:
@@ -438,7 +605,8 @@ class CventClient:
                     if not exc.retryable:
                         raise
                     raise RetriesExhaustedError(
-                        f"Gave up after {attempt} attempts: {exc}",
+                        # The message, not str(exc): the resource and event are added once.
+                        f"Gave up after {attempt} attempts: {exc.message}",
                         code=exc.code,
                         attempts=attempt,
                         delays=list(delays),
@@ -446,6 +614,8 @@ class CventClient:
                     ) from exc
                 delays.append(delay)
                 self.stats.retries += 1
+                if isinstance(exc, RateLimitedError):
+                    self._rate_limited(delay)
                 log.warning(
                     "fetch_retrying",
                     resource=resource.path,
@@ -458,6 +628,9 @@ class CventClient:
                 await asyncio.sleep(delay)
                 continue
             elapsed = time.monotonic() - started
+            if progress is not None:
+                progress.fetched()
+            self._call_succeeded()
             log.info(
                 "dump_fetched",
                 resource=resource.path,
@@ -491,6 +664,7 @@ class CventClient:
         where: dict[str, Any],
         status: list[int | None],
         encoded: bool = False,
+        progress: FetchProgress | None = None,
     ) -> tuple[R, DumpParser[T]]:
         form = {catalog.PARAM_TOKEN: self.__token}
         if event is not None:
@@ -499,12 +673,24 @@ class CventClient:
             # The deadline starts with the request: time queued for a slot is not the attempt's.
             async with self._slot(), asyncio.timeout(self.settings.fetch_deadline):
                 self.stats.requests += 1
+                log.debug("request_started", resource=resource.path, event_guid=event)
                 try:
                     response = await self._session.post(
                         self.url(resource), data=form, allow_redirects=False
                     )
+                except aiohttp.ConnectionTimeoutError as exc:
+                    raise TransportError(
+                        f"Connecting to {self._netloc()} timed out (connect_timeout"
+                        f" {self.settings.connect_timeout:g} s)",
+                        **where,
+                    ) from exc
                 except TimeoutError as exc:
-                    raise TransportError("Connecting to the API timed out", **where) from exc
+                    # aiohttp's sock_read: the connection was open and the request sent.
+                    raise TransportError(
+                        f"{self._netloc()} accepted the request but sent no answer within"
+                        f" read_timeout ({self.settings.read_timeout:g} s)",
+                        **where,
+                    ) from exc
                 except aiohttp.ClientConnectorCertificateError as exc:
                     # Retrying will not fix a certificate (a wrong host, or someone in between).
                     raise ConfigError(
@@ -512,17 +698,36 @@ class CventClient:
                         setting="base_url",
                         **where,
                     ) from exc
+                except aiohttp.ClientConnectorDNSError as exc:
+                    raise TransportError(
+                        f"cannot resolve {exc.host} ({_os_reason(exc)})", **where
+                    ) from exc
+                except aiohttp.ClientConnectorError as exc:
+                    raise TransportError(
+                        f"cannot connect to {_host_port(exc.host, exc.port)} ({_os_reason(exc)})",
+                        **where,
+                    ) from exc
                 except (aiohttp.ClientError, OSError) as exc:
                     raise TransportError(
-                        f"The request failed: {type(exc).__name__}", **where
+                        f"The request to {self._netloc()} failed: {type(exc).__name__}", **where
                     ) from exc
                 async with response as resp:
                     status[0] = resp.status
+                    log.debug(
+                        "response_started",
+                        resource=resource.path,
+                        event_guid=event,
+                        http_status=resp.status,
+                        content_length=resp.content_length,
+                        content_encoding=resp.headers.get("Content-Encoding"),
+                    )
                     error = classify(
                         resp.status, headers=resp.headers, resource=resource.path, event=event
                     )
                     if error is not None:
                         raise error
+                    if progress is not None:
+                        progress.response(resp.content_length)
                     parser = DumpParser(
                         resource,
                         on_record,
@@ -533,7 +738,13 @@ class CventClient:
                     )
                     only = None if event in (None, catalog.EVENT_ALL) else event
                     batches = _Batches(
-                        self, resp, parser, where, split=self._split_pool(event, encoded), only=only
+                        self,
+                        resp,
+                        parser,
+                        where,
+                        split=self._split_pool(event, encoded),
+                        only=only,
+                        progress=progress,
                     )
                     try:
                         value = await sink(batches)
@@ -555,6 +766,19 @@ class CventClient:
             raise TransportError(
                 f"The fetch exceeded its deadline ({self.settings.fetch_deadline:g} s)", **where
             ) from exc
+
+
+def _host_port(host: str, port: int | None) -> str:
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port is not None else host
+
+
+def _os_reason(exc: OSError) -> str:
+    """The operating system's words for a failed connect ("Connection refused"), not
+    asyncio's ("Connect call failed ('127.0.0.1', 9)")."""
+    if isinstance(exc.errno, int) and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return str(exc.strerror or type(exc).__name__)
 
 
 def _local_address(resp: aiohttp.ClientResponse) -> str | None:

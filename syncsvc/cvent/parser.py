@@ -6,6 +6,11 @@ batches. `close()` is the verdict: it returns only when the document parsed comp
 closed, nothing but whitespace followed it and the response code is 0; otherwise it raises
 IncompleteDumpError, UnsafeXmlError or the ApiError the code means.
 
+The one rule both parse paths apply (this one and the split one, cvent/split.py): whitespace after
+the root is XML and accepted, however long (max_dump_bytes bounds it); any other byte after the
+root, and a record beside its container instead of in it (after `</users>`), make the dump
+incomplete. Between records, more than max_record_bytes without a record ending is refused.
+
 Safety: nothing reaches libxml2 before the prolog was checked for a DOCTYPE (so no DTD, no entity
 declaration, no external subset ever exists); the parser also runs with entities unresolved, no
 network, no DTD loading and libxml2's default limits (depth 256, text nodes 10 MB, names 50 kB),
@@ -19,9 +24,10 @@ from typing import Any, Generic, TypeVar
 
 from lxml import etree
 
+from syncsvc import logs
 from syncsvc.cvent import catalog
 from syncsvc.cvent.catalog import Resource
-from syncsvc.cvent.responses import classify
+from syncsvc.cvent.responses import classify, parse_code
 from syncsvc.errors import IncompleteDumpError, SyncError, UnknownCodeError, UnsafeXmlError
 
 T = TypeVar("T")
@@ -206,7 +212,9 @@ class DumpParser(Generic[T]):
         try:
             self._parser.feed(data)
         except etree.XMLSyntaxError as exc:
-            raise self._syntax_error(exc, closing=False) from exc
+            # Not chained: libxml2's message quotes the document (it may echo the token); the
+            # error keeps its reason, redacted.
+            raise self._syntax_error(exc, closing=False) from None
         before = self.records
         self._drain()
         if self.records != before:
@@ -230,7 +238,16 @@ class DumpParser(Generic[T]):
         for _event, elem in self._parser.read_events():
             if elem.tag == record_tag:
                 if elem.getparent() is not container:
-                    if not self._is_container(elem.getparent()):
+                    parent = elem.getparent()
+                    if not self._is_container(parent):
+                        if self._is_root(parent):
+                            # Beside the container, not in it (e.g. after </users>): a shape
+                            # the contract does not have, so the dump cannot be known whole.
+                            raise IncompleteDumpError(
+                                f"The response has a <{record_tag}> record outside its"
+                                f" <{self.resource.container}> container",
+                                **self._where(),
+                            )
                         continue  # a same-named element nested in a record: part of that record
                     container = self._container
                 pending.append(on_record(elem))
@@ -243,6 +260,10 @@ class DumpParser(Generic[T]):
             # the parser may still be appending its following siblings.
             del container[: container.index(last)]
         self.records += len(pending) - before
+
+    @staticmethod
+    def _is_root(elem: etree._Element | None) -> bool:
+        return elem is not None and elem.tag == catalog.ENVELOPE_ROOT and elem.getparent() is None
 
     def _is_container(self, parent: etree._Element | None) -> bool:
         if (
@@ -265,13 +286,13 @@ class DumpParser(Generic[T]):
         if parent is None or parent.getparent() is not None:
             return  # not a child of the root: an unknown field inside a record
         if tag == catalog.ENVELOPE_CODE:
-            text = (elem.text or "").strip()
-            try:
-                code = int(text)
-            except ValueError:
+            text = elem.text or ""
+            code = parse_code(text)
+            if code is None:
+                shown = logs.redact_text(text.strip(), 40)
                 raise UnknownCodeError(
-                    f"The response code is not a number: {text[:40]!r}", **self._where()
-                ) from None
+                    f"The response code is not a number: {shown!r}", **self._where()
+                )
             if self.code is not None and self.code != code:
                 raise UnsafeXmlError("The response carries two response codes", **self._where())
             self.code = code
@@ -288,7 +309,8 @@ class DumpParser(Generic[T]):
             return IncompleteDumpError(
                 "The response has bytes after its root element", **self._where()
             )
-        reason = str(exc).split(" (<string>", 1)[0][:160]
+        # libxml2 quotes the document (element names, text) in its messages.
+        reason = logs.redact_text(str(exc).split(" (<string>", 1)[0], 160)
         if closing and exc.code != _LXML_SWALLOWED_FATAL:
             return IncompleteDumpError(
                 f"The response ended before the document did ({reason})", **self._where()
@@ -304,7 +326,7 @@ class DumpParser(Generic[T]):
         try:
             root = self._parser.close()
         except etree.XMLSyntaxError as exc:
-            raise self._syntax_error(exc, closing=True) from exc
+            raise self._syntax_error(exc, closing=True) from None  # as in feed()
         self._drain()
         docinfo = root.getroottree().docinfo
         if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Mapping
 
+from syncsvc import logs
 from syncsvc.cvent import catalog
 from syncsvc.cvent.catalog import Outcome
 from syncsvc.errors import (
@@ -45,6 +47,22 @@ _OUTCOME_CLASSES: dict[Outcome, type[SyncError]] = {
 }
 
 MAX_MESSAGE_CHARS = 200  # a server message is kept for the run record, bounded
+# A response code or a Retry-After delta is ASCII digits: int() would also read "1_01" as 101
+# and "١٠١" (Arabic-Indic digits) as 101, turning a malformed code into a known one.
+_CODE = re.compile(r"[+-]?[0-9]{1,18}")
+_DELTA_SECONDS = re.compile(r"[0-9]{1,18}")
+# A 404 means the resource path does not exist under the base URL: the path is wrong far more
+# often than the resource.
+_NOT_FOUND_HINT = (
+    "; check the path of SYNCSVC_BASE_URL (the API lives under a path such as"
+    " https://EVENTURL.smarteventscloud.com/api/)"
+)
+
+
+def parse_code(text: str) -> int | None:
+    """A response code read strictly (optional sign, ASCII digits), None when it is not one."""
+    text = text.strip(" \t\r\n")
+    return int(text) if _CODE.fullmatch(text) else None
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -52,7 +70,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _DELTA_SECONDS.fullmatch(value):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -92,12 +110,15 @@ def classify(
             )
         if 500 <= http_status <= 599:
             return TransportError(f"HTTP {http_status}", http_status=http_status, **where)
-        return HttpStatusError(f"HTTP {http_status}", http_status=http_status, **where)
+        hint = _NOT_FOUND_HINT if http_status == 404 else ""
+        return HttpStatusError(f"HTTP {http_status}{hint}", http_status=http_status, **where)
     if code is None or code == catalog.SUCCESS:
         return None
     known = catalog.RESPONSE_CODES.get(code)
     if known is None:
-        kept = (message or "").strip()[:MAX_MESSAGE_CHARS]
+        # The server's own words: it may repeat what it was sent (the token), so they are
+        # redacted before they are bounded or kept anywhere.
+        kept = logs.redact_text((message or "").strip(), MAX_MESSAGE_CHARS)
         return UnknownCodeError(
             f"The API answered with unknown response code {code}: {kept!r}",
             code=code,

@@ -48,17 +48,21 @@ class RetryPolicy:
 
         None when `error` is not retryable (no class-level `retryable = True`), when `attempt`
         reached `max_attempts`, or when waiting would take the call past `budget` (`spent` is
-        what it already waited). A Retry-After the server sent (RateLimitedError.retry_after)
-        is honoured as given, never shortened by the cap; otherwise full jitter:
-        uniform(0, min(cap, base * 2 ** (attempt - 1))).
+        what it already waited). With ceiling = min(cap, base * 2 ** (attempt - 1)): a rate
+        limit (RateLimitedError) waits uniform(ceiling / 2, ceiling), or the server's
+        Retry-After when that is longer (honoured as given, never shortened by the cap); any
+        other retryable error waits uniform(0, ceiling) (full jitter).
         """
         if not getattr(error, "retryable", False) or attempt >= self.max_attempts:
             return None
-        retry_after = error.retry_after if isinstance(error, RateLimitedError) else None
-        if retry_after is not None:
-            delay = max(0.0, retry_after)
+        ceiling = self.backoff_ceiling(attempt)
+        if isinstance(error, RateLimitedError):
+            # Never sooner than half the ceiling: a `Retry-After: 0` (or a full-jitter draw
+            # near 0) would otherwise send the retry at once, into the same limit.
+            floor = ceiling / 2
+            delay = max(error.retry_after or 0.0, floor + self.random() * floor)
         else:
-            delay = self.random() * self.backoff_ceiling(attempt)
+            delay = self.random() * ceiling
         if spent + delay > self.budget:
             return None
         return delay

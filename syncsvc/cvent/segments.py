@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
+from syncsvc import logs
 from syncsvc.cvent import catalog
 from syncsvc.cvent.catalog import Resource
 from syncsvc.cvent.parser import parser_options
@@ -80,8 +81,11 @@ class SegmentCodec:
         # and the document itself is not well-formed (what the one-document parse would say).
         record = self.resource.record.encode()
         starts = data.count(b"<" + record + b">") + data.count(b"<" + record + b" ")
-        suspect = any(m in data for m in (b"<!", b"<?", b"?>", b"-->", b"]]>"))
-        reason = str(exc).split(" (<string>", 1)[0].split(", line ", 1)[0][:160]
+        # The container's end tag in a segment (a record after </users>) is a document the
+        # split cannot judge: the one-document parse gives the verdict.
+        markers = (b"<!", b"<?", b"?>", b"-->", b"]]>", self._close[:-1], self._open[:-1])
+        suspect = any(m in data for m in markers)
+        reason = logs.redact_text(str(exc).split(" (<string>", 1)[0].split(", line ", 1)[0], 160)
         if suspect or starts != data.count(b"</" + record + b">"):
             return SegmentRefused(
                 f"A segment did not parse on its own: {reason}", resource=self.resource.path

@@ -10,7 +10,9 @@ the dump is parsed as one document instead); each segment must parse on its own 
 container; and head + tail, parsed together by the one-document parser, must hold no record and
 give the verdict (root, response code, nothing after the root). A record end tag inside a comment
 or CDATA section can only cut a segment inside that comment or section, which then does not parse
-on its own (SegmentRefused): the dump is fetched again and parsed as one document.
+on its own (SegmentRefused): the dump is fetched again and parsed as one document. So does a
+segment holding the container's end tag (a record after `</users>`). Whitespace after the root's
+end tag is dropped as it arrives, however long: the one rule of cvent/parser.py for both paths.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import re
 
 from syncsvc.cvent import catalog
 from syncsvc.cvent.catalog import Resource
-from syncsvc.errors import UnsafeXmlError
+from syncsvc.errors import IncompleteDumpError, UnsafeXmlError
 
 MAX_HEAD_BYTES = 64 * 1024  # a real head is ~150 bytes; a longer one means "parse as a document"
+_WHITESPACE = b" \t\r\n"
 
 
 class Splitter:
@@ -35,6 +38,8 @@ class Splitter:
         self.tail = b""  # after finish(): the bytes after the last record
         self.classic = False  # the head is not the plain shape: parse the dump as one document
         self.buffered = bytearray()  # the head while it is sought, then the current segment
+        self._after_root = False  # the root's end tag and whitespace were seen: nothing more
+        self._root_end = f"</{catalog.ENVELOPE_ROOT}>".encode()
         self._start = f"<{resource.container}>".encode()
         self._end = f"</{resource.record}>".encode()
         names = f"{catalog.ENVELOPE_CODE}|{catalog.ENVELOPE_MESSAGE}"
@@ -48,6 +53,14 @@ class Splitter:
 
     def feed(self, piece: bytes) -> list[bytes]:
         """Segments completed by `piece` (none while the head is sought or when classic)."""
+        if self._after_root:
+            # Whitespace after the root is dropped as it comes (the one-document parse ignores
+            # it too); anything else after the root makes the dump incomplete, as there.
+            if piece.strip(_WHITESPACE):
+                raise IncompleteDumpError(
+                    "The response has bytes after its root element", resource=self.resource.path
+                )
+            return []
         buf = self.buffered
         buf += piece
         if self.head is None:
@@ -68,7 +81,7 @@ class Splitter:
         while len(buf) >= self.segment_bytes:
             cut = buf.rfind(self._end)
             if cut < 0:
-                if len(buf) > self.max_record_bytes:
+                if len(buf) > self.max_record_bytes and not self._root_then_whitespace():
                     raise UnsafeXmlError(
                         f"More than {self.max_record_bytes} bytes without a record ending; refused",
                         resource=self.resource.path,
@@ -80,6 +93,16 @@ class Splitter:
             if len(buf) < self.segment_bytes:
                 break
         return out
+
+    def _root_then_whitespace(self) -> bool:
+        """True (and the whitespace dropped) when the bytes held are the document's end, the
+        root's end tag, followed by whitespace only: a valid dump with a long blank tail."""
+        body = bytes(self.buffered).rstrip(_WHITESPACE)
+        if len(body) > self.max_record_bytes or not body.endswith(self._root_end):
+            return False
+        del self.buffered[len(body) :]
+        self._after_root = True
+        return True
 
     def take_buffered(self) -> bytes:
         """The bytes held and not yet cut (once `classic`: everything fed so far)."""

@@ -25,6 +25,7 @@ from syncsvc.errors import ConfigError
 from syncsvc.export.consumer import FILTER_KEYS, advance_cursor, read_consumer
 from syncsvc.export.dest import Destination
 from syncsvc.export.parquet import Limits, PartFile, PartWriter, snapshot_session
+from syncsvc.feed.consumers import consumer_lock
 from syncsvc.logs import get_logger
 from syncsvc.store.db import libpq_url, raw_connection
 
@@ -54,6 +55,7 @@ _FILTER_COLUMNS = {
     "op": "c.op",
     "event": "c.event_guid",
     "environment": "r.environment",
+    "client_id": "c.client_id",
 }
 
 
@@ -134,24 +136,25 @@ async def export_changes(
         raise ConfigError("give exactly one of --consumer NAME or --since SEQ", setting="since")
     limits = limits or Limits()
     url = libpq_url(engine.url)
-    async with engine.connect() as conn:
-        raw = await raw_connection(conn)
-        if consumer is None:
-            assert since is not None
+    if consumer is None:
+        assert since is not None
+        async with engine.connect() as conn:
+            raw = await raw_connection(conn)
             return await _export(raw, url, dest, since, until, None, filters or {}, limits)
-        # One export per consumer at a time: two would write the same range twice.
-        lock = "hashtextextended('syncsvc:export:' || $1, 0)"
-        if not await raw.fetchval(f"SELECT pg_try_advisory_lock({lock})", consumer):
+    # The feed's reader lock: one reader of a consumer at a time (an export, `changes
+    # --consumer`, a webhook delivery), or two would deliver the same range twice.
+    async with consumer_lock(engine, consumer) as raw:
+        if raw is None:
             raise ConfigError(
-                f"another export of consumer {consumer!r} is running", setting="consumer"
+                f"consumer {consumer!r} is being read by another process", setting="consumer"
             )
-        try:
-            state = await read_consumer(raw, consumer)
-            return await _export(
-                raw, url, dest, state.cursor, until, consumer, state.filters, limits
+        state = await read_consumer(raw, consumer)
+        if state.webhook_url is not None:
+            raise ConfigError(
+                f"consumer {consumer!r} is delivered by webhook; export a pull consumer",
+                setting="consumer",
             )
-        finally:  # a session lock outlives the transaction: pooled connections keep it
-            await raw.execute(f"SELECT pg_advisory_unlock({lock})", consumer)
+        return await _export(raw, url, dest, state.cursor, until, consumer, state.filters, limits)
 
 
 def _write_range(

@@ -1,6 +1,7 @@
-"""The consumer cursor an export reads and advances (the `consumers` table of migration 0003).
+"""The consumer an export reads and the cursor it advances (the feed's `consumers` table).
 
-Kept to two small functions so the feed's own consumer API can replace them in one place.
+The lock and the compare-and-set are the feed's own (syncsvc/feed/consumers.py), so an export
+and `changes --consumer` or a webhook delivery never read one consumer at once.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from syncsvc.changefeed import CONSUMER_FILTERS
 from syncsvc.errors import ConfigError, StoreError
+from syncsvc.feed.consumers import acknowledge
 
-FILTER_KEYS = ("entity", "op", "event", "environment")
+FILTER_KEYS = CONSUMER_FILTERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,30 +22,26 @@ class Consumer:
     name: str
     cursor: int
     filters: dict[str, list[str]]
+    webhook_url: str | None
 
 
 async def read_consumer(conn: Any, name: str) -> Consumer:
     """The consumer's acknowledged cursor and filters (asyncpg connection)."""
     row = await conn.fetchrow(
-        "SELECT cursor, filters::text AS filters FROM consumers WHERE name = $1", name
+        "SELECT cursor, filters::text AS filters, webhook_url FROM consumers WHERE name = $1",
+        name,
     )
     if row is None:
         raise ConfigError(f"no consumer named {name!r}", setting="consumer")
     raw = json.loads(row["filters"] or "{}")
     filters = {k: [str(v) for v in raw[k]] for k in FILTER_KEYS if raw.get(k)}
-    return Consumer(name, int(row["cursor"]), filters)
+    return Consumer(name, int(row["cursor"]), filters, row["webhook_url"])
 
 
 async def advance_cursor(conn: Any, name: str, old: int, new: int) -> None:
-    """Move the cursor from `old` to `new`, only if nobody moved it meanwhile."""
-    status = await conn.execute(
-        'UPDATE consumers SET "cursor" = $3, updated_at = now() WHERE name = $1 AND "cursor" = $2',
-        name,
-        old,
-        new,
-    )
-    if status != "UPDATE 1":
+    """Move the cursor from `old` to `new`, only if nobody moved it meanwhile (a reset)."""
+    if not await acknowledge(conn, name, old, new):
         raise StoreError(
-            f"consumer {name!r} moved from cursor {old} during the export: its manifest is "
-            "written, its cursor left as the other writer set it"
+            f"consumer {name!r} moved from cursor {old} during the export (reset or removed): "
+            "its manifest is written, its cursor left as the other writer set it"
         )

@@ -280,7 +280,7 @@ class Simulator:
     # --- control -------------------------------------------------------------------------------
 
     def control(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Apply one control document (see CONTRACTS.md); returns the resulting state."""
+        """Apply one control document (README: the simulator); returns the resulting state."""
         unknown = set(body) - {
             "day",
             "rate_limit",

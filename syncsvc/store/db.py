@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import importlib.util
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from syncsvc.errors import ConfigError, MigrationError, StoreError
-from syncsvc.logs import get_logger
+from syncsvc.logs import get_logger, register_secrets
 from syncsvc.settings import Settings
 
 log = get_logger(__name__)
@@ -24,8 +26,9 @@ def sqlalchemy_url(url: str, password: str | None = None) -> URL:
     """A postgresql:// URL as SQLAlchemy's asyncpg dialect wants it (password override applied)."""
     try:
         parsed = make_url(url)
-    except sa.exc.ArgumentError as exc:
-        raise ConfigError("SYNCSVC_DATABASE_URL is malformed", setting="database_url") from exc
+    except (sa.exc.ArgumentError, ValueError):
+        # A bad port is a ValueError from int(); the URL is not repeated (it may hold a password).
+        raise ConfigError("SYNCSVC_DATABASE_URL is malformed", setting="database_url") from None
     parsed = parsed.set(drivername="postgresql+asyncpg")
     if password is not None:
         parsed = parsed.set(password=password)
@@ -37,11 +40,17 @@ def libpq_url(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def embedded_url(data_dir: Path) -> str:
+# In the data dir while the embedded server is one a syncsvc command started and will stop: the
+# last command using it stops it on exit. `db url` removes it (psql needs the server afterwards).
+STARTED_BY_US = "embedded-started-by-syncsvc"
+
+
+def embedded_url(data_dir: Path, *, keep_running: bool = False) -> str:
     """Start (or reuse) the embedded PostgreSQL under `data_dir` and return its URL.
 
-    The server keeps running after this process exits so the next command reuses it; the data
-    directory is what persists.
+    A server this command starts is stopped when the last syncsvc command using it exits (a
+    server someone else started is left alone); `keep_running` leaves it up (for psql) until
+    `syncsvc db stop`. The data directory is what persists.
     """
     import warnings
 
@@ -50,6 +59,7 @@ def embedded_url(data_dir: Path) -> str:
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver copes.
             warnings.simplefilter("ignore")
             import pgserver
+            from pgserver.postgres_server import PostgresServer
     except ImportError as exc:  # the container image ships without it
         raise ConfigError(
             "SYNCSVC_DATABASE_URL is not set and the embedded PostgreSQL (pgserver) is not "
@@ -59,21 +69,79 @@ def embedded_url(data_dir: Path) -> str:
 
     pgdata = data_dir / "pgdata"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    mark = data_dir / STARTED_BY_US
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            with PostgresServer._lock:
+                if _postmaster(pgdata) is None:
+                    mark.touch()
             server = pgserver.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
     except Exception as exc:  # pgserver raises bare exceptions from its subprocess calls
         raise StoreError(f"could not start the embedded PostgreSQL under {pgdata}: {exc}") from exc
+    if keep_running:
+        mark.unlink(missing_ok=True)
+    elif mark.exists():
+        atexit.register(_stop_if_last, pgdata, mark)
     uri: str = server.get_uri()
     return uri
 
 
-def resolve_url(settings: Settings) -> URL:
+def _postmaster(pgdata: Path) -> Any:
+    """The running postmaster's psutil process, or None."""
+    from pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    return info.process if info is not None and info.is_running() else None
+
+
+def _stop_if_last(pgdata: Path, mark: Path) -> None:
+    import json
+    import os
+
+    import psutil  # type: ignore[import-untyped]
+    from pgserver.postgres_server import PostgresServer
+
+    with PostgresServer._lock:
+        if not mark.exists():
+            return  # `db url` asked for it to stay up meanwhile
+        try:
+            users = json.loads((pgdata / ".handle_pids.json").read_text())
+        except (OSError, ValueError):
+            users = []
+        if any(pid != os.getpid() and psutil.pid_exists(pid) for pid in users):
+            return  # another command still uses it: the last one out stops it
+        if stop_embedded(pgdata):
+            log.debug("embedded_postgres_stopped", pgdata=str(pgdata))
+
+
+def stop_embedded(pgdata: Path, timeout: float = 30.0) -> bool:
+    """Stop the embedded server under `pgdata` (a fast shutdown); False if none was running."""
+    import psutil
+
+    process = _postmaster(pgdata)
+    if process is None:
+        return False
+    try:
+        process.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown: sessions end, data safe
+        process.wait(timeout)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired as exc:
+        raise StoreError(
+            f"the embedded PostgreSQL in {pgdata} did not stop in {timeout:g} s"
+        ) from exc
+    (pgdata.parent / STARTED_BY_US).unlink(missing_ok=True)
+    return True
+
+
+def resolve_url(settings: Settings, *, keep_running: bool = False) -> URL:
     """The database URL in force: SYNCSVC_DATABASE_URL, or the embedded server's."""
     if settings.database_url:
-        return sqlalchemy_url(settings.database_url, settings.database_password)
-    url = embedded_url(settings.data_dir)
+        configured = sqlalchemy_url(settings.database_url, settings.database_password)
+        register_secrets([configured.password if isinstance(configured.password, str) else None])
+        return configured
+    url = embedded_url(settings.data_dir, keep_running=keep_running)
     log.debug("embedded_postgres_ready", data_dir=str(settings.data_dir / "pgdata"))
     return sqlalchemy_url(url)
 

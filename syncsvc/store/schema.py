@@ -66,6 +66,7 @@ FETCH_STATUSES = (
     "abandoned",
 )
 CONSUMER_STATUSES = ("active", "failing", "paused")
+ENVELOPES = ("syncsvc", "debezium")
 OPS = ("insert", "update", "delete", "rekey")
 ENTITIES = tuple(r.entity for r in RESOURCES)
 
@@ -218,7 +219,21 @@ consumers = Table(
     Column("last_delivered_at", TZ),
     Column("created_at", TZ, nullable=False, server_default=text("now()")),
     Column("updated_at", TZ, nullable=False, server_default=text("now()")),
+    # Migration 0006 (the change feed).
+    Column(
+        "secret_file",
+        Text,
+        comment="path of the file holding the webhook signing secret; never the secret",
+    ),
+    Column("envelope", Text, nullable=False, server_default="syncsvc"),
+    Column("batch_size", Integer, comment="null: SYNCSVC_WEBHOOK_BATCH_SIZE"),
+    Column(
+        "inflight_until",
+        BigInteger,
+        comment="the last seq of the batch being delivered; null between batches",
+    ),
     CheckConstraint(_in("status", CONSUMER_STATUSES), name="status"),
+    CheckConstraint(_in("envelope", ENVELOPES), name="envelope"),
 )
 
 changes = Table(

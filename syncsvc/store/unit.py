@@ -57,6 +57,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from syncsvc.cvent.catalog import EVENT_ALL, Resource, resolve
 from syncsvc.cvent.segments import EncodedBatch, staging_line
 from syncsvc.errors import IncompleteDumpError, StoreError
+from syncsvc.feed import notify as feed_notify
 from syncsvc.logs import get_logger
 from syncsvc.normalize import Normalizer, normalizer
 from syncsvc.records import Record, codec
@@ -480,7 +481,8 @@ class UnitWriter:
                     event_guid=h.event_guid,
                     live=h.live,
                     deletes=h.deletes,
-                    ratio=hold.ratio,
+                    share=round(h.deletes / h.live, 3),
+                    threshold=hold.ratio,
                 )
         await self._step("hold_checked")
 
@@ -496,6 +498,11 @@ class UnitWriter:
         await self._step("seq_locked")
         (seqs,) = await self._fetch(sql.insert_changes, self.run_id, self.fetch_id)
         await self._step("changes_inserted")
+
+        # The change feed: wake followers and webhook deliveries when (and only if) this commits.
+        # The payload is the new high seq, never data (docs/change-feed.md).
+        if seqs["last_seq"] is not None:
+            await self._execute(feed_notify.SQL, str(seqs["last_seq"]))
 
         result = ApplyResult(
             status="held" if held else "applied",
@@ -515,7 +522,7 @@ class UnitWriter:
             scope_events=tuple(scope_events),
         )
         if self.fetch_id is not None:
-            await self._record_fetch(result)
+            await self._record_fetch(result, hold)
         await self._step("before_commit")
         try:
             await self._tx.commit()
@@ -540,8 +547,9 @@ class UnitWriter:
         )
         return result
 
-    async def _record_fetch(self, result: ApplyResult) -> None:
+    async def _record_fetch(self, result: ApplyResult, hold: HoldPolicy) -> None:
         details = {
+            "hold": {"ratio": hold.ratio, "min_rows": hold.min_rows},  # what `status` compares to
             "held": [vars_of(h) for h in result.held],
             "overridden": [vars_of(h) for h in result.overridden],
             "scope_events": list(result.scope_events),

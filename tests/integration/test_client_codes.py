@@ -45,6 +45,12 @@ from tests.apiserver import (
 
 # FAST: random() == 0.5, base 0.01, cap 0.04 -> delays 0.005, 0.01, 0.02 for attempts 1, 2, 3.
 FAST_DELAYS = [0.005, 0.01, 0.02]
+# A rate limit waits uniform(ceiling / 2, ceiling): at random() = 0.5, three quarters of it.
+RATE_LIMIT_DELAYS = [0.0075, 0.015, 0.03]
+
+
+def _delays(code: int) -> list[float]:
+    return RATE_LIMIT_DELAYS if code == catalog.RATE_LIMITED else FAST_DELAYS
 
 
 async def test_code_0_dump_is_accepted_with_its_records_in_one_attempt() -> None:
@@ -163,7 +169,7 @@ async def test_retryable_codes_retry_with_the_policys_delays_then_succeed(code: 
         result = await client.fetch(catalog.USERS, EVENTS[0], collect)
     assert result.attempts == 3
     assert len(server.seen) == 3
-    assert result.delays == pytest.approx(FAST_DELAYS[:2])
+    assert result.delays == pytest.approx(_delays(code)[:2])
     assert result.records == 5
     assert client.stats.retries == 2
 
@@ -176,7 +182,7 @@ async def test_retryable_codes_exhaust_the_policy_and_chain_the_last_error(code:
             await client.fetch(catalog.USERS, EVENTS[0], collect)
     err = info.value
     assert len(server.seen) == FAST.max_attempts == err.context["attempts"]
-    assert err.context["delays"] == pytest.approx(FAST_DELAYS)
+    assert err.context["delays"] == pytest.approx(_delays(code))
     assert isinstance(err.__cause__, ApiRetryableError)
     assert err.__cause__.code == code
     assert err.code == code

@@ -19,7 +19,8 @@ def test_demo_on_embedded_defaults_prints_the_change_summary(tmp_path: Path) -> 
         "HOME": str(tmp_path),
         "XDG_DATA_HOME": str(tmp_path),
     }
-    pgdata = tmp_path / "syncsvc" / "pgdata"
+    # The demo's data lives apart from the database a real run uses (issue 14, item 8).
+    pgdata = tmp_path / "syncsvc" / "demo" / "pgdata"
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "syncsvc", "demo"],
@@ -38,6 +39,10 @@ def test_demo_on_embedded_defaults_prints_the_change_summary(tmp_path: Path) -> 
         assert "same clientID" in out
         assert "syncsvc changes" in out  # and what to run next
         assert str(pgdata) in out
+        assert f"export SYNCSVC_DATA_DIR={pgdata.parent}" in out  # naming the demo's database
+        assert "python3 -m syncsvc db stop" in out or "bin/syncsvc db stop" in out  # runnable
+        assert not (tmp_path / "syncsvc" / "pgdata").exists()  # a real run's default: untouched
+        assert not (pgdata / "postmaster.pid").exists()  # its server stopped with it (item 9)
         # Running it again resets the demo's own database and succeeds the same way.
         again = subprocess.run(
             [sys.executable, "-m", "syncsvc", "demo"],
@@ -53,5 +58,5 @@ def test_demo_on_embedded_defaults_prints_the_change_summary(tmp_path: Path) -> 
             warnings.simplefilter("ignore")
             import pgserver
 
-            if pgdata.exists():
+            if (pgdata / "postmaster.pid").exists():
                 pgserver.get_server(pgdata, cleanup_mode="stop").cleanup()

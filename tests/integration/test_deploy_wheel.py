@@ -55,6 +55,7 @@ def test_the_wheel_ships_every_module_and_the_migrations(wheel: Path) -> None:
         if p.is_file() and p.suffix in (".py", ".mako") and "__pycache__" not in p.parts
     }
     expected.add("syncsvc/py.typed")
+    expected |= {str(p.relative_to(ROOT)) for p in (ROOT / "syncsvc/web/templates").glob("*")}
     assert "syncsvc/migrations/versions/0001_initial_schema.py" in expected
     assert expected - names == set()
 

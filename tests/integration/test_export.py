@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from syncsvc import scheduler
 from syncsvc.cvent.catalog import BY_ENTITY, RESOURCES
 from syncsvc.export.history import as_of_query
+from syncsvc.feed.consumers import CONSUMER_LOCK_CLASS
 from syncsvc.settings import Settings
 from syncsvc.simulator import SimConfig
 from syncsvc.store import db
@@ -384,19 +385,34 @@ async def test_export_memory_stays_flat_for_a_large_log(db_url: URL, tmp_path: P
     assert large - small < 48 * 1024, (small, large)
 
 
-async def test_a_second_export_of_one_consumer_refuses_while_the_first_runs(
+async def test_a_webhook_consumer_is_not_exported(db_url: URL, tmp_path: Path) -> None:
+    await add_consumer(db_url, "hook")
+    conn = await asyncpg.connect(db.libpq_url(db_url))
+    try:
+        await conn.execute(
+            "UPDATE consumers SET webhook_url = 'http://127.0.0.1:9/hook' WHERE name = 'hook'"
+        )
+    finally:
+        await conn.close()
+    proc = syncsvc(db_url, "export", "changes", "--consumer", "hook", "--to", str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert "delivered by webhook" in proc.stderr
+    assert await consumer_cursor(db_url, "hook") == 0
+
+
+async def test_a_second_reader_of_one_consumer_refuses_while_the_first_runs(
     db_url: URL, tmp_path: Path
 ) -> None:
     await add_consumer(db_url, "busy")
     holder = await asyncpg.connect(db.libpq_url(db_url))
     try:
-        # What a running export holds for its whole duration.
+        # What any reader of the consumer holds (an export, `changes --consumer`, a delivery).
         await holder.execute(
-            "SELECT pg_advisory_lock(hashtextextended('syncsvc:export:' || $1, 0))", "busy"
+            "SELECT pg_advisory_lock($1, hashtext($2))", CONSUMER_LOCK_CLASS, "busy"
         )
         proc = syncsvc(db_url, "export", "changes", "--consumer", "busy", "--to", str(tmp_path))
         assert proc.returncode == 2, proc.stderr
-        assert "another export of consumer 'busy' is running" in proc.stderr
+        assert "consumer 'busy' is being read by another process" in proc.stderr
     finally:
         await holder.close()
     proc = syncsvc(db_url, "export", "changes", "--consumer", "busy", "--to", str(tmp_path))

@@ -131,7 +131,7 @@ def diff(
     before: dict[tuple[str, str], dict[str, Any]],
     after: dict[tuple[str, str], dict[str, Any]],
 ) -> set[ExpectedChange]:
-    """The change semantics of CONTRACTS.md, written out independently of the simulator."""
+    """The change semantics of docs/design.md, written out independently of the simulator."""
     has_cid = catalog.BY_ENTITY[entity].has_client_id
 
     def fields(a: dict[str, Any], b: dict[str, Any]) -> frozenset[str]:

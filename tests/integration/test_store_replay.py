@@ -1,4 +1,4 @@
-"""Property: the change log is exact (against an oracle of CONTRACTS.md's change semantics) and
+"""Property: the change log is exact (against an oracle of docs/design.md's change semantics) and
 replaying it in seq order reproduces the current state, over random snapshot sequences."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _mapping_diff(prefix: str, a: dict[str, str] | None, b: dict[str, str] | Non
 
 
 def changed_fields(a: Typed, b: Typed) -> frozenset[str]:
-    """CONTRACTS.md: API names of differing fields; custom.<code>; extras.<name>."""
+    """docs/design.md: API names of differing fields; custom.<code>; extras.<name>."""
     out: set[str] = set()
     for f in USERS.fields:
         if f.kind is FieldKind.CUSTOM:
@@ -45,7 +45,7 @@ def changed_fields(a: Typed, b: Typed) -> frozenset[str]:
 
 
 def oracle(before: dict[Key, Typed], after: dict[Key, Typed]) -> set[tuple[Any, ...]]:
-    """Expected (event, key, op, changed_fields, old_key) per CONTRACTS.md "Change semantics"."""
+    """Expected (event, key, op, changed_fields, old_key) per docs/design.md "Change records"."""
     out: set[tuple[Any, ...]] = set()
     vanished = [k for k in before if k not in after]
     born = [k for k in after if k not in before]

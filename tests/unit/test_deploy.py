@@ -36,7 +36,12 @@ KUBE_FILES = sorted(KUBE_DIR.glob("*.yaml"))
 # newest schemas kubernetes-validate ships.
 KUBE_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
 # SYNCSVC_* names that are not settings: the config file path and the test suite's server.
-NOT_SETTINGS = {"SYNCSVC_CONFIG", "SYNCSVC_TEST_DATABASE_URL"}
+NOT_SETTINGS = {
+    "SYNCSVC_CONFIG",
+    "SYNCSVC_TEST_DATABASE_URL",
+    "SYNCSVC_TEST_SCREENSHOT_DIR",
+    "SYNCSVC_TEST_CHROMIUM",
+}
 
 
 # --- hadolint ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""normalize: lxml record elements -> typed records, per CONTRACTS.md "Typed records"."""
+"""normalize: lxml record elements -> typed records, per docs/conference-api.md "Fields"."""
 
 from __future__ import annotations
 

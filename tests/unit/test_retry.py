@@ -85,7 +85,9 @@ def test_no_delay_once_max_attempts_were_made() -> None:
 def test_retry_after_is_honoured_as_given_even_above_the_cap() -> None:
     policy = RetryPolicy(cap=5.0, budget=100.0, random=lambda: 0.0)
     assert policy.next_delay(1, RateLimitedError(retry_after=42.0)) == 42.0
-    assert policy.next_delay(1, RateLimitedError(retry_after=None)) == 0.0  # jitter again
+    # Without Retry-After (or with 0): never sooner than half the backoff ceiling.
+    assert policy.next_delay(1, RateLimitedError(retry_after=None)) == 0.5
+    assert policy.next_delay(1, RateLimitedError(retry_after=0.0)) == 0.5
 
 
 def test_budget_refuses_a_delay_that_would_cross_it() -> None:

@@ -1,0 +1,101 @@
+"""Vanished events: when an event's deletion is applied, its users, sessions and exhibitors go too.
+
+A complete `event.do` that no longer lists an event deletes that event like any record, but no
+later dump speaks for the event's own records, so they would stay live forever under a deleted
+event. Each run therefore plans, for every (resource, event) with live rows under a deleted
+event, a unit whose complete dump is empty: the ordinary diff/apply path deletes every live row
+of that scope, one change record each, in one transaction, under the mass-delete hold like any
+other delete (a held scope is retried by every run until it is applied with --override-hold).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from syncsvc import logs
+from syncsvc.cvent.catalog import DATA_RESOURCES
+from syncsvc.errors import SyncError
+from syncsvc.store import runs as run_rows
+from syncsvc.store.schema import events, metadata
+from syncsvc.store.unit import UnitWriter
+
+if TYPE_CHECKING:
+    from syncsvc.scheduler import Runner, Unit
+
+log = logs.get_logger(__name__)
+
+REASON = "the event was deleted: its records go with it"
+
+
+async def plan(engine: AsyncEngine) -> list[Unit]:
+    """One unit per (resource, deleted event) that still has live records."""
+    from syncsvc.scheduler import Unit
+
+    units: list[Unit] = []
+    async with engine.connect() as conn:
+        for resource in DATA_RESOURCES:
+            table = metadata.tables[resource.table]
+            rows = await conn.execute(
+                sa.select(table.c.event_guid)
+                .distinct()
+                .join(events, events.c.event_guid == table.c.event_guid)
+                .where(table.c.deleted_at.is_(None), events.c.deleted_at.is_not(None))
+                .order_by(table.c.event_guid)
+            )
+            units.extend(Unit(resource, guid) for (guid,) in rows)
+    return units
+
+
+async def apply(runner: Runner, units: list[Unit]) -> None:
+    """Apply each unit as an empty complete dump of its event, recorded like any unit."""
+    from syncsvc.scheduler import UnitOutcome
+
+    for unit in units:
+        outcome = UnitOutcome(unit, "pending")
+        if runner.stop.is_set():
+            outcome.status = "skipped"
+            runner._done(outcome)
+            continue
+        outcome.fetch_id = await run_rows.create_fetch(
+            runner.engine, run_id=runner.run_id, resource=unit.resource, scope=unit.scope
+        )
+        started = time.monotonic()
+        try:
+            async with UnitWriter(
+                runner.engine,
+                run_id=runner.run_id,
+                fetch_id=outcome.fetch_id,
+                resource=unit.resource,
+                scope=unit.writer_scope,
+            ) as writer:
+                result = await writer.apply(
+                    complete=True, hold=runner.hold, override_hold=runner.override_hold
+                )
+            outcome.result = result
+            outcome.status = result.status
+            outcome.seconds = time.monotonic() - started
+            await run_rows.finish_fetch(
+                runner.engine,
+                outcome.fetch_id,
+                status=result.status,
+                attempts=0,
+                bytes_read=0,
+                details={"cascade": REASON},
+            )
+            runner._count_applied(unit, result, 0)
+            log.info(
+                "event_records_deleted",
+                unit=unit.name,
+                status=result.status,
+                deleted=result.deleted,
+            )
+        except SyncError as exc:
+            outcome.status = "failed"
+            outcome.error = exc
+            await runner._record_failure(outcome, exc)
+            log.warning("unit_failed", unit=unit.name, error=str(exc))
+        runner._done(outcome)
