@@ -16,6 +16,7 @@ import typer
 
 from syncsvc import logs
 from syncsvc.errors import ConfigError, RunLockedError, SyncError
+from syncsvc.export.cli import dbt_sources_cmd, export_app
 from syncsvc.feed import cli as feed_cli
 from syncsvc.settings import Settings
 
@@ -613,3 +614,7 @@ def plan_cmd(ctx: typer.Context) -> None:
 
     for line in run_async(go):
         typer.echo(line)
+
+
+app.add_typer(export_app, name="export")
+app.command("dbt-sources")(dbt_sources_cmd)

@@ -251,3 +251,58 @@ EVENT_ALL = "all"
 ENVELOPE_ROOT = "response"
 ENVELOPE_CODE = "responseCode"
 ENVELOPE_MESSAGE = "responseMessage"
+
+
+# What each field means, for column descriptions (dbt sources, docs). Keyed by API name; an
+# (entity, API name) key overrides it for one entity.
+DESCRIPTIONS: dict[str | tuple[str, str], str] = {
+    "eventGUID": "The event's GUID (Cvent); an event's records are keyed within it.",
+    "eventCode": "The event's short code.",
+    "eventName": "The event's name.",
+    "startDate": "The event's first day (a calendar date, no time zone).",
+    "endDate": "The event's last day (a calendar date, no time zone).",
+    "timeZone": "The event's time zone.",
+    ("event", "status"): "The event's status (for example Active, Completed).",
+    "userRef": "The user's key within the event (Cvent's Secondary ID); a re-created user gets a "
+    "new one.",
+    "clientID": "The client's own ID for the record; unique per event when present, kept when "
+    "Cvent re-creates the record under a new key.",
+    "firstName": "First name.",
+    "lastName": "Last name.",
+    "email": "Email address.",
+    "company": "Company.",
+    ("user", "title"): "Job title.",
+    "phone": "Phone number.",
+    "city": "City.",
+    "state": "State or region.",
+    "country": "Country.",
+    "attendeeType": "Attendee type (for example attendee, speaker, staff).",
+    "registrationStatus": "Registration status.",
+    "registrationDate": "When the user registered (UTC).",
+    "lastModified": "The source's last-modified time (UTC); does not move for every change.",
+    "customFields": "Custom fields: field code -> value code.",
+    "sessionID": "The session's key within the event.",
+    "sessionCode": "The session's code.",
+    ("session", "title"): "The session's title.",
+    "abstract": "The session's abstract.",
+    "sessionType": "The session's type.",
+    "track": "The track the session belongs to.",
+    "room": "The room.",
+    "startTime": "When the session starts (UTC).",
+    "endTime": "When the session ends (UTC).",
+    "capacity": "How many attendees the session holds.",
+    ("session", "status"): "The session's status.",
+    "speakers": "The speakers' userRefs.",
+    "exhibitorID": "The exhibitor's key within the event.",
+    "name": "The exhibitor's name.",
+    "boothNumber": "The booth number.",
+    "website": "The exhibitor's website.",
+    "sponsorLevel": "The sponsor level.",
+    "description": "The exhibitor's description.",
+    "contacts": "The exhibitor's contacts' userRefs.",
+}
+
+
+def describe(resource: Resource, f: Field) -> str:
+    """The description of one field of one resource ("" when the catalog has none)."""
+    return DESCRIPTIONS.get((resource.entity, f.api)) or DESCRIPTIONS.get(f.api, "")

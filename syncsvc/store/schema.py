@@ -263,5 +263,14 @@ changes = Table(
     CheckConstraint(_in("op", OPS), name="op"),
     CheckConstraint(_in("entity", ENTITIES), name="entity"),
     Index(None, "run_id"),
-    Index(None, "entity", "event_guid", "record_key"),
+    # Covering (migration 0007): the history views bound each version from this index alone.
+    Index(
+        None,
+        "entity",
+        "event_guid",
+        "record_key",
+        "seq",
+        postgresql_include=["op", "captured_at"],
+    ),
+    Index("ix_changes_rekeys", "entity", "event_guid", postgresql_where=text("op = 'rekey'")),
 )
