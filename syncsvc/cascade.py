@@ -46,7 +46,7 @@ async def plan(engine: AsyncEngine) -> list[Unit]:
                 .where(table.c.deleted_at.is_(None), events.c.deleted_at.is_not(None))
                 .order_by(table.c.event_guid)
             )
-            units.extend(Unit(resource, guid) for (guid,) in rows)
+            units.extend(Unit(resource, str(guid)) for (guid,) in rows)
     return units
 
 

@@ -22,7 +22,7 @@ async def describe(settings: Settings, engine: AsyncEngine) -> list[str]:
     """One line per unit, in run order, and a closing line saying what the plan rests on."""
     async with engine.connect() as conn:
         guids = [
-            g
+            str(g)
             for (g,) in await conn.execute(
                 sa.select(events.c.event_guid)
                 .where(events.c.deleted_at.is_(None))

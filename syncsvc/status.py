@@ -119,7 +119,7 @@ async def previous_bytes(engine: AsyncEngine) -> dict[tuple[str, str], int]:
         .order_by(fetches.c.resource, fetches.c.scope, fetches.c.id.desc())
     )
     async with engine.connect() as conn:
-        return {(r, s): int(b) for r, s, b in await conn.execute(latest)}
+        return {(str(r), str(s)): int(b) for r, s, b in (await conn.execute(latest)).tuples()}
 
 
 async def last_runs(engine: AsyncEngine, limit: int = 5) -> list[RunStatus]:

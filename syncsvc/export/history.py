@@ -65,7 +65,7 @@ def view_sql(resource: Resource) -> str:
     """CREATE VIEW for one entity's history.
 
     The versions' bounds come from narrow columns only (seq, key, op, captured_at: an
-    index-only scan of the covering index migration 0007 adds); the wide `after` image is read
+    index-only scan of the covering index migration 0005 adds); the wide `after` image is read
     by primary key for the versions that survive the caller's "as of" filter, which PostgreSQL
     applies before the join. Measured: half the time of a window over the whole rows.
     """

@@ -219,7 +219,7 @@ consumers = Table(
     Column("last_delivered_at", TZ),
     Column("created_at", TZ, nullable=False, server_default=text("now()")),
     Column("updated_at", TZ, nullable=False, server_default=text("now()")),
-    # Migration 0006 (the change feed).
+    # Migration 0004 (the change feed).
     Column(
         "secret_file",
         Text,
@@ -263,7 +263,7 @@ changes = Table(
     CheckConstraint(_in("op", OPS), name="op"),
     CheckConstraint(_in("entity", ENTITIES), name="entity"),
     Index(None, "run_id"),
-    # Covering (migration 0007): the history views bound each version from this index alone.
+    # Covering (migration 0005): the history views bound each version from this index alone.
     Index(
         None,
         "entity",

@@ -5,7 +5,7 @@ envelope its changes are shaped in (syncsvc or debezium), an optional batch size
 of the batch it is delivering: written before the first attempt, so a batch re-sent after a crash
 holds the same changes under the same idempotency id.
 
-Revision ID: 0006
+Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-30 14:00:00
 """
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006"
+revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

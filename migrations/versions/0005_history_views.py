@@ -10,8 +10,8 @@ captured_at: the views bound each version from it alone (an index-only scan), an
 index finds the rekeys (their `before` names the key a rekey ended). The covering index replaces
 the old one, whose leading columns it keeps, so a change row still updates one such index.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-30 14:10:00
 """
 
@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007"
-down_revision: str | None = "0006"
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
