@@ -8,8 +8,7 @@ Eight runs, one per simulated day (the last two on the same day):
   `<script>` into every user's `type_business` custom value (succeeded: updates only)
 
 The interrupted run is a real run stopped after its first unit (the scheduler's `stop` event, as
-SIGTERM sets it); this branch's scheduler records such a run as `partial` with units "not started
-(stopped)", so the scenario then marks it `interrupted` with SQL, as the interruption work does.
+SIGTERM sets it); the scheduler itself records it `interrupted`, its other units not started.
 
 The runs take seconds; afterwards each run's timestamps (runs, fetches, changes) move back to its
 simulated day, so the Trends page spans days the way a real account's history does.
@@ -148,7 +147,7 @@ async def build(sim: RunningSimulator, engine: AsyncEngine, url: URL) -> Scenari
     await day(
         "interrupted",
         5,
-        "partial",
+        "interrupted",
         settings=settings.replace(max_concurrency=1),
         stop=stop,
         on_unit=lambda _: stop.set(),
@@ -159,9 +158,6 @@ async def build(sim: RunningSimulator, engine: AsyncEngine, url: URL) -> Scenari
 
     conn = await asyncpg.connect(db.libpq_url(url))
     try:
-        await conn.execute(
-            "UPDATE runs SET status = 'interrupted' WHERE id = $1", runs["interrupted"]
-        )
         await _backdate(conn, runs)
     finally:
         await conn.close()
