@@ -67,6 +67,16 @@ def _serve(env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[str]]:
             proc.communicate()
 
 
+def _logged(proc: subprocess.Popen[str], event: str) -> dict[str, Any]:
+    """Read serve's JSON log until `event` and return that line (a state the service wrote)."""
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if f'"{event}"' in line:
+            logged: dict[str, Any] = json.loads(line)
+            return logged
+    raise AssertionError(f"serve never logged {event}")
+
+
 def _port(proc: subprocess.Popen[str]) -> int:
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -168,6 +178,9 @@ async def test_serve_stays_up_and_unhealthy_on_a_refused_token_or_address(
             await sim.control(control)
         with _serve(_env(db_url, sim.base_url, token), "--run-now") as proc:
             port = await asyncio.to_thread(_port, proc)
+            # The service says it is unhealthy once the run is over: wait for that line, not
+            # for the run's row (written before it), so the SIGTERM below cannot overtake it.
+            unhealthy = await asyncio.to_thread(_logged, proc, "serve_unhealthy")
             failed = await _wait_run(db_url, "failed")
             assert failed["error_code"] == code
             status, body = await _get(port, "/healthz")
@@ -177,10 +190,8 @@ async def test_serve_stays_up_and_unhealthy_on_a_refused_token_or_address(
             proc.send_signal(signal.SIGTERM)
             _, err = await asyncio.to_thread(proc.communicate, timeout=60)
             assert proc.returncode == 0, err
-        assert token not in err
-        unhealthy = [json.loads(x) for x in err.splitlines() if '"serve_unhealthy"' in x]
-        assert unhealthy
-        assert words in unhealthy[0]["reason"]
+        assert token not in err + json.dumps(unhealthy)
+        assert words in unhealthy["reason"]
 
 
 async def test_serve_on_a_port_in_use_exits_2_with_one_line(

@@ -419,13 +419,15 @@ async def test_a_second_run_with_wait_runs_after_the_first(
 ) -> None:
     async with simulator(CONFIG) as sim:
         await sim.control({"faults": [_hold("sessionData.do")]})
-        with _cli(db_url, sim, "run") as first, _cli(db_url, sim, "run", "--wait") as second:
+        with _cli(db_url, sim, "run") as first:
             await _held(sim)  # the first run holds the lock, parked in a fetch
-            await _until(lambda: _lock_waiters(db_url))  # the second one queues behind it
-            await sim.control({"release": True})
-            results = await asyncio.gather(
-                asyncio.to_thread(_communicate, first), asyncio.to_thread(_communicate, second)
-            )
+            # Only now the second: started together, either could take the lock first.
+            with _cli(db_url, sim, "run", "--wait") as second:
+                await _until(lambda: _lock_waiters(db_url))  # it queues behind the first
+                await sim.control({"release": True})
+                results = await asyncio.gather(
+                    asyncio.to_thread(_communicate, first), asyncio.to_thread(_communicate, second)
+                )
         assert [rc for rc, _, _ in results] == [0, 0], [err for _, _, err in results]
         conn = await asyncpg.connect(db.libpq_url(db_url))
         try:
