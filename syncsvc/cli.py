@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import sys
 import traceback
@@ -431,9 +432,33 @@ def run_cmd(
                         f"{holder.describe()} holds this database; wait for it or pass --wait"
                     ) from exc
 
-    result = run_async(go)
+    try:
+        result = run_async(go)
+    except typer.Exit as exc:
+        if exc.exit_code in (130, 143):
+            _close_interrupted(settings)
+        raise
     console.print_summary(out, result)
     raise typer.Exit(result.exit_code)
+
+
+def _close_interrupted(settings: Settings) -> None:
+    """After an interruption, make sure the run says so: the run records `interrupted` itself,
+    unless the signal reached it while it was writing; then this process closes what it left."""
+    import os
+    import socket
+
+    from syncsvc.store import db
+    from syncsvc.store import runs as run_rows
+
+    async def go() -> int:
+        async with db.connect(settings) as engine:
+            return await run_rows.close_interrupted(
+                engine, socket.gethostname(), os.getpid(), message="interrupted"
+            )
+
+    with contextlib.suppress(Exception, KeyboardInterrupt, typer.Exit):
+        run_async(go)
 
 
 @app.command("demo")

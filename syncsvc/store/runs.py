@@ -242,3 +242,36 @@ async def finish_fetch(
             .returning(fetches.c.id)
         )
         return done.first() is not None
+
+
+async def close_interrupted(engine: AsyncEngine, hostname: str, pid: int, *, message: str) -> int:
+    """Close as `interrupted` the runs this process (host and pid) left `running`, and their open
+    units as `cancelled`: the last word of an interrupted `run` when the run could not write its
+    own (the interruption reached it mid-write). A run another run has fenced off is no longer
+    `running` and is left as it is."""
+    async with engine.begin() as conn:
+        ids = (
+            (
+                await conn.execute(
+                    sa.update(runs)
+                    .where(
+                        runs.c.status == "running", runs.c.hostname == hostname, runs.c.pid == pid
+                    )
+                    .values(status="interrupted", finished_at=sa.func.now(), error_message=message)
+                    .returning(runs.c.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if ids:
+            await conn.execute(
+                sa.update(fetches)
+                .where(fetches.c.run_id.in_(ids), fetches.c.status.in_(OPEN_UNIT))
+                .values(
+                    status="cancelled",
+                    finished_at=sa.func.now(),
+                    error_message="cancelled before it committed; nothing applied",
+                )
+            )
+    return len(ids)
