@@ -7,28 +7,27 @@ import contextlib
 import ctypes
 import sys
 import traceback
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from syncsvc import logs
-from syncsvc.errors import ConfigError, RunLockedError, SyncError
+from syncsvc.cliutil import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    Config,
+    api_settings_of,
+    fail,
+    run_async,
+    settings_of,
+)
+from syncsvc.errors import RunLockedError, SyncError
 from syncsvc.export.cli import dbt_sources_cmd, export_app
 from syncsvc.feed import cli as feed_cli
 from syncsvc.settings import Settings
-
-T = TypeVar("T")
-
-# Exit codes (documented in the README): 0 success, 1 a failed run or command, 2 bad
-# configuration, 3 a partial run, 4 a held run, 5 another run holds the database.
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_LOCKED = 5
 
 app = typer.Typer(
     name="syncsvc",
@@ -46,38 +45,6 @@ db_app = typer.Typer(
 app.add_typer(db_app, name="db")
 app.add_typer(feed_cli.changes_app, name="changes")  # the change feed (docs/change-feed.md)
 app.add_typer(feed_cli.consumers_app, name="consumers")
-
-
-def fail(message: str, code: int) -> typer.Exit:
-    """Print one line on stderr and return the Exit to raise."""
-    typer.echo(f"syncsvc: {logs.redact(message)}", err=True)
-    return typer.Exit(code)
-
-
-def run_async(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    """Run a command's coroutine; SyncErrors become one line and an exit code, never a traceback."""
-    try:
-        return asyncio.run(coro_fn())  # type: ignore[arg-type]
-    except ConfigError as exc:
-        raise fail(str(exc), EXIT_CONFIG) from None
-    except RunLockedError as exc:
-        raise fail(str(exc), EXIT_LOCKED) from None
-    except SyncError as exc:
-        raise fail(str(exc), EXIT_FAILED) from None
-    except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
-    except asyncio.CancelledError:  # SIGTERM (see scheduler.cancel_on_sigterm)
-        raise fail("interrupted (SIGTERM)", 143) from None
-
-
-@dataclass(slots=True)
-class _Config:
-    """The settings, loaded when a command first asks: `--help`, `--version` and `simulate`
-    must work whatever the environment holds."""
-
-    file: Path | None
-    settings: Settings | None = None
-    sources: dict[str, str] | None = None  # where each setting came from (absent: default)
 
 
 def _version(value: bool) -> None:
@@ -107,33 +74,7 @@ def main_callback(
         ),
     ] = False,
 ) -> None:
-    ctx.obj = _Config(config)
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    cfg: _Config = ctx.find_root().obj
-    if cfg.settings is None:
-        try:
-            loaded = Settings.explain(config_file=cfg.file)
-        except ConfigError as exc:
-            raise fail(str(exc), EXIT_CONFIG) from None
-        cfg.settings = loaded.settings
-        cfg.sources = dict(loaded.sources)
-        logs.register_secrets(cfg.settings.secrets)
-        logs.configure(cfg.settings.log_level, cfg.settings.log_format)
-        for warning in loaded.warnings:
-            logs.get_logger(__name__).warning("setting_ignored", warning=warning)
-    return cfg.settings
-
-
-def _api_settings(ctx: typer.Context) -> Settings:
-    """The settings of a command that calls the API: base URL and token required (exit 2)."""
-    settings = _settings(ctx)
-    try:
-        settings.require_api()
-    except ConfigError as exc:
-        raise fail(str(exc), EXIT_CONFIG) from None
-    return settings
+    ctx.obj = Config(config)
 
 
 @db_app.command("upgrade")
@@ -144,7 +85,7 @@ def db_upgrade(
     """Create or migrate the schema (the embedded PostgreSQL when SYNCSVC_DATABASE_URL is unset)."""
     from syncsvc.store import db
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def go() -> tuple[str | None, str | None]:
         async with db.connect(settings) as engine:
@@ -163,7 +104,7 @@ def db_downgrade(
     """Migrate the schema down to a revision (`base` drops everything)."""
     from syncsvc.store import db
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def go() -> tuple[str | None, str | None]:
         async with db.connect(settings) as engine:
@@ -179,7 +120,7 @@ def db_current(ctx: typer.Context) -> None:
     """Print the database's schema revision and the code's; exit 1 if they differ."""
     from syncsvc.store import db
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def go() -> tuple[str | None, str | None]:
         async with db.connect(settings) as engine:
@@ -198,7 +139,7 @@ def db_url(ctx: typer.Context) -> None:
     """Print the database URL (for psql); starts the embedded server if that is the one in use."""
     from syncsvc.store import db
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     try:
         url = db.resolve_url(settings, keep_running=True)
     except SyncError as exc:
@@ -212,7 +153,7 @@ def db_stop(ctx: typer.Context) -> None:
     started when they exit; `db url` leaves it running for psql)."""
     from syncsvc.store import db
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     if settings.database_url:
         raise fail("SYNCSVC_DATABASE_URL is set: there is no embedded server to stop", EXIT_CONFIG)
     pgdata = settings.data_dir / "pgdata"
@@ -318,7 +259,7 @@ def status_cmd(
 
     if fmt not in ("table", "json"):
         raise fail("--format must be one of table, json", EXIT_CONFIG)
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def go() -> tuple[list[status.RunStatus], list[Any]]:
         async with db.connect(settings) as engine:
@@ -397,7 +338,7 @@ def run_cmd(
     from syncsvc import console, lockinfo, scheduler, status
     from syncsvc.store import db
 
-    settings = _api_settings(ctx)
+    settings = api_settings_of(ctx)
     out = console.console()
     if out.is_terminal and "log_level" not in (ctx.find_root().obj.sources or {}):
         # The live display shows what info lines would say; warnings and errors still print
@@ -472,7 +413,7 @@ def demo_cmd(
     from syncsvc import console, demo
     from syncsvc.simulator import SimConfig
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     if settings.log_level == "info":  # the demo speaks through its own output
         logs.configure("warning", settings.log_format)
     out = console.console()
@@ -494,7 +435,7 @@ def serve_cmd(
     from syncsvc.metrics import Metrics
     from syncsvc.store import db
 
-    settings = _api_settings(ctx)
+    settings = api_settings_of(ctx)
 
     async def go() -> int:
         async with db.connect(settings) as engine:
@@ -617,7 +558,7 @@ def check_cmd(ctx: typer.Context) -> None:
     """Check the settings, the database and the API (one event.do call); exit 0 if all pass."""
     from syncsvc import check
 
-    cfg: _Config = ctx.find_root().obj
+    cfg: Config = ctx.find_root().obj
     lines, ok = run_async(lambda: check.run_checks(cfg.file))
     for line in lines:
         typer.echo(line)
@@ -630,7 +571,7 @@ def plan_cmd(ctx: typer.Context) -> None:
     from syncsvc import planview
     from syncsvc.store import db
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def go() -> list[str]:
         async with db.connect(settings) as engine:

@@ -7,10 +7,8 @@ from typing import Annotated
 
 import typer
 
+from syncsvc.cliutil import EXIT_CONFIG, fail, run_async, settings_of
 from syncsvc.export.parquet import Limits
-
-# syncsvc.cli imports this module to register the commands, so its helpers are imported inside
-# each command.
 
 export_app = typer.Typer(
     help="Parquet files for warehouses: the change log by cursor, the current state.",
@@ -19,7 +17,6 @@ export_app = typer.Typer(
 
 
 def _limits(max_file_rows: int, max_file_mb: float, batch_mb: float) -> Limits:
-    from syncsvc.cli import EXIT_CONFIG, fail
 
     if max_file_rows < 1 or max_file_mb <= 0 or batch_mb <= 0:
         raise fail("--max-file-rows, --max-file-mb and --batch-mb must be positive", EXIT_CONFIG)
@@ -62,7 +59,6 @@ def export_changes_cmd(
 ) -> None:
     """Write the change log as Parquet parts and a manifest (written last) into a new directory
     named after the seq range; with --consumer, advance its cursor once the manifest exists."""
-    from syncsvc.cli import EXIT_CONFIG, _settings, fail, run_async
     from syncsvc.export import changes
     from syncsvc.export.dest import Destination
     from syncsvc.store import db
@@ -72,7 +68,7 @@ def export_changes_cmd(
     if since is not None and since < 0:
         raise fail("--since must be >= 0", EXIT_CONFIG)
     limits = _limits(max_file_rows, max_file_mb, batch_mb)
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def go() -> changes.ExportResult:
         dest = Destination.open(to)
@@ -110,7 +106,6 @@ def export_snapshot_cmd(
 ) -> None:
     """Write the live current state as typed Parquet, all entities from one repeatable-read
     snapshot; each manifest records the change-log seq the state is consistent with."""
-    from syncsvc.cli import EXIT_CONFIG, _settings, fail, run_async
     from syncsvc.export import snapshot
     from syncsvc.export.dest import Destination
     from syncsvc.store import db
@@ -121,7 +116,7 @@ def export_snapshot_cmd(
     if bad:
         raise fail(f"--entity {bad[0]!r} is not one of {', '.join(ENTITIES)}", EXIT_CONFIG)
     limits = _limits(max_file_rows, max_file_mb, batch_mb)
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def go() -> list[snapshot.SnapshotResult]:
         dest = Destination.open(to)
@@ -157,7 +152,6 @@ def dbt_sources_cmd(
     ] = 50,
 ) -> None:
     """Print a dbt sources.yml for syncsvc's tables and history views (with freshness)."""
-    from syncsvc.cli import EXIT_CONFIG, fail
     from syncsvc.export import dbt
 
     if warn_hours < 1 or error_hours < warn_hours:

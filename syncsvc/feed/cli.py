@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from syncsvc import cliutil
+
 changes_app = typer.Typer(
     help="The change log: stream it from a cursor or for a named consumer, follow it, prune it."
 )
@@ -20,21 +22,14 @@ consumers_app = typer.Typer(
 )
 
 
-def _cli() -> Any:
-    # syncsvc.cli imports this module to register it: import it back lazily.
-    from syncsvc import cli
-
-    return cli
-
-
 def _when(value: str | None, option: str) -> datetime | None:
     if value is None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise _cli().fail(
-            f"{option} {value!r} is not an ISO 8601 date or time", _cli().EXIT_CONFIG
+        raise cliutil.fail(
+            f"{option} {value!r} is not an ISO 8601 date or time", cliutil.EXIT_CONFIG
         ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
@@ -42,7 +37,7 @@ def _when(value: str | None, option: str) -> datetime | None:
 def _check(name: str, values: list[str] | None, allowed: tuple[str, ...]) -> None:
     bad = [v for v in values or () if v not in allowed]
     if bad:
-        raise _cli().fail(f"{name} {bad[0]!r} is not one of {', '.join(allowed)}", 2)
+        raise cliutil.fail(f"{name} {bad[0]!r} is not one of {', '.join(allowed)}", 2)
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -105,18 +100,17 @@ def changes_cmd(
     from syncsvc.store import db
     from syncsvc.store.schema import ENTITIES, OPS
 
-    cli = _cli()
     if fmt not in changefeed.FORMATS:
-        raise cli.fail(f"--format must be one of {', '.join(changefeed.FORMATS)}", 2)
+        raise cliutil.fail(f"--format must be one of {', '.join(changefeed.FORMATS)}", 2)
     if envelope not in changefeed.ENVELOPES:
-        raise cli.fail(f"--envelope must be one of {', '.join(changefeed.ENVELOPES)}", 2)
+        raise cliutil.fail(f"--envelope must be one of {', '.join(changefeed.ENVELOPES)}", 2)
     if envelope == "debezium" and fmt != "ndjson":
-        raise cli.fail("--envelope debezium is NDJSON only", 2)
+        raise cliutil.fail("--envelope debezium is NDJSON only", 2)
     _check("--entity", entity, ENTITIES)
     _check("--op", op, OPS)
     _check("--environment", environment, ENVIRONMENTS)
     if limit is not None and limit <= 0:
-        raise cli.fail("--limit must be positive", 2)
+        raise cliutil.fail("--limit must be positive", 2)
     filters_given = [
         name
         for name, value in (
@@ -133,13 +127,13 @@ def changes_cmd(
         if value
     ]
     if consumer is not None and filters_given:
-        raise cli.fail(
+        raise cliutil.fail(
             f"{filters_given[0]} cannot be combined with --consumer: the consumer's own cursor"
             " and filters apply (`syncsvc consumers show NAME`)",
             2,
         )
     if ack_only is not None and consumer is None:
-        raise cli.fail("--ack-only needs --consumer", 2)
+        raise cliutil.fail("--ack-only needs --consumer", 2)
     flt = changefeed.ChangeFilter(
         since=since,
         until=until,
@@ -153,7 +147,7 @@ def changes_cmd(
         captured_before=_when(captured_before, "--captured-before"),
         limit=limit,
     )
-    settings = cli._settings(ctx)
+    settings = cliutil.settings_of(ctx)
 
     async def go() -> None:
         async with db.connect(settings) as engine:
@@ -177,7 +171,7 @@ def changes_cmd(
             )
 
     try:
-        cli.run_async(go)
+        cliutil.run_async(go)
     except BrokenPipeError:  # `syncsvc changes | head` is a normal way to peek
         sys.stderr.close()
 
@@ -198,17 +192,16 @@ def prune_cmd(
     from syncsvc.feed import prune
     from syncsvc.store import db
 
-    cli = _cli()
     if older_than < 0:
-        raise cli.fail("--older-than must not be negative", 2)
-    settings = cli._settings(ctx)
+        raise cliutil.fail("--older-than must not be negative", 2)
+    settings = cliutil.settings_of(ctx)
 
     async def go() -> prune.PruneResult:
         async with db.connect(settings) as engine:
             await db.require_current(engine)
             return await prune.prune(engine, older_than, force=force, dry_run=dry_run)
 
-    r = cli.run_async(go)
+    r = cliutil.run_async(go)
     verb = "would delete" if dry_run else "deleted"
     typer.echo(f"{verb} {r.deleted} change rows captured before {r.cutoff:%Y-%m-%d %H:%M:%S}Z")
     for name, cursor in r.broken:
@@ -261,8 +254,7 @@ def consumers_add(
     from syncsvc.feed import consumers
     from syncsvc.store import db
 
-    cli = _cli()
-    settings = cli._settings(ctx)
+    settings = cliutil.settings_of(ctx)
     filters = {
         "entity": entity or [],
         "op": op or [],
@@ -287,7 +279,7 @@ def consumers_add(
                 batch_size=batch_size,
             )
 
-    c = cli.run_async(go)
+    c = cliutil.run_async(go)
     typer.echo(f"consumer {c.name} added at cursor {c.cursor} ({c.lag_rows} changes behind)")
 
 
@@ -307,15 +299,14 @@ def consumers_list(ctx: typer.Context) -> None:
     from syncsvc.feed import consumers
     from syncsvc.store import db
 
-    cli = _cli()
-    settings = cli._settings(ctx)
+    settings = cliutil.settings_of(ctx)
 
     async def go() -> list[consumers.ConsumerLag]:
         async with db.connect(settings) as engine:
             await db.require_current(engine)
             return await consumers.list_consumers(engine)
 
-    rows = cli.run_async(go)
+    rows = cliutil.run_async(go)
     console = Console() if sys.stdout.isatty() else Console(width=200)
     if not rows:
         console.print("no consumers: `syncsvc consumers add NAME` adds one")
@@ -353,15 +344,14 @@ def consumers_show(
     from syncsvc.feed import consumers
     from syncsvc.store import db
 
-    cli = _cli()
-    settings = cli._settings(ctx)
+    settings = cliutil.settings_of(ctx)
 
     async def go() -> consumers.ConsumerLag:
         async with db.connect(settings) as engine:
             await db.require_current(engine)
             return await consumers.get_consumer(engine, name)
 
-    c = cli.run_async(go)
+    c = cliutil.run_async(go)
     typer.echo(
         json.dumps(
             {
@@ -383,15 +373,14 @@ def consumers_reset(
     from syncsvc.feed import consumers
     from syncsvc.store import db
 
-    cli = _cli()
-    settings = cli._settings(ctx)
+    settings = cliutil.settings_of(ctx)
 
     async def go() -> tuple[int, int]:
         async with db.connect(settings) as engine:
             await db.require_current(engine)
             return await consumers.reset_consumer(engine, name, _start(to))
 
-    old, new = cli.run_async(go)
+    old, new = cliutil.run_async(go)
     typer.echo(f"consumer {name}: cursor {old} -> {new}")
 
 
@@ -399,8 +388,7 @@ def _simple(ctx: typer.Context, name: str, action: str) -> None:
     from syncsvc.feed import consumers
     from syncsvc.store import db
 
-    cli = _cli()
-    settings = cli._settings(ctx)
+    settings = cliutil.settings_of(ctx)
 
     async def go() -> None:
         async with db.connect(settings) as engine:
@@ -410,7 +398,7 @@ def _simple(ctx: typer.Context, name: str, action: str) -> None:
             else:
                 await consumers.set_paused(engine, name, action == "pause")
 
-    cli.run_async(go)
+    cliutil.run_async(go)
     typer.echo(f"consumer {name}: {action}d" if action != "pause" else f"consumer {name}: paused")
 
 

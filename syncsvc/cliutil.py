@@ -1,0 +1,87 @@
+"""What every command module shares: loading the settings once, one-line failures, exit codes.
+
+`syncsvc.cli` (the root app) and the command groups it mounts (`feed.cli`, `export.cli`) import
+this module; it imports none of them, so no command module has to import the root app back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import typer
+
+from syncsvc import logs
+from syncsvc.errors import ConfigError, RunLockedError, SyncError
+from syncsvc.settings import Settings
+
+T = TypeVar("T")
+
+# Exit codes (documented in the README): 0 success, 1 a failed run or command, 2 bad
+# configuration, 3 a partial run, 4 a held run, 5 another run holds the database.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_LOCKED = 5
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """Print one line on stderr and return the Exit to raise."""
+    typer.echo(f"syncsvc: {logs.redact(message)}", err=True)
+    return typer.Exit(code)
+
+
+def run_async(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a command's coroutine; SyncErrors become one line and an exit code, never a traceback."""
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_CONFIG) from None
+    except RunLockedError as exc:
+        raise fail(str(exc), EXIT_LOCKED) from None
+    except SyncError as exc:
+        raise fail(str(exc), EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+    except asyncio.CancelledError:  # SIGTERM (see scheduler.cancel_on_sigterm)
+        raise fail("interrupted (SIGTERM)", 143) from None
+
+
+@dataclass(slots=True)
+class Config:
+    """The settings, loaded when a command first asks: `--help`, `--version` and `simulate`
+    must work whatever the environment holds."""
+
+    file: Path | None
+    settings: Settings | None = None
+    sources: dict[str, str] | None = None  # where each setting came from (absent: default)
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    """The command's settings, loaded (and logging configured) on first use."""
+    cfg: Config = ctx.find_root().obj
+    if cfg.settings is None:
+        try:
+            loaded = Settings.explain(config_file=cfg.file)
+        except ConfigError as exc:
+            raise fail(str(exc), EXIT_CONFIG) from None
+        cfg.settings = loaded.settings
+        cfg.sources = dict(loaded.sources)
+        logs.register_secrets(cfg.settings.secrets)
+        logs.configure(cfg.settings.log_level, cfg.settings.log_format)
+        for warning in loaded.warnings:
+            logs.get_logger(__name__).warning("setting_ignored", warning=warning)
+    return cfg.settings
+
+
+def api_settings_of(ctx: typer.Context) -> Settings:
+    """The settings of a command that calls the API: base URL and token required (exit 2)."""
+    settings = settings_of(ctx)
+    try:
+        settings.require_api()
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_CONFIG) from None
+    return settings
