@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncsvc.changefeed import CONSUMER_FILTERS
-from syncsvc.errors import ConfigError, StoreError
-from syncsvc.feed.consumers import acknowledge
+from syncsvc.errors import StoreError
+from syncsvc.feed.consumers import UnknownConsumerError, acknowledge
 
 FILTER_KEYS = CONSUMER_FILTERS
 
@@ -32,7 +32,7 @@ async def read_consumer(conn: Any, name: str) -> Consumer:
         name,
     )
     if row is None:
-        raise ConfigError(f"no consumer named {name!r}", setting="consumer")
+        raise UnknownConsumerError(name)
     raw = json.loads(row["filters"] or "{}")
     filters = {k: [str(v) for v in raw[k]] for k in FILTER_KEYS if raw.get(k)}
     return Consumer(name, int(row["cursor"]), filters, row["webhook_url"])

@@ -44,6 +44,15 @@ class ConsumerError(StoreError):
     """A consumer operation was refused."""
 
 
+class UnknownConsumerError(ConfigError):
+    """No consumer has the name given: a usage error (exit 2), like any other bad argument."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"no consumer named {name!r} (`syncsvc consumers list`)", setting="consumer"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ConsumerLag:
     """A consumer and how far behind the newest change it is.
@@ -121,7 +130,7 @@ async def get_consumer(engine: AsyncEngine, name: str) -> ConsumerLag:
         raw = await raw_connection(conn)
         row = await raw.fetchrow(_LAG_SQL + " WHERE c.name = $1", name)
     if row is None:
-        raise ConsumerError(f"no consumer named {name!r} (`syncsvc consumers list`)")
+        raise UnknownConsumerError(name)
     return _lag(row)
 
 
@@ -277,7 +286,7 @@ async def reset_consumer(engine: AsyncEngine, name: str, to: str | int) -> tuple
                 "SELECT cursor FROM consumers WHERE name = $1 FOR UPDATE", name
             )
             if old is None:
-                raise ConsumerError(f"no consumer named {name!r} (`syncsvc consumers list`)")
+                raise UnknownConsumerError(name)
             new = await _start_seq(raw, to)
             await raw.execute(
                 """
@@ -303,7 +312,7 @@ WHERE name = $1 RETURNING name
             "paused" if paused else "active",
         )
     if done is None:
-        raise ConsumerError(f"no consumer named {name!r} (`syncsvc consumers list`)")
+        raise UnknownConsumerError(name)
 
 
 async def remove_consumer(engine: AsyncEngine, name: str) -> None:
@@ -311,7 +320,7 @@ async def remove_consumer(engine: AsyncEngine, name: str) -> None:
         raw = await raw_connection(conn)
         done = await raw.fetchval("DELETE FROM consumers WHERE name = $1 RETURNING name", name)
     if done is None:
-        raise ConsumerError(f"no consumer named {name!r} (`syncsvc consumers list`)")
+        raise UnknownConsumerError(name)
 
 
 async def acknowledge(raw: Any, name: str, expected: int, new: int) -> bool:
@@ -340,7 +349,7 @@ async def ack_only(engine: AsyncEngine, name: str, seq: int) -> tuple[int, int]:
                 "SELECT cursor FROM consumers WHERE name = $1 FOR UPDATE", name
             )
             if old is None:
-                raise ConsumerError(f"no consumer named {name!r} (`syncsvc consumers list`)")
+                raise UnknownConsumerError(name)
             high = await _high(raw)
             if seq > high:
                 raise ConfigError(f"--ack-only {seq} is past the newest change ({high})")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from syncsvc.store import db
 from syncsvc.store.runs import create_run
 from syncsvc.store.unit import UnitWriter
 from tests.integration.test_changefeed import _seed
+from tests.processes import cli_env
 
 pytestmark = pytest.mark.db
 
@@ -52,17 +52,8 @@ CONFIG = SimConfig(
 
 
 def _env(url: URL, sim: Any = None, **extra: str) -> dict[str, str]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": "/tmp",
-        "SYNCSVC_DATABASE_URL": db.libpq_url(url),
-        "SYNCSVC_LOG_LEVEL": "warning",
-        "SYNCSVC_LOG_FORMAT": "json",
-        **extra,
-    }
-    if sim is not None:
-        env |= {"SYNCSVC_BASE_URL": sim.base_url, "SYNCSVC_API_TOKEN": "sim-account-token"}
-    return env
+    quiet = {"SYNCSVC_LOG_LEVEL": "warning", "SYNCSVC_LOG_FORMAT": "json"}
+    return cli_env(url, None if sim is None else sim.base_url, **(quiet | extra))
 
 
 def _syncsvc(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -138,7 +129,7 @@ async def test_consumer_misuse_is_one_line_with_the_right_exit_code(
     cases = [
         (("changes", "--consumer", "a", "--entity", "user"), 2, "cannot be combined"),
         (("changes", "--ack-only", "3"), 2, "needs --consumer"),
-        (("changes", "--consumer", "nobody"), 1, "no consumer named 'nobody'"),
+        (("changes", "--consumer", "nobody"), 2, "no consumer named 'nobody'"),
         (("changes", "--consumer", "a", "--ack-only", "99"), 2, "past the newest change"),
         (("consumers", "add", "a"), 1, "exists already"),
         (("consumers", "add", "Bad Name"), 2, "consumer name"),
