@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from syncsvc import scheduler
 from syncsvc.settings import Settings
 from syncsvc.simulator import SimConfig
 from syncsvc.store import db
+from tests.processes import cli_env
 from tests.webhook_receiver import Receiver, new_secret
 
 pytestmark = pytest.mark.db
@@ -53,12 +53,7 @@ CONFIG = SimConfig(
 
 
 def _env(url: URL, sim: Any, **extra: str) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": "/tmp",
-        "SYNCSVC_DATABASE_URL": db.libpq_url(url),
-        "SYNCSVC_BASE_URL": sim.base_url,
-        "SYNCSVC_API_TOKEN": "sim-account-token",
+    deliveries_only = {
         "SYNCSVC_LOG_FORMAT": "json",
         "SYNCSVC_LOG_LEVEL": "debug",
         "SYNCSVC_SERVE_PORT": "0",
@@ -70,8 +65,8 @@ def _env(url: URL, sim: Any, **extra: str) -> dict[str, str]:
         "SYNCSVC_WEBHOOK_RETRY_MAX_DELAY": "0.5",
         "SYNCSVC_WEBHOOK_FAILING_AFTER": "1",
         "SYNCSVC_WEBHOOK_BATCH_MAX_WAIT": "0.05",
-        **extra,
     }
+    return cli_env(url, sim.base_url, **(deliveries_only | extra))
 
 
 def _syncsvc(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import os
 import re
 import subprocess
 import sys
@@ -22,33 +21,13 @@ from sqlalchemy.engine import URL
 
 from syncsvc.simulator import SimConfig
 from syncsvc.store import db
+from tests.processes import cli_env, run_cli
 
 SimFactory = Callable[..., AbstractAsyncContextManager[Any]]
 CONFIG = SimConfig(
     seed=5, events=3, users_per_event=30, sessions_per_event=4, exhibitors_per_event=2
 )
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
-
-
-def _env(url: URL | None = None, base_url: str | None = None, **extra: str) -> dict[str, str]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp"}
-    if url is not None:
-        env["SYNCSVC_DATABASE_URL"] = db.libpq_url(url)
-    if base_url is not None:
-        env["SYNCSVC_BASE_URL"] = base_url
-        env["SYNCSVC_API_TOKEN"] = "sim-account-token"
-    env.update(extra)
-    return env
-
-
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncsvc", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -77,7 +56,7 @@ def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
     ],
 )
 def test_a_bad_number_is_one_line_and_exit_2(args: list[str], option: str) -> None:
-    proc = _cli(_env(), *args)
+    proc = run_cli(cli_env(), *args)
     assert proc.returncode == 2
     assert option in _one_line(proc)
 
@@ -86,29 +65,29 @@ def test_a_bad_number_is_one_line_and_exit_2(args: list[str], option: str) -> No
 
 
 def test_version_and_short_help() -> None:
-    version = _cli(_env(), "--version")
+    version = run_cli(cli_env(), "--version")
     assert version.returncode == 0
     assert re.fullmatch(r"syncsvc \d+\.\d+\.\d+\S*\n", version.stdout)
-    short = _cli(_env(), "status", "-h")
+    short = run_cli(cli_env(), "status", "-h")
     assert short.returncode == 0
     assert "--last" in short.stdout
     assert "--format" in short.stdout
 
 
 def test_run_help_shows_wait_as_a_flag_and_wait_takes_no_value() -> None:
-    help_text = _cli(_env(), "run", "--help").stdout
+    help_text = run_cli(cli_env(), "run", "--help").stdout
     wait = next(line for line in help_text.splitlines() if "--wait" in line)
     assert "<bool>" not in wait
     assert "BOOLEAN" not in wait
-    refused = _cli(_env(), "run", "--wait", "true")
+    refused = run_cli(cli_env(), "run", "--wait", "true")
     assert refused.returncode == 2
     assert "true" in _one_line(refused)
 
 
 def test_a_bad_environment_breaks_neither_help_nor_simulate() -> None:
-    env = _env(SYNCSVC_RATE_LIMIT="fast", SYNCSVC_BASE_URL="not a url")
+    env = cli_env(SYNCSVC_RATE_LIMIT="fast", SYNCSVC_BASE_URL="not a url")
     for args in (["run", "--help"], ["--help"], ["simulate", "--help"]):
-        proc = _cli(env, *args)
+        proc = run_cli(env, *args)
         assert proc.returncode == 0, (args, proc.stderr)
     sim = subprocess.Popen(
         [sys.executable, "-m", "syncsvc", "simulate", "--port", "0"],
@@ -124,7 +103,7 @@ def test_a_bad_environment_breaks_neither_help_nor_simulate() -> None:
         sim.terminate()
         sim.communicate(timeout=30)
     # A command that needs the settings still refuses them, naming the variable.
-    proc = _cli(env, "status")
+    proc = run_cli(env, "status")
     assert proc.returncode == 2
     assert "SYNCSVC_" in _one_line(proc)
 
@@ -133,13 +112,13 @@ def test_config_after_the_subcommand_and_errors_name_the_toml_key(tmp_path: Path
     cfg = tmp_path / "syncsvc.toml"
     cfg.write_text('rate_limit = "fast"\n')
     for args in (["--config", str(cfg), "status"], ["status", "--config", str(cfg)]):
-        proc = _cli(_env(), *args)
+        proc = run_cli(cli_env(), *args)
         assert proc.returncode == 2
         line = _one_line(proc)
         assert f"rate_limit in {cfg}" in line
         assert "SYNCSVC_RATE_LIMIT" not in line
     cfg.write_text("rate_limt = 5\n")
-    line = _one_line(_cli(_env(), "status", f"--config={cfg}"))
+    line = _one_line(run_cli(cli_env(), "status", f"--config={cfg}"))
     assert "rate_limt" in line
     assert "did you mean rate_limit" in line
 
@@ -147,7 +126,7 @@ def test_config_after_the_subcommand_and_errors_name_the_toml_key(tmp_path: Path
 @pytest.mark.db
 async def test_a_misspelt_variable_is_warned_about_with_the_closest_name(db_url: URL) -> None:
     proc = await asyncio.to_thread(
-        _cli, _env(db_url, SYNCSVC_RATE_LIMT="5", SYNCSVC_LOG_FORMAT="json"), "status"
+        run_cli, cli_env(db_url, SYNCSVC_RATE_LIMT="5", SYNCSVC_LOG_FORMAT="json"), "status"
     )
     assert proc.returncode == 0, proc.stderr
     warnings = [json.loads(x) for x in proc.stderr.splitlines() if "setting_ignored" in x]
@@ -197,8 +176,8 @@ async def test_a_vanished_events_records_are_deleted_under_the_hold_and_status_s
         seed=6, events=2, users_per_event=30, sessions_per_event=4, exhibitors_per_event=2
     )
     async with simulator(CONFIG) as first:
-        env = _env(db_url, first.base_url, SYNCSVC_RETRY_ATTEMPTS="1")
-        proc = await asyncio.to_thread(_cli, env, "run")
+        env = cli_env(db_url, first.base_url, SYNCSVC_RETRY_ATTEMPTS="1")
+        proc = await asyncio.to_thread(run_cli, env, "run")
         assert proc.returncode == 0, proc.stderr
         day0 = first.universe.snapshot(0)
     gone = sorted(guid for guid, _ in day0["event"])
@@ -211,7 +190,7 @@ async def test_a_vanished_events_records_are_deleted_under_the_hold_and_status_s
     held_scopes = {(e, g) for e, c in counts.items() for g, n in c.items() if n >= 20}
     assert any(e == "user" for e, _ in held_scopes)
     async with simulator(other) as second:
-        env = _env(db_url, second.base_url, SYNCSVC_RETRY_ATTEMPTS="1")
+        env = cli_env(db_url, second.base_url, SYNCSVC_RETRY_ATTEMPTS="1")
         refused = sorted(guid for guid, _ in second.universe.snapshot(0)["event"])[0]
         await second.control(
             {
@@ -226,7 +205,7 @@ async def test_a_vanished_events_records_are_deleted_under_the_hold_and_status_s
                 ]
             }
         )
-        held = await asyncio.to_thread(_cli, env, "run")
+        held = await asyncio.to_thread(run_cli, env, "run")
         # The other account's events are deleted, and their records with them in the same
         # run, one change record each; the scopes where all of many rows would go are held.
         assert held.returncode == 3, held.stderr  # a failed unit beside held ones: partial
@@ -241,7 +220,7 @@ async def test_a_vanished_events_records_are_deleted_under_the_hold_and_status_s
             assert await _live(db_url, table, gone) == kept, entity
             assert await _deletes(db_url, entity, gone) == deleted, entity
 
-        text = await asyncio.to_thread(_cli, env, "status", "--last", "1")
+        text = await asyncio.to_thread(run_cli, env, "status", "--last", "1")
         assert text.returncode == 0, text.stderr
         flat = " ".join(text.stdout.split())
         for _, guid in held_scopes:
@@ -249,7 +228,9 @@ async def test_a_vanished_events_records_are_deleted_under_the_hold_and_status_s
         assert "would be deleted (100% > threshold 50%)" in flat
         assert "201" in flat  # the failed unit's code, with its message
         as_json = json.loads(
-            (await asyncio.to_thread(_cli, env, "status", "--last", "1", "--format", "json")).stdout
+            (
+                await asyncio.to_thread(run_cli, env, "status", "--last", "1", "--format", "json")
+            ).stdout
         )
         units = as_json[0]["units"]
         held_units = [u for u in units if u["status"] == "held"]
@@ -261,7 +242,7 @@ async def test_a_vanished_events_records_are_deleted_under_the_hold_and_status_s
         assert [u["error_code"] for u in failed] == [201]
 
         await second.control({"clear_faults": True})
-        overridden = await asyncio.to_thread(_cli, env, "run", "--override-hold")
+        overridden = await asyncio.to_thread(run_cli, env, "run", "--override-hold")
         assert overridden.returncode == 0, overridden.stderr
     for entity, table in (("user", "users"), ("session", "sessions"), ("exhibitor", "exhibitors")):
         assert await _live(db_url, table, gone) == 0

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import AbstractAsyncContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aiohttp
@@ -22,6 +19,7 @@ from sqlalchemy.engine import URL
 
 from syncsvc.simulator import SimConfig
 from syncsvc.store import db
+from tests.processes import SIM_TOKEN, cli_env, logged, run_cli, serve, serve_port
 
 pytestmark = pytest.mark.db
 
@@ -31,58 +29,14 @@ CONFIG = SimConfig(
 )
 
 
-def _env(url: URL, base_url: str, token: str = "sim-account-token", **extra: str) -> dict[str, str]:  # noqa: S107 (the simulator's)
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": "/tmp",
-        "SYNCSVC_DATABASE_URL": db.libpq_url(url),
-        "SYNCSVC_BASE_URL": base_url,
-        "SYNCSVC_API_TOKEN": token,
+def _env(url: URL, base_url: str, token: str = SIM_TOKEN, **extra: str) -> dict[str, str]:
+    serve_defaults = {
         "SYNCSVC_LOG_FORMAT": "json",
         "SYNCSVC_SERVE_PORT": "0",
         "SYNCSVC_SERVE_HOST": "127.0.0.1",
         "SYNCSVC_RETRY_ATTEMPTS": "1",
-        **extra,
     }
-
-
-@contextmanager
-def _serve(env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncsvc", "serve", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-
-
-def _logged(proc: subprocess.Popen[str], event: str) -> dict[str, Any]:
-    """Read serve's JSON log until `event` and return that line (a state the service wrote)."""
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if f'"{event}"' in line:
-            logged: dict[str, Any] = json.loads(line)
-            return logged
-    raise AssertionError(f"serve never logged {event}")
-
-
-def _port(proc: subprocess.Popen[str]) -> int:
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if '"serve_started"' in line:
-            return int(json.loads(line)["port"])
-    raise AssertionError("serve never said it started")
+    return cli_env(url, base_url, token, **(serve_defaults | extra))
 
 
 async def _wait_run(url: URL, status: str, count: int = 1) -> asyncpg.Record:
@@ -109,27 +63,17 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncsvc", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
 async def test_healthz_503_after_a_failed_run_and_metrics_primed_across_restarts(
     simulator: SimFactory, db_url: URL
 ) -> None:
     async with simulator(CONFIG) as sim:
-        first = await asyncio.to_thread(_run_cli, _env(db_url, sim.base_url), "run")
+        first = await asyncio.to_thread(run_cli, _env(db_url, sim.base_url), "run")
         assert first.returncode == 0, first.stderr
     succeeded = await _wait_run(db_url, "succeeded")
     unreachable = f"http://127.0.0.1:{_closed_port()}/api/"
     env = _env(db_url, unreachable)
-    with _serve(env, "--run-now") as proc:
-        port = await asyncio.to_thread(_port, proc)
+    with serve(env, "--run-now") as proc:
+        port = await asyncio.to_thread(serve_port, proc)
         failed = await _wait_run(db_url, "failed")
         status, body = await _get(port, "/healthz")
         assert status == 503
@@ -139,8 +83,8 @@ async def test_healthz_503_after_a_failed_run_and_metrics_primed_across_restarts
         _, metrics = await _get(port, "/metrics")
         assert 'syncsvc_runs_total{status="failed"} 1.0' in metrics
     # A restart: health still comes from the database, and the gauges are primed from it.
-    with _serve(env) as proc:
-        port = await asyncio.to_thread(_port, proc)
+    with serve(env) as proc:
+        port = await asyncio.to_thread(serve_port, proc)
         status, body = await _get(port, "/healthz")
         assert status == 503, body
         assert f"run {failed['id']} failed" in json.loads(body)["reason"]
@@ -176,11 +120,11 @@ async def test_serve_stays_up_and_unhealthy_on_a_refused_token_or_address(
     async with simulator(CONFIG) as sim:
         if control:
             await sim.control(control)
-        with _serve(_env(db_url, sim.base_url, token), "--run-now") as proc:
-            port = await asyncio.to_thread(_port, proc)
+        with serve(_env(db_url, sim.base_url, token), "--run-now") as proc:
+            port = await asyncio.to_thread(serve_port, proc)
             # The service says it is unhealthy once the run is over: wait for that line, not
             # for the run's row (written before it), so the SIGTERM below cannot overtake it.
-            unhealthy = await asyncio.to_thread(_logged, proc, "serve_unhealthy")
+            unhealthy = await asyncio.to_thread(logged, proc, "serve_unhealthy")
             failed = await _wait_run(db_url, "failed")
             assert failed["error_code"] == code
             status, body = await _get(port, "/healthz")
@@ -203,7 +147,7 @@ async def test_serve_on_a_port_in_use_exits_2_with_one_line(
         port = taken.getsockname()[1]
         async with simulator(CONFIG) as sim:
             env = _env(db_url, sim.base_url, SYNCSVC_SERVE_PORT=str(port))
-            proc = await asyncio.to_thread(_run_cli, env, "serve")
+            proc = await asyncio.to_thread(run_cli, env, "serve")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

@@ -23,34 +23,13 @@ import pytest
 from sqlalchemy.engine import URL
 
 from syncsvc.simulator import SimConfig
-from syncsvc.store import db
+from tests.processes import cli_env, run_cli
 
 SimFactory = Callable[..., AbstractAsyncContextManager[Any]]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 BIG = SimConfig(
     seed=3, events=4, users_per_event=1500, sessions_per_event=10, exhibitors_per_event=3
 )
-
-
-def _env(url: URL | None, base_url: str | None = None, **extra: str) -> dict[str, str]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp"}
-    if url is not None:
-        env["SYNCSVC_DATABASE_URL"] = db.libpq_url(url)
-    if base_url is not None:
-        env["SYNCSVC_BASE_URL"] = base_url
-        env["SYNCSVC_API_TOKEN"] = "sim-account-token"
-    env.update(extra)
-    return env
-
-
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncsvc", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 class Terminal:
@@ -116,8 +95,8 @@ async def test_a_run_on_a_terminal_shows_the_unit_in_flight_and_logs_on_their_ow
     simulator: SimFactory, db_url: URL
 ) -> None:
     async with simulator(BIG) as sim:
-        env = _env(db_url, sim.base_url, SYNCSVC_RETRY_BASE_DELAY="0.01")
-        first = await asyncio.to_thread(_cli, env, "run")  # gives the units their expected size
+        env = cli_env(db_url, sim.base_url, SYNCSVC_RETRY_BASE_DELAY="0.01")
+        first = await asyncio.to_thread(run_cli, env, "run")  # gives the units their expected size
         assert first.returncode == 0, first.stderr
         # Stream the users slowly (no Content-Length: the ETA comes from the previous run), and
         # make one session dump fail once, so a warning is logged while the display is live.
@@ -162,7 +141,7 @@ async def test_a_run_on_a_terminal_shows_the_unit_in_flight_and_logs_on_their_ow
 
 
 def _check(env: dict[str, str]) -> tuple[int, list[str]]:
-    proc = _cli(env, "check")
+    proc = run_cli(env, "check")
     verdicts = [line for line in proc.stdout.splitlines() if line[:4] in ("PASS", "FAIL", "WARN")]
     return proc.returncode, verdicts
 
@@ -173,7 +152,7 @@ async def test_check_passes_with_a_good_token_and_names_101_and_102(
 ) -> None:
     small = SimConfig(seed=2, events=2, users_per_event=5)
     async with simulator(small) as sim:
-        env = _env(db_url, sim.base_url)
+        env = cli_env(db_url, sim.base_url)
         code, lines = await asyncio.to_thread(_check, env)
         assert code == 0, lines
         assert [line.split()[:2] for line in lines] == [
@@ -181,7 +160,7 @@ async def test_check_passes_with_a_good_token_and_names_101_and_102(
             ["PASS", "database"],
             ["PASS", "api"],
         ]
-        out = (await asyncio.to_thread(_cli, env, "check")).stdout
+        out = (await asyncio.to_thread(run_cli, env, "check")).stdout
         assert "sim-account-token" not in out
         assert "api_token = (set)  [SYNCSVC_API_TOKEN]" in out
         assert f"base_url = {sim.base_url}  [SYNCSVC_BASE_URL]" in out
@@ -207,7 +186,7 @@ async def test_check_fails_on_a_database_behind_the_code(
     simulator: SimFactory, empty_db_url: URL
 ) -> None:
     async with simulator(SimConfig(seed=2, events=1, users_per_event=3)) as sim:
-        code, lines = await asyncio.to_thread(_check, _env(empty_db_url, sim.base_url))
+        code, lines = await asyncio.to_thread(_check, cli_env(empty_db_url, sim.base_url))
     assert code == 1
     database = next(line for line in lines if line.split()[1] == "database")
     assert database.startswith("FAIL")
@@ -220,10 +199,10 @@ async def test_plan_lists_the_units_without_fetching_anything(
 ) -> None:
     small = SimConfig(seed=2, events=3, users_per_event=5)
     async with simulator(small) as sim:
-        env = _env(db_url, sim.base_url)
-        assert (await asyncio.to_thread(_cli, env, "run")).returncode == 0
+        env = cli_env(db_url, sim.base_url)
+        assert (await asyncio.to_thread(run_cli, env, "run")).returncode == 0
         await sim.reset_stats()
-        proc = await asyncio.to_thread(_cli, env, "plan")
+        proc = await asyncio.to_thread(run_cli, env, "plan")
         stats = await sim.stats()
         guids = sorted(guid for guid, _ in sim.universe.snapshot(0)["event"])
     assert proc.returncode == 0, proc.stderr
@@ -254,20 +233,20 @@ def test_the_embedded_server_stops_with_the_command_that_started_it(tmp_path: Pa
     }
     pgdata = tmp_path / "syncsvc" / "pgdata"
     try:
-        upgrade = _cli(env, "db", "upgrade")
+        upgrade = run_cli(env, "db", "upgrade")
         assert upgrade.returncode == 0, upgrade.stderr
         assert not _postmaster_running(pgdata)  # started by `db upgrade`, stopped at its exit
-        url = _cli(env, "db", "url")
+        url = run_cli(env, "db", "url")
         assert url.returncode == 0, url.stderr
         assert _postmaster_running(pgdata)  # `db url` leaves it up for psql
-        status = _cli(env, "status")  # a server it did not start is left alone
+        status = run_cli(env, "status")  # a server it did not start is left alone
         assert status.returncode == 0, status.stderr
         assert _postmaster_running(pgdata)
-        stop = _cli(env, "db", "stop")
+        stop = run_cli(env, "db", "stop")
         assert stop.returncode == 0, stop.stderr
         assert "stopped" in stop.stdout
         assert not _postmaster_running(pgdata)
-        again = _cli(env, "db", "stop")
+        again = run_cli(env, "db", "stop")
         assert again.returncode == 0
         assert "not running" in again.stdout
     finally:

@@ -7,15 +7,12 @@ through the catalog's column names here in the test, not through the store's own
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
-import os
 import signal
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any
 
 import asyncpg
@@ -30,6 +27,7 @@ from syncsvc.metrics import Metrics
 from syncsvc.settings import Settings
 from syncsvc.simulator import SimConfig
 from syncsvc.store import db
+from tests.processes import cli_env, serve_port, started
 
 pytestmark = pytest.mark.db
 
@@ -49,6 +47,18 @@ CONFIG = SimConfig(
     big_event_every=3,
     new_event_every=2,
 )
+
+
+def _cli(
+    url: URL, sim: Any, *args: str, **env: str
+) -> AbstractContextManager[subprocess.Popen[str]]:
+    """`python -m syncsvc ARGS` against the test's database and simulator (see `started`)."""
+    serving = {
+        "SYNCSVC_LOG_FORMAT": "json",
+        "SYNCSVC_SERVE_PORT": "0",
+        "SYNCSVC_SERVE_HOST": "127.0.0.1",
+    }
+    return started(cli_env(url, sim.base_url, **(serving | env)), *args)
 
 
 def _settings(sim: Any, **over: Any) -> Settings:
@@ -229,36 +239,6 @@ async def test_bad_token_or_ip_stops_the_run_at_once_without_retries(
         assert stats["total_requests"] == 1  # event.do once: no retry storm, no fan-out
 
 
-@contextlib.contextmanager
-def _cli(url: URL, sim: Any, *args: str, **env: str) -> Iterator[subprocess.Popen[str]]:
-    """`python -m syncsvc ARGS` against the test's database and simulator; killed (with its
-    parse workers, in its own session) and waited for when the block ends, whatever happened."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncsvc", *args],
-        env={
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": "/tmp",
-            "SYNCSVC_DATABASE_URL": db.libpq_url(url),
-            "SYNCSVC_BASE_URL": sim.base_url,
-            "SYNCSVC_API_TOKEN": "sim-account-token",
-            "SYNCSVC_LOG_FORMAT": "json",
-            "SYNCSVC_SERVE_PORT": "0",
-            "SYNCSVC_SERVE_HOST": "127.0.0.1",
-            **env,
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-
-
 def _hold(resource: str) -> dict[str, Any]:
     """Park the next request for `resource` until the test releases it (`{"release": true}`)."""
     return {"resource": resource, "event": "*", "kind": "hold", "times": 1}
@@ -390,7 +370,7 @@ async def test_serve_exposes_health_and_prometheus_metrics(
         with _cli(db_url, sim, "serve", "--run-now") as proc:
             run_id = await _wait_for_run_row(db_url, "succeeded")
             assert run_id == 1
-            port = await asyncio.to_thread(_serve_port, proc)
+            port = await asyncio.to_thread(serve_port, proc)
             async with aiohttp.ClientSession() as http:
                 async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
                     assert resp.status == 200
@@ -404,14 +384,6 @@ async def test_serve_exposes_health_and_prometheus_metrics(
             proc.send_signal(signal.SIGTERM)
             rc, _, err = await asyncio.to_thread(_communicate, proc)
         assert rc == 0, err
-
-
-def _serve_port(proc: subprocess.Popen[str]) -> int:
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if '"serve_started"' in line:
-            return int(json.loads(line)["port"])
-    raise AssertionError("serve never said it started")
 
 
 async def test_a_second_run_with_wait_runs_after_the_first(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from syncsvc.errors import AmbiguousEventError
 from syncsvc.settings import Settings
 from syncsvc.store import db
 from tests.apiserver import ApiServer, Reply, make_records, render
+from tests.processes import cli_env
 
 pytestmark = pytest.mark.db
 
@@ -112,19 +112,13 @@ async def account(events: tuple[str, ...] = ("E-0001", "E-0002")) -> AsyncIterat
 
 
 def _env(url: URL | str, base_url: str, **over: str) -> dict[str, str]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": "/tmp",
-        "SYNCSVC_DATABASE_URL": url if isinstance(url, str) else db.libpq_url(url),
-        "SYNCSVC_BASE_URL": base_url,
-        "SYNCSVC_API_TOKEN": TOKEN,
+    quick_retries = {
         "SYNCSVC_LOG_FORMAT": "json",
         "SYNCSVC_RETRY_ATTEMPTS": "2",
         "SYNCSVC_RETRY_BASE_DELAY": "0.01",
         "SYNCSVC_RETRY_MAX_DELAY": "0.02",
     }
-    env.update(over)
-    return env
+    return cli_env(url, base_url, TOKEN, **(quick_retries | over))
 
 
 def _syncsvc(env: dict[str, str], *args: str) -> tuple[int, str, str]:

@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from syncsvc.store import db
 from syncsvc.store.queries import MAX_KEY_BYTES
 from tests.apiserver import EVENTS, Reply, make_records, render, serve_api
 from tests.integration.test_run_e2e import CONFIG, _db_state, _settings, _truth
+from tests.processes import cli_env, started
 
 pytestmark = pytest.mark.db
 
@@ -504,35 +503,7 @@ async def test_serve_cancelling_at_its_drain_limit_stores_an_interrupted_run(
 
 
 def _cli_env(url: URL, sim: Any) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": "/tmp",
-        "SYNCSVC_DATABASE_URL": db.libpq_url(url),
-        "SYNCSVC_BASE_URL": sim.base_url,
-        "SYNCSVC_API_TOKEN": "sim-account-token",
-        "SYNCSVC_LOG_FORMAT": "json",
-        "SYNCSVC_RETRY_BASE_DELAY": "0.01",
-    }
-
-
-@contextlib.contextmanager
-def _process(url: URL, sim: Any, *args: str) -> Iterator[subprocess.Popen[str]]:
-    """`python -m syncsvc ARGS` in its own session (a Ctrl-C reaches its whole group, workers
-    included); killed with its group and waited for, whatever the test does."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncsvc", *args],
-        env=_cli_env(url, sim),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+    return cli_env(url, sim.base_url, SYNCSVC_LOG_FORMAT="json", SYNCSVC_RETRY_BASE_DELAY="0.01")
 
 
 def _descendants(pid: int) -> set[int]:
@@ -567,7 +538,7 @@ async def test_an_interrupted_run_is_stored_as_interrupted_and_says_one_line(
 ) -> None:
     async with simulator(CONFIG) as sim:
         await sim.control({"faults": [_hold("userData.do", "all")]})
-        with _process(db_url, sim, "run") as proc:
+        with started(_cli_env(db_url, sim), "run") as proc:
             await _held(sim)
             # The parse workers exist (event.do was parsed in them) and sit idle.
             await _until(
@@ -598,7 +569,7 @@ async def test_units_of_a_killed_run_are_closed_as_abandoned_by_the_next_run(
 ) -> None:
     async with simulator(CONFIG) as sim:
         await sim.control({"faults": [_hold("userData.do", "all")]})
-        with _process(db_url, sim, "run") as proc:
+        with started(_cli_env(db_url, sim), "run") as proc:
             await _held(sim)
             await _until(lambda: _unit_row(db_url, "userData.do"), "the users unit running")
             os.killpg(proc.pid, signal.SIGKILL)

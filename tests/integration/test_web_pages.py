@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import shutil
 import signal
@@ -34,6 +33,7 @@ from syncsvc.simulator import run_simulator
 from syncsvc.store import db
 from tests import web_scenario
 from tests.conftest import TEMPLATE, _scratch_database
+from tests.processes import serve_port
 from tests.web_scenario import SCRIPT, Scenario
 
 pytestmark = pytest.mark.db
@@ -415,7 +415,7 @@ async def test_syncsvc_serve_serves_the_pages_behind_a_token_read_from_a_file(
     token_file.write_text(TOKEN + "\n")
     proc = _start_serve(db_url, token_file, tmp_path)
     try:
-        port = await asyncio.to_thread(_serve_port, proc)
+        port = await asyncio.to_thread(serve_port, proc)
         base = f"http://127.0.0.1:{port}"
         basic = "Basic " + base64.b64encode(f"ops:{TOKEN}".encode()).decode()
         async with aiohttp.ClientSession() as http:
@@ -433,14 +433,6 @@ async def test_syncsvc_serve_serves_the_pages_behind_a_token_read_from_a_file(
         out, err = await asyncio.to_thread(proc.communicate, timeout=120)
     assert proc.returncode == 0, err
     assert TOKEN not in out + err
-
-
-def _serve_port(proc: subprocess.Popen[str]) -> int:
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if '"serve_started"' in line:
-            return int(json.loads(line)["port"])
-    raise AssertionError("serve never said it started")
 
 
 def _start_serve(url: URL, token_file: Path, home: Path) -> subprocess.Popen[str]:
