@@ -2,7 +2,8 @@
 
 The simulator runs in its own process in cache mode (each dump rendered once to a file, then sent
 with sendfile) and is warmed before anything is timed. syncsvc runs as `syncsvc run` in a
-subprocess, so the figures are the product's and its peak RSS is its own (wait4's ru_maxrss).
+subprocess, so the figures are the product's and its peak RSS is its own (its VmHWM, sampled
+from /proc; see `run_measured`).
 Each scenario gets a fresh database on the given server (or an embedded PostgreSQL), dropped
 afterwards. Prints figures; never passes or fails on time. It exits non-zero only when something
 crashed or a change count differs from the simulator's ground truth.

@@ -29,7 +29,6 @@
         │   ├── MigrationError        the schema is missing or behind
         │   ├── RunLockedError        another run holds this database
         │   └── RunFencedError        this run lost its lock and a newer run started
-        ├── RunInterruptedError       SIGINT/SIGTERM, or serve's drain limit
         └── MassDeleteHeldError       a unit would delete more than the hold allows
 
 The class docstring is the default message; context lives on attributes. Messages never carry
@@ -229,10 +228,6 @@ class RunFencedError(StoreError):
         super().__init__(message, **kw)
         self.run_id = run_id
         self.superseded_by = superseded_by
-
-
-class RunInterruptedError(TerminalError):
-    """The run was interrupted (SIGINT/SIGTERM, or cancelled at serve's drain limit)."""
 
 
 class UnrecognisedDumpError(TerminalError):

@@ -4,6 +4,7 @@ pgserver (the image removes it) against a database given by SYNCSVC_DATABASE_URL
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -31,11 +32,19 @@ main(sys.argv[2:])
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`pip wheel .` as the Dockerfile's build stage runs it (dependencies aside)."""
+    """`pip wheel .` as the Dockerfile's build stage runs it (dependencies aside), on a copy of
+    the source as the build stage has: an in-tree build leaves `build/` behind, whose stale
+    copies of moved modules a later build would ship."""
     out = tmp_path_factory.mktemp("wheel")
+    source = tmp_path_factory.mktemp("source") / "syncsvc"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__"),
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(out), "."],
-        cwd=ROOT,
+        cwd=source,
         capture_output=True,
         text=True,
         timeout=300,
