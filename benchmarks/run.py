@@ -108,6 +108,8 @@ class Row:
     wall: float = 0.0
     rss_mb: float = 0.0
     tree_mb: float = 0.0  # peak of the summed RSS of the process and its parse workers
+    pss_mb: float = 0.0  # peak of the summed PSS of the tree (a shared page counts once)
+    cgroup_mb: float | None = None  # the tree's own memory cgroup's peak, as a container limit
     cpu: float = 0.0  # CPU seconds of syncsvc and its parse workers (not the database's)
     pg_cpu: float = 0.0  # CPU seconds PostgreSQL spent meanwhile
     main_cpu: float = 0.0  # CPU seconds of syncsvc's own process (the rest: its workers)
@@ -319,10 +321,14 @@ def postgres_cpu() -> float:
     return total
 
 
-def tree_sample(pid: int, cpu: dict[int, float]) -> float:
-    """VmRSS of `pid` and its descendants, summed (pages shared between them count twice);
-    records each one's CPU seconds so far in `cpu` (pid -> seconds)."""
-    total = 0.0
+def tree_sample(pid: int, cpu: dict[int, float]) -> tuple[float, float]:
+    """(VmRSS, PSS) of `pid` and its descendants, each summed, in MB; records each one's CPU
+    seconds so far in `cpu` (pid -> seconds).
+
+    Summed RSS counts a page the processes share (the forkserver's imports, libraries) once per
+    process; PSS splits each shared page between its sharers, so its sum counts it once.
+    """
+    total = pss = 0.0
     todo = [pid]
     while todo:
         p = todo.pop()
@@ -330,6 +336,9 @@ def tree_sample(pid: int, cpu: dict[int, float]) -> float:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) / 1024
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1]) / 1024
             _, fields = proc_stat(Path(f"/proc/{p}/stat"))
             cpu[p] = (int(fields[11]) + int(fields[12])) / TICK
             for task in Path(f"/proc/{p}/task").iterdir():
@@ -337,7 +346,60 @@ def tree_sample(pid: int, cpu: dict[int, float]) -> float:
                 todo.extend(int(c) for c in children)
         except OSError:
             continue
-    return total
+    return total, pss
+
+
+class MemoryCgroup:
+    """A memory cgroup of its own for the measured process tree: its peak charge is what a
+    container's memory limit would see (anonymous memory, page cache it brings in, kernel
+    buffers), each page once. Needs a writable cgroup hierarchy (v1 `memory` or v2 with the
+    memory controller); elsewhere `peak_mb()` is None and the PSS figure stands alone."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self.peak_file = ""
+        v2 = Path("/sys/fs/cgroup")
+        v1 = Path("/sys/fs/cgroup/memory")
+        mine = Path("/proc/self/cgroup").read_text().splitlines()
+        name = f"syncsvc-bench-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            if (v2 / "cgroup.controllers").exists() and "memory" in (
+                v2 / "cgroup.subtree_control"
+            ).read_text().split():
+                own = next(line.split(":", 2)[2] for line in mine if line.startswith("0::"))
+                self.path, self.peak_file = v2 / own.lstrip("/") / name, "memory.peak"
+            elif v1.is_dir():
+                own = next(line.split(":", 2)[2] for line in mine if ":memory:" in line)
+                self.path, self.peak_file = v1 / own.lstrip("/") / name, "memory.max_usage_in_bytes"
+            if self.path is not None:
+                self.path.mkdir()
+        except (OSError, StopIteration):
+            self.path = None
+
+    def wrap(self, cmd: list[str]) -> list[str]:
+        """cmd, started by a shell that first moves itself (and so all it will exec and start)
+        into the cgroup: nothing the process allocates is charged elsewhere."""
+        if self.path is None:
+            return cmd
+        procs = str(self.path / "cgroup.procs")
+        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', procs, *cmd]
+
+    def peak_mb(self) -> float | None:
+        if self.path is None:
+            return None
+        try:
+            return int((self.path / self.peak_file).read_text()) / 2**20
+        except (OSError, ValueError):
+            return None
+
+    def remove(self) -> None:
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
+
+
+LAST_PSS = 0.0  # the last run_measured's peak summed PSS, MB
+LAST_CGROUP: float | None = None  # and its cgroup's peak, MB (None: no cgroup could be made)
 
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float, float, str]:
@@ -349,9 +411,10 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float
     child of a large harness would report the harness's peak.
     """
     with tempfile.TemporaryFile() as err:
+        group = MemoryCgroup()
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        peak = tree = 0.0
+        proc = subprocess.Popen(group.wrap(cmd), env=env, stdout=subprocess.DEVNULL, stderr=err)
+        peak = tree = pss = 0.0
         cpu: dict[int, float] = {}
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -359,9 +422,13 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float
                 proc.returncode = os.waitstatus_to_exitcode(status)
                 break
             peak = max(peak, vm_hwm_mb(proc.pid) or 0.0)
-            tree = max(tree, tree_sample(proc.pid, cpu))
+            rss_now, pss_now = tree_sample(proc.pid, cpu)
+            tree, pss = max(tree, rss_now), max(pss, pss_now)
             time.sleep(0.05)
         wall = time.perf_counter() - started
+        global LAST_PSS, LAST_CGROUP
+        LAST_PSS, LAST_CGROUP = pss, group.peak_mb()
+        group.remove()
         # CPU of the process itself (wait4) and of its descendants as last sampled (the parse
         # workers are the forkserver's children, which wait4 does not count).
         global LAST_CPU, LAST_MAIN_CPU
@@ -417,6 +484,7 @@ async def sync_day(scenario: Scenario, base_url: str, db_url: str, label: str) -
     pg_before = postgres_cpu()
     code, wall, rss, tree, tail = await asyncio.to_thread(run_measured, cmd, env)
     row = Row(label, wall=wall, rss_mb=rss, tree_mb=tree, cpu=LAST_CPU, main_cpu=LAST_MAIN_CPU)
+    row.pss_mb, row.cgroup_mb = LAST_PSS, LAST_CGROUP
     row.pg_cpu = postgres_cpu() - pg_before
     if code != 0:
         row.status = f"exit {code}"
@@ -518,6 +586,12 @@ def fmt_table(rows: list[Row]) -> str:
         )
         if r.status != "succeeded" or r.note:
             out.append(f"{'':<12} status {r.status} {r.note}")
+        if r.pss_mb:
+            group = "no cgroup" if r.cgroup_mb is None else f"{r.cgroup_mb:.0f} MB"
+            out.append(
+                f"{'':<12} the whole tree as a container sees it: its memory cgroup's peak"
+                f" {group}; peak summed PSS {r.pss_mb:.0f} MB"
+            )
         if r.tree_mb:
             out.append(
                 f"{'':<12} peak RSS with the parse workers (summed): {r.tree_mb:.0f} MB;"
