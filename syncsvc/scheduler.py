@@ -1,4 +1,4 @@
-"""Plan a run's units, fan them out under the client's shared budget, and keep the run's record.
+"""Plan a run's units, fan them out under the run's one budget, and keep the run's record.
 
 A run: take the database's run lock, sync `event.do` (events are diffed like any entity), plan
 one `event=all` unit per resource where the catalog and the token allow it (else one unit per
@@ -10,7 +10,6 @@ run with its status. Exit codes follow from the status (see `EXIT_CODES`).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import signal
 import time
@@ -23,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncsvc import cascade, logs
+from syncsvc.budget import Budget
 from syncsvc.cvent.catalog import DATA_RESOURCES, EVENT_ALL, EVENTS, Resource
 from syncsvc.cvent.client import CventClient, FetchProgress
 from syncsvc.errors import (
@@ -241,6 +241,7 @@ class Runner:
         on_plan: OnPlan | None = None,
         trigger: str = "run",
         on_fetch: OnFetch | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.on_plan = on_plan
         self.on_fetch = on_fetch
@@ -259,7 +260,9 @@ class Runner:
         self.fenced: RunFencedError | None = None
         self._deadline_at: float | None = None  # the event loop's clock, when run_deadline is set
         self.lock_check_seconds = LOCK_CHECK_SECONDS
-        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        # The client's, unless handed the same one (run_once builds it once for both): units run
+        # at most its max_in_flight at once.
+        self.budget = budget or client.budget
 
     @property
     def stopping(self) -> bool:
@@ -448,21 +451,31 @@ class Runner:
         if self.on_plan is not None:
             self.on_plan(len(units) + len(vanished))
         await cascade.apply(self, vanished)
-        # As many tasks as units can run at once, each taking the next unit: a task per unit
-        # waiting for a slot costs memory in proportion to the account (measured: 2,000 events,
-        # 6,000 units, +30 MB of peak RSS).
-        todo = collections.deque(units)
+        # As many tasks as the budget has places, each taking the next unit from one queue that
+        # fallback units join too: a task per unit waiting for a place costs memory in
+        # proportion to the account (measured: 2,000 events, 6,000 units, +30 MB of peak RSS),
+        # and as many units as places means a unit never waits for one.
+        queue: asyncio.Queue[Unit | None] = asyncio.Queue()
+        for unit in units:
+            queue.put_nowait(unit)
 
         async def drain() -> None:
-            while todo:
-                await self._run_with_fallback(todo.popleft())
+            while (unit := await queue.get()) is not None:
+                try:
+                    await self._run_with_fallback(unit, queue.put_nowait)
+                finally:
+                    queue.task_done()
 
+        tasks = self.budget.max_in_flight
         try:
             async with asyncio.TaskGroup() as tg:
-                for i in range(min(len(units), self.settings.max_concurrency)):
+                for i in range(tasks):
                     tg.create_task(drain(), name=f"units-{i}")
+                # Every unit done, and no unit left that could still queue its fallback units.
+                await queue.join()
+                for _ in range(tasks):
+                    queue.put_nowait(None)
         except* (RunStoppingError, RunFencedError) as group:
-            # Fallback units run in a nested group: the first leaf is the error itself.
             raise _first_leaf(group) from None
         except* Exception as group:
             # Never expected (units record their own failures); one line, not an ExceptionGroup.
@@ -481,7 +494,8 @@ class Runner:
             )
             return [r[0] for r in rows]
 
-    async def _run_with_fallback(self, unit: Unit) -> None:
+    async def _run_with_fallback(self, unit: Unit, queue: Callable[[Unit], None]) -> None:
+        """Run `unit`; when it is an `event=all` unit that failed, `queue` its replacements."""
         outcome = await self._run_unit(unit)
         # Refused (103/104) or failed after retries: per-event units can still get the data.
         if unit.account_wide and outcome.status == "failed" and outcome.error is not None:
@@ -497,20 +511,15 @@ class Runner:
                 reason=str(outcome.error),
                 units=len(replacements),
             )
-            async with asyncio.TaskGroup() as tg:
-                for u in replacements:
-                    tg.create_task(self._run_unit(u), name=u.name)
+            for u in replacements:
+                queue(u)
 
     async def _run_unit(self, unit: Unit) -> UnitOutcome:
         outcome = UnitOutcome(unit, "pending")
         if self.stopping:
             outcome.status = "skipped"
             return self._done(outcome)
-        async with self._slots:
-            if self.stopping:
-                outcome.status = "skipped"
-                return self._done(outcome)
-            return await self._fetch_and_apply(unit, outcome)
+        return await self._fetch_and_apply(unit, outcome)
 
     async def _fetch_and_apply(self, unit: Unit, outcome: UnitOutcome) -> UnitOutcome:
         outcome.fetch_id = await self._quietly(
@@ -738,7 +747,8 @@ async def run_once(
     """One whole run with its own API client."""
     settings.require_api()
     metrics = metrics or Metrics()
-    async with CventClient.open(settings) as client:
+    budget = Budget.from_settings(settings)
+    async with CventClient.open(settings, budget=budget) as client:
         runner = Runner(
             settings,
             engine,
@@ -750,6 +760,7 @@ async def run_once(
             on_plan=on_plan,
             trigger=trigger,
             on_fetch=on_fetch,
+            budget=budget,
         )
         try:
             return await runner.run(wait_lock=wait_lock)
