@@ -20,15 +20,16 @@ from syncsvc.errors import ConfigError, RunLockedError, SyncError
 from syncsvc.export.cli import dbt_sources_cmd, export_app
 from syncsvc.feed import cli as feed_cli
 from syncsvc.settings import Settings
+from syncsvc.vocab import ExitCode
 
 T = TypeVar("T")
 
-# Exit codes (documented in the README): 0 success, 1 a failed run or command, 2 bad
-# configuration, 3 a partial run, 4 a held run, 5 another run holds the database.
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_LOCKED = 5
+# The exit codes of every command (syncsvc/vocab.py; a run's own follow from its status, see
+# scheduler.EXIT_CODES; docs/operations.md lists them all).
+EXIT_OK = ExitCode.SUCCEEDED
+EXIT_FAILED = ExitCode.FAILED
+EXIT_CONFIG = ExitCode.CONFIG
+EXIT_LOCKED = ExitCode.LOCKED
 
 app = typer.Typer(
     name="syncsvc",
@@ -65,9 +66,9 @@ def run_async(coro_fn: Callable[[], Awaitable[T]]) -> T:
     except SyncError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
+        raise fail("interrupted", ExitCode.INTERRUPTED) from None
     except asyncio.CancelledError:  # SIGTERM (see scheduler.cancel_on_sigterm)
-        raise fail("interrupted (SIGTERM)", 143) from None
+        raise fail("interrupted (SIGTERM)", ExitCode.TERMINATED) from None
 
 
 @dataclass(slots=True)
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> Any:
         typer.echo(f"syncsvc: {exc.format_message()}{hint}", err=True)
         sys.exit(getattr(exc, "exit_code", EXIT_CONFIG))
     except typer.Abort:
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
@@ -435,7 +436,7 @@ def run_cmd(
     try:
         result = run_async(go)
     except typer.Exit as exc:
-        if exc.exit_code in (130, 143):
+        if exc.exit_code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED):
             _close_interrupted(settings)
         raise
     console.print_summary(out, result)

@@ -9,10 +9,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from syncsvc import vocab
 from syncsvc.store.schema import fetches, runs
 
 # Units that need an operator's eye sort first.
-_UNIT_ORDER = {"failed": 0, "held": 1, "running": 2, "pending": 3, "superseded": 4}
+_UNIT_ORDER = {
+    vocab.UnitStatus.FAILED: 0,
+    vocab.UnitStatus.HELD: 1,
+    vocab.UnitStatus.RUNNING: 2,
+    vocab.UnitStatus.PENDING: 3,
+    vocab.UnitStatus.SUPERSEDED: 4,
+}
 
 
 @dataclass(frozen=True, slots=True)
