@@ -100,7 +100,7 @@ async def prime_metrics(engine: AsyncEngine, metrics: Metrics) -> None:
     epoch = sa.extract("epoch", runs.c.finished_at)
     async with engine.connect() as conn:
         success = await conn.scalar(
-            sa.select(sa.func.max(epoch)).where(runs.c.status == "succeeded")
+            sa.select(sa.func.max(epoch)).where(runs.c.status == RunStatus.SUCCEEDED)
         )
         last = (
             await conn.execute(
