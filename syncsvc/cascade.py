@@ -22,6 +22,7 @@ from syncsvc.errors import RunFencedError, SyncError
 from syncsvc.store import runs as run_rows
 from syncsvc.store.schema import events, metadata
 from syncsvc.store.unit import UnitWriter
+from syncsvc.vocab import UnitStatus
 
 if TYPE_CHECKING:
     from syncsvc.scheduler import Runner, Unit
@@ -55,9 +56,9 @@ async def apply(runner: Runner, units: list[Unit]) -> None:
     from syncsvc.scheduler import UnitOutcome
 
     for unit in units:
-        outcome = UnitOutcome(unit, "pending")
+        outcome = UnitOutcome(unit, UnitStatus.PENDING)
         if runner.stopping:
-            outcome.status = "skipped"
+            outcome.status = UnitStatus.SKIPPED
             runner._done(outcome)
             continue
         outcome.fetch_id = await run_rows.create_fetch(
@@ -76,7 +77,7 @@ async def apply(runner: Runner, units: list[Unit]) -> None:
                     complete=True, hold=runner.hold, override_hold=runner.override_hold
                 )
             outcome.result = result
-            outcome.status = result.status
+            outcome.status = UnitStatus(result.status)
             outcome.seconds = time.monotonic() - started
             await run_rows.finish_fetch(
                 runner.engine,
@@ -96,7 +97,7 @@ async def apply(runner: Runner, units: list[Unit]) -> None:
         except RunFencedError:
             raise  # a newer run owns the database: the run stops (see scheduler)
         except SyncError as exc:
-            outcome.status = "failed"
+            outcome.status = UnitStatus.FAILED
             outcome.error = exc
             await runner._record_failure(outcome, exc)
             log.warning("unit_failed", unit=unit.name, error=str(exc))

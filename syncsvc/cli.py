@@ -28,6 +28,7 @@ from syncsvc.errors import RunLockedError, SyncError
 from syncsvc.export.cli import dbt_sources_cmd, export_app
 from syncsvc.feed import cli as feed_cli
 from syncsvc.settings import Settings
+from syncsvc.vocab import ExitCode
 
 app = typer.Typer(
     name="syncsvc",
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> Any:
         typer.echo(f"syncsvc: {exc.format_message()}{hint}", err=True)
         sys.exit(getattr(exc, "exit_code", EXIT_CONFIG))
     except typer.Abort:
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
@@ -376,7 +377,7 @@ def run_cmd(
     try:
         result = run_async(go)
     except typer.Exit as exc:
-        if exc.exit_code in (130, 143):
+        if exc.exit_code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED):
             _close_interrupted(settings)
         raise
     console.print_summary(out, result)

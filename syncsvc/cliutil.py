@@ -17,15 +17,16 @@ import typer
 from syncsvc import logs
 from syncsvc.errors import ConfigError, RunLockedError, SyncError
 from syncsvc.settings import Settings
+from syncsvc.vocab import ExitCode
 
 T = TypeVar("T")
 
-# Exit codes (documented in the README): 0 success, 1 a failed run or command, 2 bad
-# configuration, 3 a partial run, 4 a held run, 5 another run holds the database.
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_LOCKED = 5
+# The exit codes of every command (syncsvc/vocab.py; a run's own follow from its status, see
+# scheduler.EXIT_CODES; docs/operations.md lists them all).
+EXIT_OK = ExitCode.SUCCEEDED
+EXIT_FAILED = ExitCode.FAILED
+EXIT_CONFIG = ExitCode.CONFIG
+EXIT_LOCKED = ExitCode.LOCKED
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -45,9 +46,9 @@ def run_async(coro_fn: Callable[[], Awaitable[T]]) -> T:
     except SyncError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
+        raise fail("interrupted", ExitCode.INTERRUPTED) from None
     except asyncio.CancelledError:  # SIGTERM (see scheduler.cancel_on_sigterm)
-        raise fail("interrupted (SIGTERM)", 143) from None
+        raise fail("interrupted (SIGTERM)", ExitCode.TERMINATED) from None
 
 
 @dataclass(slots=True)

@@ -25,8 +25,23 @@ from rich.table import Table
 from rich.text import Text
 
 from syncsvc.scheduler import RunResult, Unit, UnitOutcome
+from syncsvc.vocab import RunStatus, UnitStatus
 
 OPS = ("inserted", "updated", "deleted", "rekeyed")
+
+# The colour of a unit's status in the line printed as it ends: green applied, yellow held,
+# red whatever applied nothing (pending and running never end a unit; listed for completeness).
+UNIT_COLOURS: dict[UnitStatus, str] = {
+    UnitStatus.PENDING: "red",
+    UnitStatus.RUNNING: "red",
+    UnitStatus.APPLIED: "green",
+    UnitStatus.FAILED: "red",
+    UnitStatus.HELD: "yellow",
+    UnitStatus.SUPERSEDED: "red",
+    UnitStatus.SKIPPED: "red",
+    UnitStatus.CANCELLED: "red",
+    UnitStatus.ABANDONED: "red",
+}
 
 
 def console() -> Console:
@@ -225,7 +240,7 @@ class RunProgress:
         return _UnitBar(self, unit, self._expected.get((unit.resource.path, scope)))
 
     def unit_done(self, o: UnitOutcome) -> None:
-        if not self.enabled or o.status == "superseded":
+        if not self.enabled or o.status == UnitStatus.SUPERSEDED:
             if self.enabled and (task := self.unit_tasks.pop(o.unit.name, None)) is not None:
                 self.units.remove_task(task)
             return
@@ -234,7 +249,7 @@ class RunProgress:
         self._records += o.records
         self._bytes += o.bytes
         rate = o.records / o.seconds if o.seconds else 0.0
-        colour = {"applied": "green", "held": "yellow"}.get(o.status, "red")
+        colour = UNIT_COLOURS[o.status]
         self._live.console.print(
             f"  [{colour}]{o.status:8}[/{colour}] {o.unit.name:48} {o.records:>9,} records "
             f"{o.bytes / 1e6:8.1f} MB {rate:>9,.0f} rec/s" + (f"  {o.error}" if o.error else "")
@@ -259,14 +274,14 @@ def summary_table(result: RunResult) -> Table:
 def print_summary(out: Console, result: RunResult) -> None:
     """The summary on stdout; a failed run's reason on stderr (once, and without an empty
     table above it), where a wrapper script and a person look for errors."""
-    if result.totals() or result.status != "failed":
+    if result.totals() or result.status != RunStatus.FAILED:
         out.print(summary_table(result))
     by_status: dict[str, int] = {}
     for o in result.outcomes:
         by_status[o.status] = by_status.get(o.status, 0) + 1
     if by_status:
         out.print("units: " + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())))
-    if result.error and result.status == "failed":
+    if result.error and result.status == RunStatus.FAILED:
         print(f"syncsvc: run {result.run_id} failed: {result.error}", file=sys.stderr)
     elif result.error:
         out.print(f"[yellow]{result.error}[/yellow]")

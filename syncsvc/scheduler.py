@@ -1,4 +1,4 @@
-"""Plan a run's units, fan them out under the client's shared budget, and keep the run's record.
+"""Plan a run's units, fan them out under the run's one budget, and keep the run's record.
 
 A run: take the database's run lock, sync `event.do` (events are diffed like any entity), plan
 one `event=all` unit per resource where the catalog and the token allow it (else one unit per
@@ -10,7 +10,6 @@ run with its status. Exit codes follow from the status (see `EXIT_CODES`).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import signal
 import time
@@ -23,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncsvc import cascade, logs
+from syncsvc.budget import Budget
 from syncsvc.cvent.catalog import DATA_RESOURCES, EVENT_ALL, EVENTS, Resource
 from syncsvc.cvent.client import CventClient, FetchProgress
 from syncsvc.errors import (
@@ -38,6 +38,7 @@ from syncsvc.settings import Settings
 from syncsvc.store import runs as run_rows
 from syncsvc.store.schema import fetches
 from syncsvc.store.unit import ApplyResult, HoldPolicy, UnitWriter
+from syncsvc.vocab import ExitCode, Op, RunStatus, UnitStatus
 
 log = logs.get_logger(__name__)
 
@@ -47,7 +48,11 @@ RUN_LOCK_KEY = 0x2A5F_1B3C_9D4E_7061
 # idle-killing poolers away from it).
 LOCK_CHECK_SECONDS = 5.0
 
-EXIT_CODES = {"succeeded": 0, "failed": 1, "partial": 3, "held": 4}
+# A finished run's status -> its exit code (same name); any other status exits as failed.
+EXIT_CODES = {
+    s: ExitCode[s.name]
+    for s in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.PARTIAL, RunStatus.HELD)
+}
 
 HOME = "home"  # the scope of a unit called without `event`: the endpoint's own event
 
@@ -83,7 +88,7 @@ class Unit:
 @dataclass(slots=True)
 class UnitOutcome:
     unit: Unit
-    status: str  # applied | held | failed | superseded | skipped | cancelled
+    status: UnitStatus  # final once the unit is done: applied, held, failed, superseded, ...
     fetch_id: int | None = None
     result: ApplyResult | None = None
     records: int = 0
@@ -96,13 +101,13 @@ class UnitOutcome:
 @dataclass(slots=True)
 class RunResult:
     run_id: int
-    status: str
+    status: RunStatus
     outcomes: list[UnitOutcome] = field(default_factory=list)
     error: str | None = None
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES.get(self.status, 1)
+        return EXIT_CODES.get(self.status, ExitCode.FAILED)
 
     def totals(self) -> dict[tuple[str, str], int]:
         """(entity, op) -> count over applied units."""
@@ -241,6 +246,7 @@ class Runner:
         on_plan: OnPlan | None = None,
         trigger: str = "run",
         on_fetch: OnFetch | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.on_plan = on_plan
         self.on_fetch = on_fetch
@@ -259,7 +265,9 @@ class Runner:
         self.fenced: RunFencedError | None = None
         self._deadline_at: float | None = None  # the event loop's clock, when run_deadline is set
         self.lock_check_seconds = LOCK_CHECK_SECONDS
-        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        # The client's, unless handed the same one (run_once builds it once for both): units run
+        # at most its max_in_flight at once.
+        self.budget = budget or client.budget
 
     @property
     def stopping(self) -> bool:
@@ -334,7 +342,7 @@ class Runner:
         if closed is False:
             fenced = RunFencedError(run_id=self.run_id)
             log.error("run_fenced", run_id=self.run_id, error=str(fenced))
-            self._count_run("abandoned", started)
+            self._count_run(RunStatus.ABANDONED, started)
             raise fenced
         self._count_run(result.status, started)
         log.info("run_finished", run_id=self.run_id, status=result.status)
@@ -413,25 +421,25 @@ class Runner:
             ).rowcount
         result = self._result(None)
         # Units cancelled in flight closed their own rows; the sweep catches any that could not.
-        cancelled = swept + sum(1 for o in result.outcomes if o.status == "cancelled")
-        applied = any(o.status in ("applied", "held") for o in result.outcomes)
-        result.status = "partial" if applied else "failed"
+        cancelled = swept + sum(1 for o in result.outcomes if o.status == UnitStatus.CANCELLED)
+        applied = any(o.status in (UnitStatus.APPLIED, UnitStatus.HELD) for o in result.outcomes)
+        result.status = RunStatus.PARTIAL if applied else RunStatus.FAILED
         said = f"{passed}: {cancelled} unit(s) cancelled in flight, the rest not started"
         result.error = f"{said}; {result.error}" if result.error else said
         log.error("run_deadline_passed", run_deadline=limit, cancelled=cancelled)
         return result
 
-    def _count_run(self, status: str, started: float) -> None:
+    def _count_run(self, status: RunStatus, started: float) -> None:
         now = time.time()
         self.metrics.runs.labels(status=status).inc()
         self.metrics.last_finished.set(now)
         self.metrics.last_duration.set(time.monotonic() - started)
-        if status == "succeeded":
+        if status == RunStatus.SUCCEEDED:
             self.metrics.last_success.set(now)
 
     async def _run(self) -> RunResult:
         events_outcome = await self._run_unit(Unit(EVENTS, None))
-        if events_outcome.status != "applied":
+        if events_outcome.status != UnitStatus.APPLIED:
             return self._result(f"event.do failed: {events_outcome.error}")
         guids = await self._live_events()
         by_table = {r.table: r for r in DATA_RESOURCES}
@@ -448,21 +456,31 @@ class Runner:
         if self.on_plan is not None:
             self.on_plan(len(units) + len(vanished))
         await cascade.apply(self, vanished)
-        # As many tasks as units can run at once, each taking the next unit: a task per unit
-        # waiting for a slot costs memory in proportion to the account (measured: 2,000 events,
-        # 6,000 units, +30 MB of peak RSS).
-        todo = collections.deque(units)
+        # As many tasks as the budget has places, each taking the next unit from one queue that
+        # fallback units join too: a task per unit waiting for a place costs memory in
+        # proportion to the account (measured: 2,000 events, 6,000 units, +30 MB of peak RSS),
+        # and as many units as places means a unit never waits for one.
+        queue: asyncio.Queue[Unit | None] = asyncio.Queue()
+        for unit in units:
+            queue.put_nowait(unit)
 
         async def drain() -> None:
-            while todo:
-                await self._run_with_fallback(todo.popleft())
+            while (unit := await queue.get()) is not None:
+                try:
+                    await self._run_with_fallback(unit, queue.put_nowait)
+                finally:
+                    queue.task_done()
 
+        tasks = self.budget.max_in_flight
         try:
             async with asyncio.TaskGroup() as tg:
-                for i in range(min(len(units), self.settings.max_concurrency)):
+                for i in range(tasks):
                     tg.create_task(drain(), name=f"units-{i}")
+                # Every unit done, and no unit left that could still queue its fallback units.
+                await queue.join()
+                for _ in range(tasks):
+                    queue.put_nowait(None)
         except* (RunStoppingError, RunFencedError) as group:
-            # Fallback units run in a nested group: the first leaf is the error itself.
             raise _first_leaf(group) from None
         except* Exception as group:
             # Never expected (units record their own failures); one line, not an ExceptionGroup.
@@ -481,15 +499,20 @@ class Runner:
             )
             return [r[0] for r in rows]
 
-    async def _run_with_fallback(self, unit: Unit) -> None:
+    async def _run_with_fallback(self, unit: Unit, queue: Callable[[Unit], None]) -> None:
+        """Run `unit`; when it is an `event=all` unit that failed, `queue` its replacements."""
         outcome = await self._run_unit(unit)
         # Refused (103/104) or failed after retries: per-event units can still get the data.
-        if unit.account_wide and outcome.status == "failed" and outcome.error is not None:
+        failed = outcome.status == UnitStatus.FAILED
+        if unit.account_wide and failed and outcome.error is not None:
             replacements = fallback(unit, outcome.error)
-            outcome.status = "superseded"
+            outcome.status = UnitStatus.SUPERSEDED
             if outcome.fetch_id is not None:
                 await self._quietly(
-                    run_rows.finish_fetch, self.engine, outcome.fetch_id, status="superseded"
+                    run_rows.finish_fetch,
+                    self.engine,
+                    outcome.fetch_id,
+                    status=UnitStatus.SUPERSEDED,
                 )
             log.warning(
                 "event_all_fell_back",
@@ -497,20 +520,15 @@ class Runner:
                 reason=str(outcome.error),
                 units=len(replacements),
             )
-            async with asyncio.TaskGroup() as tg:
-                for u in replacements:
-                    tg.create_task(self._run_unit(u), name=u.name)
+            for u in replacements:
+                queue(u)
 
     async def _run_unit(self, unit: Unit) -> UnitOutcome:
-        outcome = UnitOutcome(unit, "pending")
+        outcome = UnitOutcome(unit, UnitStatus.PENDING)
         if self.stopping:
-            outcome.status = "skipped"
+            outcome.status = UnitStatus.SKIPPED
             return self._done(outcome)
-        async with self._slots:
-            if self.stopping:
-                outcome.status = "skipped"
-                return self._done(outcome)
-            return await self._fetch_and_apply(unit, outcome)
+        return await self._fetch_and_apply(unit, outcome)
 
     async def _fetch_and_apply(self, unit: Unit, outcome: UnitOutcome) -> UnitOutcome:
         outcome.fetch_id = await self._quietly(
@@ -521,7 +539,7 @@ class Runner:
             scope=unit.scope,
         )
         if outcome.fetch_id is None:
-            outcome.status = "failed"
+            outcome.status = UnitStatus.FAILED
             outcome.error = StoreError("could not record the unit's start in the database")
             return self._done(outcome)
         started = time.monotonic()
@@ -561,26 +579,26 @@ class Runner:
                         },
                     )
                 outcome.result = result
-                outcome.status = result.status
+                outcome.status = UnitStatus(result.status)
                 outcome.seconds = time.monotonic() - started
                 self._count_applied(unit, result, fetched.bytes)
             except RunFencedError as exc:
                 outcome.error = exc
-                outcome.status = "cancelled"
-                await self._record_failure(outcome, exc, status="cancelled")
+                outcome.status = UnitStatus.CANCELLED
+                await self._record_failure(outcome, exc, status=UnitStatus.CANCELLED)
                 self.fenced = self.fenced or exc
                 self._halt.set()  # this run only: serve's stop stays its own
                 self._done(outcome)
                 raise
             except RunStoppingError as exc:
                 outcome.error = exc
-                outcome.status = "failed"
+                outcome.status = UnitStatus.FAILED
                 await self._record_failure(outcome, exc)
                 self._done(outcome)
                 raise
             except SyncError as exc:
                 outcome.error = exc
-                outcome.status = "failed"
+                outcome.status = UnitStatus.FAILED
                 await self._record_failure(outcome, exc)
                 log.warning("unit_failed", unit=unit.name, error=str(exc))
             except Exception as exc:
@@ -591,18 +609,18 @@ class Runner:
                 wrapped.__cause__ = exc
                 log.error("unit_crashed", unit=unit.name, error=str(wrapped))
                 outcome.error = wrapped
-                outcome.status = "failed"
+                outcome.status = UnitStatus.FAILED
                 await self._record_failure(outcome, wrapped)
             except asyncio.CancelledError:
                 # Interrupted, or a sibling stopped the run: rolled back, nothing applied. The
                 # row is closed here, or by finish_run's sweep when this write cannot happen.
-                outcome.status = "cancelled"
+                outcome.status = UnitStatus.CANCELLED
                 await asyncio.shield(
                     self._quietly(
                         run_rows.finish_fetch,
                         self.engine,
                         outcome.fetch_id,
-                        status="cancelled",
+                        status=UnitStatus.CANCELLED,
                         error_message=f"cancelled: {self._cancel_reason()}; nothing applied",
                     )
                 )
@@ -611,7 +629,7 @@ class Runner:
             return self._done(outcome)
 
     async def _record_failure(
-        self, outcome: UnitOutcome, exc: SyncError, status: str = "failed"
+        self, outcome: UnitOutcome, exc: SyncError, status: UnitStatus = UnitStatus.FAILED
     ) -> None:
         assert outcome.fetch_id is not None
         attempts = exc.context.get("attempts")
@@ -631,10 +649,10 @@ class Runner:
         m.records.labels(entity=entity).inc(result.records)
         m.bytes.inc(nbytes)
         for op, n in (
-            ("insert", result.inserted),
-            ("update", result.updated),
-            ("delete", result.deleted),
-            ("rekey", result.rekeyed),
+            (Op.INSERT, result.inserted),
+            (Op.UPDATE, result.updated),
+            (Op.DELETE, result.deleted),
+            (Op.REKEY, result.rekeyed),
         ):
             if n:
                 m.changes.labels(entity=entity, op=op).inc(n)
@@ -647,23 +665,24 @@ class Runner:
         return outcome
 
     def _result(self, error: str | None) -> RunResult:
-        final = [o for o in self.outcomes if o.status != "superseded"]
-        failed = [o for o in final if o.status == "failed"]
-        skipped = [o for o in final if o.status in ("skipped", "cancelled")]
-        held = [o for o in final if o.status == "held"]
-        applied = [o for o in final if o.status == "applied"]
+        final = [o for o in self.outcomes if o.status != UnitStatus.SUPERSEDED]
+        failed = [o for o in final if o.status == UnitStatus.FAILED]
+        skipped = [o for o in final if o.status in (UnitStatus.SKIPPED, UnitStatus.CANCELLED)]
+        held = [o for o in final if o.status == UnitStatus.HELD]
+        applied = [o for o in final if o.status == UnitStatus.APPLIED]
+        status: RunStatus
         if error is not None or (failed and not applied):
-            status = "failed"
+            status = RunStatus.FAILED
         elif skipped:
             # Units are skipped or cancelled only once the run was told to stop (a signal to
             # serve) or lost its lock: it did not finish.
-            status = "interrupted"
+            status = RunStatus.INTERRUPTED
         elif failed:
-            status = "partial"
+            status = RunStatus.PARTIAL
         elif held:
-            status = "held"
+            status = RunStatus.HELD
         else:
-            status = "succeeded"
+            status = RunStatus.SUCCEEDED
         if error is None and (failed or skipped or held):
             parts = []
             if failed:
@@ -687,16 +706,16 @@ def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
     return error
 
 
-def _failure(exc: BaseException) -> tuple[str, str]:
+def _failure(exc: BaseException) -> tuple[RunStatus, str]:
     """A run's status and message for the exception that ended it."""
     if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
-        return "interrupted", "interrupted (SIGINT/SIGTERM, or serve's drain limit)"
+        return RunStatus.INTERRUPTED, "interrupted (SIGINT/SIGTERM, or serve's drain limit)"
     if isinstance(exc, RunFencedError):
-        return "abandoned", str(exc)
+        return RunStatus.ABANDONED, str(exc)
     if isinstance(exc, SyncError):
-        return "failed", str(exc)
+        return RunStatus.FAILED, str(exc)
     first = str(exc).splitlines()[0] if str(exc) else ""
-    return "failed", f"{type(exc).__name__}: {first}"[:500]
+    return RunStatus.FAILED, f"{type(exc).__name__}: {first}"[:500]
 
 
 @contextlib.contextmanager
@@ -738,7 +757,8 @@ async def run_once(
     """One whole run with its own API client."""
     settings.require_api()
     metrics = metrics or Metrics()
-    async with CventClient.open(settings) as client:
+    budget = Budget.from_settings(settings)
+    async with CventClient.open(settings, budget=budget) as client:
         runner = Runner(
             settings,
             engine,
@@ -750,6 +770,7 @@ async def run_once(
             on_plan=on_plan,
             trigger=trigger,
             on_fetch=on_fetch,
+            budget=budget,
         )
         try:
             return await runner.run(wait_lock=wait_lock)

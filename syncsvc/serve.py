@@ -31,6 +31,7 @@ from syncsvc.errors import ConfigError, SyncError
 from syncsvc.metrics import Metrics
 from syncsvc.settings import Settings
 from syncsvc.store.schema import runs
+from syncsvc.vocab import RunStatus
 
 log = logs.get_logger(__name__)
 
@@ -40,8 +41,8 @@ RouteRegistrar = Callable[[web.Application], None]
 
 # Finished runs that say something about the data. `interrupted` and `abandoned` runs stopped
 # before they could (a deploy, a kill): the run before them is the last word.
-VERDICTS = ("succeeded", "partial", "failed", "held")
-UNHEALTHY = ("failed", "held")
+VERDICTS = (RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.FAILED, RunStatus.HELD)
+UNHEALTHY = (RunStatus.FAILED, RunStatus.HELD)
 DB_TIMEOUT = 5.0  # seconds a probe waits for the database before answering 503
 
 
@@ -99,7 +100,7 @@ async def prime_metrics(engine: AsyncEngine, metrics: Metrics) -> None:
     epoch = sa.extract("epoch", runs.c.finished_at)
     async with engine.connect() as conn:
         success = await conn.scalar(
-            sa.select(sa.func.max(epoch)).where(runs.c.status == "succeeded")
+            sa.select(sa.func.max(epoch)).where(runs.c.status == RunStatus.SUCCEEDED)
         )
         last = (
             await conn.execute(

@@ -9,10 +9,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from syncsvc import vocab
 from syncsvc.store.schema import fetches, runs
 
 # Units that need an operator's eye sort first.
-_UNIT_ORDER = {"failed": 0, "held": 1, "running": 2, "pending": 3, "superseded": 4}
+_UNIT_ORDER = {
+    vocab.UnitStatus.FAILED: 0,
+    vocab.UnitStatus.HELD: 1,
+    vocab.UnitStatus.RUNNING: 2,
+    vocab.UnitStatus.PENDING: 3,
+    vocab.UnitStatus.SUPERSEDED: 4,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +66,7 @@ class UnitStatus:
     @property
     def reason(self) -> str:
         """What an operator reads: the error's code and message, or why the unit was held."""
-        if self.status == "held" and self.held:
+        if self.status == vocab.UnitStatus.HELD and self.held:
             text = "held: " + "; ".join(h.describe() for h in self.held)
         elif self.error_code is not None or self.error_message:
             code = "" if self.error_code is None else str(self.error_code)
@@ -115,7 +122,10 @@ async def previous_bytes(engine: AsyncEngine) -> dict[tuple[str, str], int]:
     latest = (
         sa.select(fetches.c.resource, fetches.c.scope, fetches.c.bytes)
         .distinct(fetches.c.resource, fetches.c.scope)
-        .where(fetches.c.status.in_(("applied", "held")), fetches.c.bytes > 0)
+        .where(
+            fetches.c.status.in_((vocab.UnitStatus.APPLIED, vocab.UnitStatus.HELD)),
+            fetches.c.bytes > 0,
+        )
         .order_by(fetches.c.resource, fetches.c.scope, fetches.c.id.desc())
     )
     async with engine.connect() as conn:

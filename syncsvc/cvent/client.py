@@ -1,9 +1,10 @@
 """The Conference API client: authenticated POSTs, one shared rate budget, retries, streaming parse.
 
 One `CventClient` per run (`async with CventClient.open(settings) as client`): one aiohttp session
-with a bounded connector, one Throttler (request starts per period) and one Semaphore (requests in
-flight) shared by every fetch. `fetch` streams a dump through the safe parser into the caller's
-sink, retrying per the RetryPolicy; library errors become syncsvc errors here, chained.
+whose connector is bounded by the run's `Budget` (syncsvc/budget.py: request starts per period,
+requests in flight, the pause after a refusal), which every fetch's requests go through. `fetch`
+streams a dump through the safe parser into the caller's sink, retrying per the RetryPolicy;
+library errors become syncsvc errors here, chained.
 
 The API token lives in one private attribute and goes into request bodies only: never into a URL,
 a message, a repr, a log line or a stat. The client registers it with `syncsvc.logs` when it is
@@ -13,7 +14,7 @@ syncsvc/errors.py).
 Time bounds, each for a different way a server can hold a run (docs/operations.md): connect_timeout
 to open a connection; read_timeout of silence, before the answer or while it streams; the stall
 rule (under stall_min_rate bytes/s over stall_window seconds of reading) for a body that trickles;
-fetch_deadline for an attempt in all. A 429 or code 301 pauses every request start of the client,
+fetch_deadline for an attempt in all. A 429 or code 301 pauses every request start of the budget,
 not only the retry of the call that got it, and lowers its start rate until calls succeed again.
 """
 
@@ -33,10 +34,10 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 import aiohttp
-from asyncio_throttle import Throttler  # type: ignore[attr-defined]
 from lxml import etree
 
 from syncsvc import logs
+from syncsvc.budget import Budget
 from syncsvc.cvent import catalog
 from syncsvc.cvent.catalog import Resource
 from syncsvc.cvent.parser import DumpParser, element_to_dict
@@ -70,9 +71,6 @@ DECODED_PIECE = 256 * 1024  # most bytes one gzip step may produce: a bomb is ch
 BATCH_SIZE = 2000  # records per batch handed to the sink
 SEGMENT_BYTES = 512 * 1024  # bytes of whole records per segment parsed in a worker
 SEGMENTS_AHEAD = 2  # segments queued per worker: enough to keep it busy while COPY writes
-# The throttler's window is stretched by this factor: the server counts arrivals, and network
-# jitter can move a start from one of our windows into the server's previous one.
-RATE_SAFETY = 1.05
 USER_AGENT = "syncsvc/0.1"
 STALL_BUCKETS = 64  # reads are summed in this many time slices of the stall window
 
@@ -108,7 +106,7 @@ class ClientStats:
 
     requests: int = 0  # HTTP requests started
     retries: int = 0  # attempts after a retryable failure
-    rate_limit_waits: int = 0  # request starts that had to wait for the throttler
+    rate_limit_waits: int = 0  # request starts that had to wait for the budget's start rule
     rate_limit_wait_seconds: float = 0.0
     bytes: int = 0  # body bytes received on the wire (before gzip decoding)
     decoded_bytes: int = 0  # XML bytes parsed
@@ -398,6 +396,7 @@ class CventClient:
         session: aiohttp.ClientSession,
         settings: Settings,
         policy: RetryPolicy,
+        budget: Budget | None = None,
     ) -> None:
         base_url, token = settings.require_api()
         self._base_url = _check_base_url(base_url)
@@ -409,15 +408,7 @@ class CventClient:
         self.settings = settings
         self.policy = policy
         self.stats = ClientStats()
-        # Throttler counts whole starts: a fractional rate_limit rounds down (at least 1).
-        self._throttler = Throttler(
-            rate_limit=max(1, int(settings.rate_limit)),
-            period=settings.rate_period * RATE_SAFETY,
-        )
-        self._semaphore = asyncio.Semaphore(settings.max_concurrency)
-        self._rate_limit = self._throttler.rate_limit  # the configured start rate
-        self._paused_until = 0.0  # no request starts before this (monotonic): a rate limit hit
-        self._successes = 0  # successful calls since the start rate last changed
+        self.budget = budget or Budget.from_settings(settings)
         self._pool: ParsePool | None = None
 
     def __repr__(self) -> str:
@@ -426,14 +417,21 @@ class CventClient:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, settings: Settings, *, policy: RetryPolicy | None = None
+        cls,
+        settings: Settings,
+        *,
+        policy: RetryPolicy | None = None,
+        budget: Budget | None = None,
     ) -> AsyncIterator[CventClient]:
-        """One client (one session, one rate budget) for the length of a run."""
+        """One client (one session) for the length of a run, under `budget` (by default one
+        made from `settings`; a run hands the one its scheduler shares)."""
         base_url, _ = settings.require_api()
         _check_base_url(base_url)
+        budget = budget or Budget.from_settings(settings)
         connector = aiohttp.TCPConnector(
-            limit=settings.max_concurrency,
-            limit_per_host=settings.max_concurrency,
+            # A connection per budget place: the budget bounds requests in flight, never the pool.
+            limit=budget.max_in_flight,
+            limit_per_host=budget.max_in_flight,
             ssl=ssl.create_default_context(),  # verification always on
         )
         timeout = aiohttp.ClientTimeout(
@@ -455,7 +453,7 @@ class CventClient:
                 "Accept-Encoding": "gzip",
             },
         ) as session:
-            client = cls(session, settings, policy or RetryPolicy.from_settings(settings))
+            client = cls(session, settings, policy or RetryPolicy.from_settings(settings), budget)
             try:
                 yield client
             finally:
@@ -494,53 +492,11 @@ class CventClient:
 
     @asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
-        # The semaphore first: a start slot taken while queueing for the semaphore would be
-        # stale by the time the request really starts, and starts would bunch up.
-        async with self._semaphore:
-            t0 = time.monotonic()
-            # A deadline, not an event: a later refusal may push it further while we wait.
-            while (pause := self._paused_until - time.monotonic()) > 0:  # noqa: ASYNC110
-                await asyncio.sleep(pause)
-            await self._throttler.acquire()  # type: ignore[no-untyped-call]
-            waited = time.monotonic() - t0
+        async with self.budget.request() as waited:
             if waited > 0.001:
                 self.stats.rate_limit_waits += 1
                 self.stats.rate_limit_wait_seconds += waited
             yield
-
-    def _rate_limited(self, delay: float) -> None:
-        """A 429 or code 301: every call waits, and starts come slower.
-
-        The server's limit is evidently below ours (or shared with another client): pausing
-        only the call that was refused lets the others keep hitting it. Every start waits out
-        the delay, and at least one rate period (the server's window is likely as long as ours
-        and has not passed); the start rate halves per pause and climbs back by one per
-        rate_limit successful calls (AIMD, as TCP does per round trip)."""
-        now = time.monotonic()
-        # Refusals of calls that were already in flight when the client last backed off say
-        # nothing new: one halving per pause.
-        already_paused = now < self._paused_until
-        pause = max(delay, self.settings.rate_period)
-        self._paused_until = max(self._paused_until, now + pause)
-        self._successes = 0
-        lowered = max(1, self._throttler.rate_limit // 2)
-        if lowered < self._throttler.rate_limit and not already_paused:
-            self._throttler.rate_limit = lowered
-            log.warning(
-                "rate_limit_lowered",
-                starts_per_period=lowered,
-                period=self.settings.rate_period,
-                paused=round(pause, 3),
-            )
-
-    def _call_succeeded(self) -> None:
-        throttler = self._throttler
-        if throttler.rate_limit >= self._rate_limit:
-            return
-        self._successes += 1
-        if self._successes >= throttler.rate_limit:
-            throttler.rate_limit += 1
-            self._successes = 0
 
     async def fetch(
         self,
@@ -615,7 +571,9 @@ class CventClient:
                 delays.append(delay)
                 self.stats.retries += 1
                 if isinstance(exc, RateLimitedError):
-                    self._rate_limited(delay)
+                    # The server's limit is evidently below ours (or shared with another
+                    # client): pausing only this call would let the others keep hitting it.
+                    self.budget.back_off(delay)
                 log.warning(
                     "fetch_retrying",
                     resource=resource.path,
@@ -630,7 +588,7 @@ class CventClient:
             elapsed = time.monotonic() - started
             if progress is not None:
                 progress.fetched()
-            self._call_succeeded()
+            self.budget.succeeded()
             log.info(
                 "dump_fetched",
                 resource=resource.path,

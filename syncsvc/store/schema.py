@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 
 from syncsvc.cvent.catalog import RESOURCES, FieldKind, Resource
+from syncsvc.vocab import Op, RunStatus, UnitStatus
 
 metadata = MetaData(
     naming_convention={
@@ -41,33 +42,13 @@ metadata = MetaData(
 
 TZ = TIMESTAMP(timezone=True)
 
-# interrupted: stopped by SIGINT/SIGTERM or cancelled at serve's drain limit; abandoned: found
-# still `running` after its process died (SIGKILL, a lost host), or fenced off by a newer run.
-RUN_STATUSES = (
-    "running",
-    "succeeded",
-    "partial",
-    "failed",
-    "held",
-    "interrupted",
-    "abandoned",
-)
-# cancelled: the unit was stopped before it committed (an interruption, or a run-stopping error
-# in a sibling unit); abandoned: left `running` by a run that died, closed by a later run.
-FETCH_STATUSES = (
-    "pending",
-    "running",
-    "applied",
-    "failed",
-    "held",
-    "superseded",
-    "skipped",
-    "cancelled",
-    "abandoned",
-)
+# The words of syncsvc/vocab.py, in their order (the migrations' check constraints hold it), as
+# plain strings: a member's repr is not its SQL literal.
+RUN_STATUSES = tuple(s.value for s in RunStatus)
+FETCH_STATUSES = tuple(s.value for s in UnitStatus)
 CONSUMER_STATUSES = ("active", "failing", "paused")
 ENVELOPES = ("syncsvc", "debezium")
-OPS = ("insert", "update", "delete", "rekey")
+OPS = tuple(op.value for op in Op)
 ENTITIES = tuple(r.entity for r in RESOURCES)
 
 

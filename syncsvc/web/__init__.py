@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import logs
 from syncsvc.settings import Settings
+from syncsvc.vocab import RunStatus, UnitStatus
 from syncsvc.web import charts, queries
 
 # What the Now page asks for health: serve's judgement (sync or async), (healthy, reason).
@@ -36,19 +37,11 @@ CSP = (
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 
-STATUS_WORDS = {
-    "running": "running",
-    "succeeded": "succeeded",
-    "partial": "partial",
-    "failed": "failed",
-    "held": "held",
-    "interrupted": "interrupted",
-    "abandoned": "abandoned",
-    "applied": "applied",
-    "pending": "pending",
-    "superseded": "superseded",
-    "skipped": "skipped",
-    "cancelled": "cancelled",
+# A status's word on the pages (base.html colours each by its `s-<status>` class); run and unit
+# statuses from syncsvc/vocab.py, then the feed consumers'.
+STATUS_WORDS: dict[str, str] = {
+    **{s: s.value for s in RunStatus},
+    **{s: s.value for s in UnitStatus},
     "active": "active",
     "failing": "failing",
     "paused": "paused",
@@ -56,11 +49,11 @@ STATUS_WORDS = {
 
 # Why a run ended as it did, in an operator's words (the details come from its units).
 STATUS_MEANING = {
-    "partial": "some units failed; the others applied",
-    "held": "a unit would delete too much; that scope was not applied",
-    "failed": "the run stopped",
-    "interrupted": "stopped by a signal; units not committed were cancelled",
-    "abandoned": "the process died mid-run",
+    RunStatus.PARTIAL: "some units failed; the others applied",
+    RunStatus.HELD: "a unit would delete too much; that scope was not applied",
+    RunStatus.FAILED: "the run stopped",
+    RunStatus.INTERRUPTED: "stopped by a signal; units not committed were cancelled",
+    RunStatus.ABANDONED: "the process died mid-run",
 }
 
 OVERRIDE_COMMAND = "syncsvc run --override-hold"

@@ -15,6 +15,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from syncsvc.vocab import UnitStatus
+
 RUNS_PER_PAGE = 50
 TREND_DAYS = 30
 TREND_MAX_RUNS = 2000  # the chart's points: a run every 20 minutes for 30 days
@@ -26,8 +28,16 @@ CONSUMERS_MAX = 200
 UNITS_MAX = 2000  # a run page lists at most this many units (a large account: ~1 per event)
 
 # Units that need an operator's eye sort first (the same order as `syncsvc status`).
-UNIT_ORDER = ("failed", "held", "abandoned", "cancelled", "running", "pending", "skipped")
-PROBLEM_UNITS = ("failed", "held", "cancelled", "abandoned")
+UNIT_ORDER = (
+    UnitStatus.FAILED,
+    UnitStatus.HELD,
+    UnitStatus.ABANDONED,
+    UnitStatus.CANCELLED,
+    UnitStatus.RUNNING,
+    UnitStatus.PENDING,
+    UnitStatus.SKIPPED,
+)
+PROBLEM_UNITS = (UnitStatus.FAILED, UnitStatus.HELD, UnitStatus.CANCELLED, UnitStatus.ABANDONED)
 
 
 @dataclass(frozen=True, slots=True)

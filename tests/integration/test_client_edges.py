@@ -258,7 +258,7 @@ async def test_a_rate_limit_pauses_every_call_of_the_client_not_only_the_refused
         await first
     assert other.attempts == 1
     assert arrivals[0] - refused_at >= 0.9
-    assert client._throttler.rate_limit < Settings().rate_limit  # and starts come slower
+    assert client.budget.rate < Settings().rate_limit  # and starts come slower
 
 
 # --- strict response codes ----------------------------------------------------------------------

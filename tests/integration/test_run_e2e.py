@@ -168,6 +168,37 @@ async def test_event_all_refused_falls_back_to_per_event_with_the_same_state(
         assert await _db_state(db_url) == _truth(sim.universe, 0)
 
 
+async def test_fallback_units_run_as_many_at_once_as_the_budget_has_places(
+    simulator: SimFactory, engine: AsyncEngine, db_url: URL
+) -> None:
+    async with simulator(CONFIG) as sim:
+        guids = sorted(g for g, _ in sim.universe.snapshot(0)["event"])
+        assert len(guids) > 4
+        refused = {
+            "resource": "userData.do",
+            "event": "all",
+            "kind": "api_code",
+            "value": 104,
+            "times": None,
+        }
+        # Four per-event units stay in flight until released: the run's only planned unit is
+        # the refused event=all one, so they are in flight together only if the units that
+        # replace it share the run's four places.
+        held = [
+            {"resource": "userData.do", "event": g, "kind": "hold", "times": 1} for g in guids[:4]
+        ]
+        await sim.control({"faults": [refused, *held]})
+        run = asyncio.create_task(_run(_settings(sim, resources=("users",)), engine))
+        async with asyncio.timeout(120):  # reached only by a failure: never four at once
+            await sim.wait_in_flight(4)
+        await sim.control({"release": True})
+        result = await run
+        assert result.status == "succeeded", result.error
+        users = [o for o in result.outcomes if o.unit.resource.entity == "user"]
+        assert [o.status for o in users if o.unit.event == "all"] == ["superseded"]
+        assert len(users) == len(guids) + 1
+
+
 async def test_one_event_failing_leaves_its_state_and_the_next_run_completes_it(
     simulator: SimFactory, engine: AsyncEngine, db_url: URL
 ) -> None:

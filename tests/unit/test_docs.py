@@ -89,6 +89,32 @@ def test_the_example_toml_file_loads_to_the_defaults(tmp_path: Path) -> None:
     assert Settings.load(env=env, config_file=config) == Settings.load(env=env)
 
 
+def test_the_operations_tables_are_exactly_what_the_command_writes(tmp_path: Path) -> None:
+    text = OPERATIONS.read_text()
+    assert docgen.TABLES_COMMAND in text
+    assert docgen.table_names(text) == ["exit-codes", "run-statuses", "unit-statuses", "ops"]
+    # The command the markers name, run as a user would, on a copy: a stale table fails here.
+    copy = tmp_path / "operations.md"
+    copy.write_text(text)
+    proc = subprocess.run(
+        [sys.executable, "-m", "syncsvc.docgen", "--tables", str(copy)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert copy.read_text() == text, f"docs/operations.md is stale: run `{docgen.TABLES_COMMAND}`"
+
+
+def test_a_stale_table_is_rewritten_from_the_enums() -> None:
+    text = OPERATIONS.read_text()
+    stale = text.replace("| `abandoned` | left open by a run whose process died", "| `gone` | x", 1)
+    assert stale != text
+    assert docgen.fill_tables(stale) == text
+
+
 @pytest.mark.parametrize("status", RUN_STATUSES)
 def test_operations_explains_every_run_status(status: str) -> None:
     assert re.search(rf"^\| `{status}` \| \S", OPERATIONS.read_text(), re.M)
