@@ -37,7 +37,7 @@ def serve(port: int, records: int, compress: bool) -> None:
 
 
 async def fetch(port: int, on_record: Any, label: str, records: int) -> None:
-    from syncsvc.cvent import catalog
+    from syncsvc import catalog
     from syncsvc.cvent.client import CventClient
     from syncsvc.settings import Settings
 
@@ -62,7 +62,7 @@ async def fetch(port: int, on_record: Any, label: str, records: int) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    from syncsvc.cvent.parser import element_to_dict
+    from syncsvc.parse.document import element_to_dict
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

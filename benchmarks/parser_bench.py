@@ -6,10 +6,10 @@ import argparse
 import time
 import tracemalloc
 
-from syncsvc.cvent import catalog
-from syncsvc.cvent.parser import DumpParser, element_to_dict
-from syncsvc.cvent.segments import SegmentCodec
-from syncsvc.cvent.split import Splitter
+from syncsvc import catalog
+from syncsvc.parse.document import DumpParser, element_to_dict
+from syncsvc.parse.segments import SegmentCodec
+from syncsvc.parse.split import Splitter
 
 
 def synthetic_users(n: int, event: str = "E-0001") -> bytes:

@@ -17,8 +17,7 @@ from typing import Any
 
 
 async def main(args: argparse.Namespace) -> None:
-    from syncsvc import logs
-    from syncsvc.cvent import catalog
+    from syncsvc import catalog, logs
     from syncsvc.cvent.client import CventClient
     from syncsvc.settings import Settings
     from syncsvc.simulator import SimConfig, run_simulator

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncsvc import cascade, logs
-from syncsvc.cvent.catalog import DATA_RESOURCES, EVENT_ALL, EVENTS, Resource
+from syncsvc.catalog import DATA_RESOURCES, EVENT_ALL, EVENTS, Resource
 from syncsvc.cvent.client import CventClient, FetchProgress
 from syncsvc.errors import (
     NoAccountAccessError,

@@ -22,11 +22,11 @@ from typing import Any
 from urllib.parse import parse_qs
 from xml.sax.saxutils import escape
 
-from syncsvc.cvent import catalog
-from syncsvc.cvent.catalog import Resource
+from syncsvc import catalog
+from syncsvc.catalog import Resource
 from syncsvc.cvent.client import CventClient
 from syncsvc.cvent.retry import RetryPolicy
-from syncsvc.cvent.segments import EncodedBatch
+from syncsvc.parse.segments import EncodedBatch
 from syncsvc.settings import Settings
 
 ACCOUNT_TOKEN = "test-account-token"

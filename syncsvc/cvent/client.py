@@ -36,26 +36,27 @@ import aiohttp
 from asyncio_throttle import Throttler  # type: ignore[attr-defined]
 from lxml import etree
 
-from syncsvc import logs
-from syncsvc.cvent import catalog
-from syncsvc.cvent.catalog import Resource
-from syncsvc.cvent.parser import DumpParser, element_to_dict
-from syncsvc.cvent.pool import ParsePool, WorkerDiedError
+from syncsvc import catalog, logs
+from syncsvc.catalog import Resource
 from syncsvc.cvent.responses import classify
 from syncsvc.cvent.retry import RetryPolicy
-from syncsvc.cvent.segments import EncodedBatch, SegmentRefused
-from syncsvc.cvent.split import Splitter
 from syncsvc.errors import (
     AmbiguousEventError,
     ConfigError,
     IncompleteDumpError,
     RateLimitedError,
     RetriesExhaustedError,
+    SegmentRefused,
     SyncError,
     TerminalError,
     TransportError,
     UnsafeXmlError,
+    WorkerDiedError,
 )
+from syncsvc.parse.document import DumpParser, element_to_dict
+from syncsvc.parse.pool import ParsePool
+from syncsvc.parse.segments import EncodedBatch
+from syncsvc.parse.split import Splitter
 from syncsvc.settings import Settings, is_loopback_host
 
 T = TypeVar("T")
@@ -289,7 +290,7 @@ class _Batches(Generic[T]):
 
     async def _run_split(self, pool: ParsePool) -> AsyncIterator[Any]:
         """As `_run`, with the records parsed in worker processes, segment by segment (see
-        cvent/split.py): batches are EncodedBatch, in document order. A dump whose head is not
+        parse/split.py): batches are EncodedBatch, in document order. A dump whose head is not
         the plain shape is parsed as one document here, as `_run` does."""
         parser = self._parser
         splitter = Splitter(
@@ -562,7 +563,7 @@ class CventClient:
         `context["attempts"]` and `context["delays"]`.
 
         `encoded=True`: the sink also takes EncodedBatch batches (staging rows made in worker
-        processes, see cvent/segments.py) for the dumps `parse_in_worker` names. When such a
+        processes, see parse/segments.py) for the dumps `parse_in_worker` names. When such a
         dump's segments do not parse on their own, it is fetched again (one more attempt, no
         backoff) and parsed as one document.
 

@@ -54,12 +54,12 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from syncsvc.cvent.catalog import EVENT_ALL, Resource, resolve
-from syncsvc.cvent.segments import EncodedBatch, staging_line
+from syncsvc.catalog import EVENT_ALL, Resource, resolve
 from syncsvc.errors import IncompleteDumpError, RunFencedError, StoreError
 from syncsvc.feed import notify as feed_notify
 from syncsvc.logs import get_logger
 from syncsvc.normalize import Normalizer, normalizer
+from syncsvc.parse.segments import EncodedBatch, staging_line
 from syncsvc.records import Record, codec
 from syncsvc.settings import Settings
 from syncsvc.store import queries

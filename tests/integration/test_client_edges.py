@@ -15,8 +15,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from syncsvc import logs
-from syncsvc.cvent import catalog
+from syncsvc import catalog, logs
 from syncsvc.cvent.client import SEGMENT_BYTES
 from syncsvc.cvent.retry import RetryPolicy
 from syncsvc.errors import (

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from syncsvc.cvent import catalog
-from syncsvc.cvent.catalog import Outcome
+from syncsvc import catalog
+from syncsvc.catalog import Outcome
 from syncsvc.cvent.responses import classify, parse_retry_after
 from syncsvc.cvent.retry import RetryPolicy
 from syncsvc.errors import (
