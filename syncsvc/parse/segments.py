@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from lxml import etree
@@ -97,19 +98,25 @@ class SegmentCodec:
             )
         except etree.XMLSyntaxError as exc:
             raise self._refusal(data, exc) from None
-        out = EncodedBatch(b"", only)
-        lines: list[str] = []
         record = self.resource.record
+        walk = self.walk
+        return self.pack([walk(e)[1] for e in root if e.tag == record], ord_base, only)
+
+    def row(self, elem: etree._Element) -> list[str]:
+        """A record element's COPY text per field, then extras (the one-document parse's
+        `on_record` when it stages rows: `pack` them)."""
+        return self.walk(elem)[1]
+
+    def pack(self, rows: Sequence[list[str]], ord_base: int, only: str | None) -> EncodedBatch:
+        """Staging rows for records' COPY text (`row`, in document order; an unknown element
+        between records is not one), `ord_base` ordering them among the dump's."""
+        out = EncodedBatch(b"", only, records=len(rows))
+        lines: list[str] = []
         guid_at, key_at = self.guid_at, self.key_at
         events = out.events
         md5 = hashlib.md5
-        walk = self.walk
         ordinal = ord_base
-        for elem in root:
-            if elem.tag != record:
-                continue  # an unknown element between records, as the one-document parse
-            out.records += 1
-            parts = walk(elem)[1]
+        for parts in rows:
             guid, key = parts[guid_at], parts[key_at]
             if guid is NULL or key is NULL:
                 out.rejected += 1
