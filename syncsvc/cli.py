@@ -110,7 +110,7 @@ def main_callback(
     ctx.obj = _Config(config)
 
 
-def _settings(ctx: typer.Context) -> Settings:
+def settings_of(ctx: typer.Context) -> Settings:
     cfg: _Config = ctx.find_root().obj
     if cfg.settings is None:
         try:
@@ -128,7 +128,7 @@ def _settings(ctx: typer.Context) -> Settings:
 
 def _api_settings(ctx: typer.Context) -> Settings:
     """The settings of a command that calls the API: base URL and token required (exit 2)."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     try:
         settings.require_api()
     except ConfigError as exc:
@@ -144,7 +144,7 @@ def db_upgrade(
     """Create or migrate the schema (the embedded PostgreSQL when SYNCSVC_DATABASE_URL is unset)."""
     from syncsvc.store import db
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def go() -> tuple[str | None, str | None]:
         async with db.connect(settings) as engine:
@@ -163,7 +163,7 @@ def db_downgrade(
     """Migrate the schema down to a revision (`base` drops everything)."""
     from syncsvc.store import db
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def go() -> tuple[str | None, str | None]:
         async with db.connect(settings) as engine:
@@ -179,7 +179,7 @@ def db_current(ctx: typer.Context) -> None:
     """Print the database's schema revision and the code's; exit 1 if they differ."""
     from syncsvc.store import db
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def go() -> tuple[str | None, str | None]:
         async with db.connect(settings) as engine:
@@ -198,7 +198,7 @@ def db_url(ctx: typer.Context) -> None:
     """Print the database URL (for psql); starts the embedded server if that is the one in use."""
     from syncsvc.store import db
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     try:
         url = db.resolve_url(settings, keep_running=True)
     except SyncError as exc:
@@ -212,7 +212,7 @@ def db_stop(ctx: typer.Context) -> None:
     started when they exit; `db url` leaves it running for psql)."""
     from syncsvc.store import db
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     if settings.database_url:
         raise fail("SYNCSVC_DATABASE_URL is set: there is no embedded server to stop", EXIT_CONFIG)
     pgdata = settings.data_dir / "pgdata"
@@ -318,7 +318,7 @@ def status_cmd(
 
     if fmt not in ("table", "json"):
         raise fail("--format must be one of table, json", EXIT_CONFIG)
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def go() -> tuple[list[status.RunStatus], list[Any]]:
         async with db.connect(settings) as engine:
@@ -472,7 +472,7 @@ def demo_cmd(
     from syncsvc import console, demo
     from syncsvc.simulator import SimConfig
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     if settings.log_level == "info":  # the demo speaks through its own output
         logs.configure("warning", settings.log_format)
     out = console.console()
@@ -630,7 +630,7 @@ def plan_cmd(ctx: typer.Context) -> None:
     from syncsvc import planview
     from syncsvc.store import db
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def go() -> list[str]:
         async with db.connect(settings) as engine:

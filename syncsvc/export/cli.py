@@ -62,7 +62,7 @@ def export_changes_cmd(
 ) -> None:
     """Write the change log as Parquet parts and a manifest (written last) into a new directory
     named after the seq range; with --consumer, advance its cursor once the manifest exists."""
-    from syncsvc.cli import EXIT_CONFIG, _settings, fail, run_async
+    from syncsvc.cli import EXIT_CONFIG, fail, run_async, settings_of
     from syncsvc.export import changes
     from syncsvc.export.dest import Destination
     from syncsvc.store import db
@@ -72,7 +72,7 @@ def export_changes_cmd(
     if since is not None and since < 0:
         raise fail("--since must be >= 0", EXIT_CONFIG)
     limits = _limits(max_file_rows, max_file_mb, batch_mb)
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def go() -> changes.ExportResult:
         dest = Destination.open(to)
@@ -110,7 +110,7 @@ def export_snapshot_cmd(
 ) -> None:
     """Write the live current state as typed Parquet, all entities from one repeatable-read
     snapshot; each manifest records the change-log seq the state is consistent with."""
-    from syncsvc.cli import EXIT_CONFIG, _settings, fail, run_async
+    from syncsvc.cli import EXIT_CONFIG, fail, run_async, settings_of
     from syncsvc.export import snapshot
     from syncsvc.export.dest import Destination
     from syncsvc.store import db
@@ -121,7 +121,7 @@ def export_snapshot_cmd(
     if bad:
         raise fail(f"--entity {bad[0]!r} is not one of {', '.join(ENTITIES)}", EXIT_CONFIG)
     limits = _limits(max_file_rows, max_file_mb, batch_mb)
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def go() -> list[snapshot.SnapshotResult]:
         dest = Destination.open(to)

@@ -153,7 +153,7 @@ def changes_cmd(
         captured_before=_when(captured_before, "--captured-before"),
         limit=limit,
     )
-    settings = cli._settings(ctx)
+    settings = cli.settings_of(ctx)
 
     async def go() -> None:
         async with db.connect(settings) as engine:
@@ -201,7 +201,7 @@ def prune_cmd(
     cli = _cli()
     if older_than < 0:
         raise cli.fail("--older-than must not be negative", 2)
-    settings = cli._settings(ctx)
+    settings = cli.settings_of(ctx)
 
     async def go() -> prune.PruneResult:
         async with db.connect(settings) as engine:
@@ -262,7 +262,7 @@ def consumers_add(
     from syncsvc.store import db
 
     cli = _cli()
-    settings = cli._settings(ctx)
+    settings = cli.settings_of(ctx)
     filters = {
         "entity": entity or [],
         "op": op or [],
@@ -308,7 +308,7 @@ def consumers_list(ctx: typer.Context) -> None:
     from syncsvc.store import db
 
     cli = _cli()
-    settings = cli._settings(ctx)
+    settings = cli.settings_of(ctx)
 
     async def go() -> list[consumers.ConsumerLag]:
         async with db.connect(settings) as engine:
@@ -354,7 +354,7 @@ def consumers_show(
     from syncsvc.store import db
 
     cli = _cli()
-    settings = cli._settings(ctx)
+    settings = cli.settings_of(ctx)
 
     async def go() -> consumers.ConsumerLag:
         async with db.connect(settings) as engine:
@@ -384,7 +384,7 @@ def consumers_reset(
     from syncsvc.store import db
 
     cli = _cli()
-    settings = cli._settings(ctx)
+    settings = cli.settings_of(ctx)
 
     async def go() -> tuple[int, int]:
         async with db.connect(settings) as engine:
@@ -400,7 +400,7 @@ def _simple(ctx: typer.Context, name: str, action: str) -> None:
     from syncsvc.store import db
 
     cli = _cli()
-    settings = cli._settings(ctx)
+    settings = cli.settings_of(ctx)
 
     async def go() -> None:
         async with db.connect(settings) as engine:
