@@ -23,8 +23,8 @@ The scheduler's API::
   or of lists of records as `unit.normalize` returns them). It (re)creates the temporary staging
   table (ON COMMIT DROP), truncates it when called again (a retried fetch starts over) and streams
   the records into it with one COPY under a savepoint, so memory stays flat and a dump failing
-  half-way leaves the transaction usable. Records without their key (or, in a per-event unit, of another event) are
-  counted as rejected, never staged. Returns a StageResult.
+  half-way leaves the transaction usable. Records without their key (or, in a per-event unit, of
+  another event) are counted as rejected, never staged. Returns a StageResult.
 - `apply(...)` refuses (IncompleteDumpError, nothing applied) unless `complete=True`. Then, in the
   same transaction: duplicate keys are dropped (last wins, counted), the scope's advisory locks are
   taken, the staged rows are diffed against the scope's current rows, clientID moves become
