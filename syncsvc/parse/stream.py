@@ -24,7 +24,7 @@ from lxml import etree
 
 from syncsvc import catalog, logs
 from syncsvc.catalog import Resource
-from syncsvc.cvent.body import Consumed, Response
+from syncsvc.cvent.body import Consumed, FetchProgress, Response
 from syncsvc.errors import SegmentRefused, SyncError, TerminalError, WorkerDiedError
 from syncsvc.parse.document import DumpParser, element_to_dict
 from syncsvc.parse.pool import ParsePool
@@ -172,7 +172,7 @@ class _Batches(Generic[T]):
         *,
         split: ParsePool | None = None,
         only: str | None = None,
-        progress: Any = None,
+        progress: FetchProgress | None = None,
     ) -> None:
         self.error: SyncError | None = None
         self._progress = progress
