@@ -8,8 +8,8 @@ the one `syncsvc.normalize.Walk` makes for the typed record too (the tests compa
 every simulator style), because the row hash, which the store compares, is md5 over it.
 
 A segment that does not parse on its own raises SegmentRefused: the split may have cut inside a
-comment or CDATA section that holds a record's end tag, so the client fetches that dump again with
-the one-document parser, whose verdict is final.
+comment or CDATA section that holds a record's end tag, so the dump is fetched again (the retry
+policy retries SegmentRefused at once) and parsed as one document, whose verdict is final.
 """
 
 from __future__ import annotations
