@@ -37,8 +37,9 @@ def serve(port: int, records: int, compress: bool) -> None:
 
 
 async def fetch(port: int, on_record: Any, label: str, records: int) -> None:
-    from syncsvc.cvent import catalog
+    from syncsvc import catalog
     from syncsvc.cvent.client import CventClient
+    from syncsvc.parse.stream import ParseStage
     from syncsvc.settings import Settings
 
     settings = Settings().replace(base_url=f"http://127.0.0.1:{port}/api/", api_token="bench-token")  # noqa: S106
@@ -53,7 +54,8 @@ async def fetch(port: int, on_record: Any, label: str, records: int) -> None:
         best = float("inf")
         for _ in range(3):
             t0 = time.perf_counter()
-            result = await client.fetch(catalog.USERS, None, count, on_record)
+            consume = ParseStage(settings).consumer(catalog.USERS, count, on_record)
+            result = await client.fetch(catalog.USERS, None, consume)
             best = min(best, time.perf_counter() - t0)
             assert result.value == records
         print(
@@ -62,7 +64,7 @@ async def fetch(port: int, on_record: Any, label: str, records: int) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    from syncsvc.cvent.parser import element_to_dict
+    from syncsvc.parse.document import element_to_dict
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

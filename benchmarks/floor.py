@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from lxml import etree
 
-from syncsvc.cvent import catalog
+from syncsvc import catalog
 
 
 def database_url(server_url: str, name: str) -> str:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import scratch_database, server_url
 
-from syncsvc.cvent.catalog import USERS
+from syncsvc.catalog import USERS
 from syncsvc.export.history import as_of_query, view_sql
 from syncsvc.store import db
 from syncsvc.store.db import sqlalchemy_url

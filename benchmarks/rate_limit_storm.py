@@ -17,9 +17,10 @@ from typing import Any
 
 
 async def main(args: argparse.Namespace) -> None:
-    from syncsvc import logs
-    from syncsvc.cvent import catalog
+    from syncsvc import catalog, logs
     from syncsvc.cvent.client import CventClient
+    from syncsvc.parse.document import element_to_dict
+    from syncsvc.parse.stream import ParseStage, collect_all
     from syncsvc.settings import Settings
     from syncsvc.simulator import SimConfig, run_simulator
 
@@ -49,7 +50,9 @@ async def main(args: argparse.Namespace) -> None:
             return sum([len(b) async for b in batches])
 
         async with CventClient.open(settings) as client:
-            events = await client.list_events()
+            parse = ParseStage(settings)  # the users dumps are counted, not staged: in process
+            listed = parse.consumer(catalog.EVENTS, collect_all, element_to_dict)
+            events = (await client.fetch(catalog.EVENTS, None, listed)).value
             await sim.reset_stats()
             guids = [e["eventGUID"] for e in events]
             queue = list(guids)
@@ -57,7 +60,9 @@ async def main(args: argparse.Namespace) -> None:
 
             async def worker() -> None:
                 while queue:
-                    await client.fetch(catalog.USERS, queue.pop(), count)
+                    await client.fetch(
+                        catalog.USERS, queue.pop(), parse.consumer(catalog.USERS, count)
+                    )
 
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))
             took = time.perf_counter() - t0

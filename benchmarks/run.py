@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from floor import database_url, floor_day
 
-from syncsvc.cvent import catalog
+from syncsvc import catalog
 from syncsvc.simulator.data import SimConfig, Universe
 
 TOKEN = "sim-account-token"  # noqa: S105 (the simulator's built-in account token)

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 from lxml import etree
 
-from syncsvc.cvent.catalog import USERS
+from syncsvc.catalog import USERS
 from syncsvc.normalize import normalizer
 from syncsvc.records import Record, from_typed
 from syncsvc.store import db

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import logs
-from syncsvc.cvent.catalog import DATA_RESOURCES
+from syncsvc.catalog import DATA_RESOURCES
 from syncsvc.errors import RunFencedError, SyncError
 from syncsvc.store import runs as run_rows
 from syncsvc.store.schema import events, metadata

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from syncsvc.cvent.catalog import BY_ENTITY
+from syncsvc.catalog import BY_ENTITY
 from syncsvc.store.db import raw_connection
 
 COLUMNS = (

@@ -98,13 +98,18 @@ async def _check_database(settings: Settings) -> str:
 
 
 async def _check_api(settings: Settings) -> str:
+    from syncsvc import catalog
     from syncsvc.cvent.client import CventClient
+    from syncsvc.parse.document import element_to_dict
+    from syncsvc.parse.stream import ParseStage, collect_all
 
     try:
         base_url, _ = settings.require_api()
         one_try = settings.replace(retry_attempts=1)
         async with CventClient.open(one_try) as client:
-            events = await client.list_events()
+            parse = ParseStage(one_try)  # a small dump: parsed in process, no workers
+            listed = parse.consumer(catalog.EVENTS, collect_all, element_to_dict)
+            events = (await client.fetch(catalog.EVENTS, None, listed)).value
     except ConfigError as exc:
         return _line(FAIL, "api", str(exc))
     except InvalidTokenError as exc:

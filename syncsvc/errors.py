@@ -6,6 +6,8 @@
     ├── RetryableError                retryable = True
     │   ├── TransportError            connection reset, timeout, HTTP 5xx/429
     │   ├── IncompleteDumpError       body cut short, root never closed, no response code
+    │   ├── SegmentRefused            a segment did not parse alone: again, as one document
+    │   ├── WorkerDiedError           a parse worker exited with a segment in hand
     │   └── ApiRetryableError         codes 301, 500, 503
     │       └── RateLimitedError      code 301 / HTTP 429 (may carry retry_after)
     └── TerminalError                 retryable = False
@@ -109,6 +111,18 @@ class TransportError(RetryableError):
 
 class IncompleteDumpError(RetryableError):
     """The dump ended before the whole document arrived; nothing from it may be applied."""
+
+
+class SegmentRefused(RetryableError):
+    """A segment did not parse on its own; the dump must be parsed as one document."""
+
+    # The next attempt parses differently, so waiting buys nothing; it is the fallback the
+    # split's soundness rests on, so no attempt limit or time budget may refuse it.
+    retry_at_once: ClassVar[bool] = True
+
+
+class WorkerDiedError(RetryableError):
+    """A parse worker exited (killed, out of memory) with a segment in hand."""
 
 
 class ApiRetryableError(RetryableError):

@@ -1,8 +1,11 @@
 """Pure functions: one parsed record element -> one typed record (no I/O; the parse hot path).
 
-`normalizer(resource)` returns the function the client calls as `on_record(elem)` for every
-record element, before it clears the element. It walks the element's children once, looking each
-tag up in a dispatch table built from the catalog, and computes the row hash on the way out.
+`Walk(resource)` is the one walk over a record element: it visits the element's children once,
+looking each tag up in a dispatch table built from the catalog, and gives two outputs of the same
+values: the typed values (catalog order, then extras) and their COPY text (records.RENDER). The
+one-document parse makes typed records of it (`normalizer(resource)`, the parse's `on_record`,
+called before the element is cleared: the row hash is md5 over the COPY text); the segment codec
+(syncsvc/parse/segments.py) makes staging rows of the COPY text alone.
 
 Rules (docs/conference-api.md, "Fields"): text is trimmed and empty means None; dates are
 `datetime.date`; datetimes are aware UTC (no offset: read as UTC); refs are lists in source order;
@@ -16,13 +19,14 @@ rejects it, so the count is reported with the unit.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
 from lxml import etree
 
-from syncsvc.cvent.catalog import BY_ENTITY, FORBIDDEN_ELEMENTS, FieldKind, Resource
-from syncsvc.records import RECORD_TYPES, Record, codec
+from syncsvc.catalog import FORBIDDEN_ELEMENTS, FieldKind, Resource
+from syncsvc.records import NULL, RECORD_TYPES, RENDER, Record, copy_text, render_json
 
 Normalizer = Callable[[etree._Element], Record]
 
@@ -87,40 +91,53 @@ def _convert(kind: FieldKind, elem: etree._Element) -> Any:
     raise AssertionError(kind)  # pragma: no cover
 
 
-def normalizer(resource: Resource) -> Normalizer:
-    """The `on_record` function for `resource`'s record elements."""
-    make = RECORD_TYPES[resource.entity]._make
-    width = len(resource.fields)
-    extras_at = width
-    row = codec(resource)
-    data_line, digest = row.data_line, row.digest
-    index: dict[str, tuple[int, FieldKind, str]] = {
-        f.api: (i, f.kind, f.api) for i, f in enumerate(resource.fields)
-    }
-    forbidden = FORBIDDEN_ELEMENTS
+class Walk:
+    """One resource's record element -> (typed values, their COPY text); see the module docstring.
 
-    def normalize(elem: etree._Element) -> Record:
+    Both lists have a slot per catalog field, then extras: None / records.NULL for no value.
+    """
+
+    def __init__(self, resource: Resource) -> None:
+        self.resource = resource
+        self.width = len(resource.fields)
+        self.index: dict[str, tuple[int, FieldKind, str]] = {
+            f.api: (i, f.kind, f.api) for i, f in enumerate(resource.fields)
+        }
+
+    def __call__(self, elem: etree._Element) -> tuple[list[Any], list[str]]:
+        width = self.width
         values: list[Any] = [None] * (width + 1)
+        parts = [NULL] * (width + 1)
         extras: dict[str, str] | None = None
+        index = self.index
+        forbidden = FORBIDDEN_ELEMENTS
+        render = RENDER
         for child in elem:
-            spec = index.get(child.tag)  # type: ignore[arg-type]  # non-str tags miss
+            tag = child.tag
+            spec = index.get(tag)  # type: ignore[arg-type]  # non-str tags miss
             if spec is not None:
                 i, kind, api = spec
-                if kind is _TEXT:
+                # A repeated field's last occurrence wins, an empty one included.
+                if kind is _TEXT:  # the fast path: most fields, rendered as they are
                     text = child.text
-                    values[i] = (text.strip() or None) if text is not None else None
+                    if text is not None and (text := text.strip()):
+                        values[i] = parts[i] = text
+                    else:
+                        values[i], parts[i] = None, NULL
                     continue
                 try:
-                    values[i] = _convert(kind, child)
+                    value = _convert(kind, child)
                 except (ValueError, OverflowError):
-                    values[i] = None
+                    values[i], parts[i] = None, NULL
                     raw = _all_text(child)
                     if raw is not None:
                         if extras is None:
                             extras = {}
                         extras[api] = raw
+                    continue
+                values[i] = value
+                parts[i] = NULL if value is None else render[kind](value)
                 continue
-            tag = child.tag
             if not isinstance(tag, str) or tag in forbidden:
                 continue  # comments, processing instructions; userKey is never kept
             raw = _all_text(child)
@@ -128,17 +145,23 @@ def normalizer(resource: Resource) -> Normalizer:
                 if extras is None:
                     extras = {}
                 extras[tag] = raw
-        values[extras_at] = extras
-        values.append(digest(data_line(values)))
+        if extras is not None:
+            values[width] = extras
+            parts[width] = render_json(extras)
+        return values, parts
+
+
+def normalizer(resource: Resource) -> Normalizer:
+    """The `on_record` function for `resource`'s record elements: typed records, row hash
+    included (md5 over the walk's COPY text, as records.RowCodec renders the typed values)."""
+    make = RECORD_TYPES[resource.entity]._make
+    walk = Walk(resource)
+    md5 = hashlib.md5
+
+    def normalize(elem: etree._Element) -> Record:
+        values, parts = walk(elem)
+        values.append(md5(copy_text(parts).encode(), usedforsecurity=False).digest())
         return make(values)
 
     normalize.__name__ = f"normalize_{resource.entity}"
     return normalize
-
-
-NORMALIZERS: dict[str, Normalizer] = {entity: normalizer(r) for entity, r in BY_ENTITY.items()}
-
-
-def normalize_element(entity: str, elem: etree._Element) -> Record:
-    """Normalize one record element of `entity` (convenience over NORMALIZERS)."""
-    return NORMALIZERS[entity](elem)

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import cascade
-from syncsvc.cvent.catalog import DATA_RESOURCES, EVENT_ALL
+from syncsvc.catalog import DATA_RESOURCES, EVENT_ALL
 from syncsvc.scheduler import plan, select_events
 from syncsvc.settings import Settings
 from syncsvc.status import previous_bytes

@@ -2,7 +2,8 @@
 
 A record's fields are the catalog's columns in catalog order, then `extras` (unknown elements,
 name -> trimmed text, or None) and `row_hash` (16 bytes over every typed value, computed once
-in normalize). A record is a tuple, so asyncpg's COPY takes it almost as is, and it is frozen.
+in normalize's walk). A record is a tuple, and so frozen; the stage writes it to COPY as the text
+`RowCodec` renders, the same text the walk hashed.
 
 `to_typed` turns a record into its typed form (docs/conference-api.md, "Fields": a dict keyed by
 API field names);
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from json.encoder import encode_basestring as _enc
 from typing import Any, NamedTuple
 
-from syncsvc.cvent.catalog import BY_ENTITY, FieldKind, Resource
+from syncsvc.catalog import BY_ENTITY, FieldKind, Resource
 
 
 class EventRecord(NamedTuple):
@@ -110,7 +111,7 @@ EXTRAS_PREFIX = "extras."
 # joined first and escaped in one pass, not field by field.
 _UTC = dt.UTC
 _SEP = "\x00"
-_NULL = "\x01"
+NULL = "\x01"  # a rendered field's "no value" (COPY's \\N once the line is joined)
 _COPY_SPECIAL = re.compile("[\\\\\t\n\r]")
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -139,27 +140,27 @@ def _array(items: list[str]) -> str:
     return "{" + ",".join(quoted) + "}"
 
 
-def _json(mapping: Mapping[str, str]) -> str:
+def render_json(mapping: Mapping[str, str]) -> str:
     # str -> str mappings, keys sorted: canonical text for the hash, 4x cheaper than json.dumps.
     return "{" + ",".join([_enc(k) + ":" + _enc(v) for k, v in sorted(mapping.items())]) + "}"
 
 
-_RENDER: dict[FieldKind, Callable[[Any], str]] = {
+RENDER: dict[FieldKind, Callable[[Any], str]] = {
     FieldKind.TEXT: _text,
     FieldKind.INT: _int,
     FieldKind.DATE: _iso,
     FieldKind.DATETIME: _datetime,
     FieldKind.REFS: _array,
-    FieldKind.CUSTOM: _json,
+    FieldKind.CUSTOM: render_json,
 }
 
 
 def copy_text(parts: list[str]) -> str:
-    """One COPY text line (no newline) from rendered fields joined by _SEP (None as _NULL)."""
+    """One COPY text line (no newline) from rendered fields joined by _SEP (None as NULL)."""
     line = _SEP.join(parts)
     if _COPY_SPECIAL.search(line) is not None:
         line = line.translate(_COPY_ESCAPES)
-    return line.replace(_SEP, "\t").replace(_NULL, "\\N")
+    return line.replace(_SEP, "\t").replace(NULL, "\\N")
 
 
 class RowCodec:
@@ -173,10 +174,10 @@ class RowCodec:
     def __init__(self, resource: Resource) -> None:
         self.resource = resource
         kinds = [f.kind for f in resource.fields] + [FieldKind.CUSTOM]  # + extras
-        self.renderers = tuple(_RENDER[k] for k in kinds)
+        self.renderers = tuple(RENDER[k] for k in kinds)
 
     def render(self, values: Sequence[Any]) -> list[str]:
-        return [_NULL if v is None else r(v) for r, v in zip(self.renderers, values, strict=True)]
+        return [NULL if v is None else r(v) for r, v in zip(self.renderers, values, strict=True)]
 
     def data_line(self, values: Sequence[Any]) -> str:
         """The COPY text of the data columns (every field, then extras), no newline."""
@@ -213,13 +214,3 @@ def from_typed(entity: str, typed: Mapping[str, Any]) -> Record:
     values.append(typed.get(EXTRAS) or None)
     digest = hash_values(resource, values)
     return RECORD_TYPES[entity]._make((*values, digest))
-
-
-def record_key(entity: str, record: Record) -> tuple[str | None, str | None]:
-    """(eventGUID, key): the record's identity; for events both are the eventGUID."""
-    resource = BY_ENTITY[entity]
-    key = record[resource.fields.index(resource.key_field)]
-    guid = record[resource.fields.index(resource.field("eventGUID"))]
-    assert key is None or isinstance(key, str)
-    assert guid is None or isinstance(guid, str)
-    return guid, key

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncsvc import cascade, logs
 from syncsvc.budget import Budget
-from syncsvc.cvent.catalog import DATA_RESOURCES, EVENT_ALL, EVENTS, Resource
+from syncsvc.catalog import DATA_RESOURCES, EVENT_ALL, EVENTS, Resource
 from syncsvc.cvent.client import CventClient, FetchProgress
 from syncsvc.errors import (
     NoAccountAccessError,
@@ -34,6 +34,7 @@ from syncsvc.errors import (
     SyncError,
 )
 from syncsvc.metrics import Metrics
+from syncsvc.parse.stream import ParseStage
 from syncsvc.settings import Settings
 from syncsvc.store import runs as run_rows
 from syncsvc.store.schema import fetches
@@ -253,6 +254,7 @@ class Runner:
         self.settings = settings
         self.engine = engine
         self.client = client
+        self.parse = ParseStage(settings)  # its workers start with the first dump they parse
         self.metrics = metrics or Metrics()
         self.override_hold = override_hold
         self.stop = stop or asyncio.Event()
@@ -280,7 +282,10 @@ class Runner:
         try:
             return await self._locked_run(lock)
         finally:
-            await asyncio.shield(lock.release())
+            try:
+                await asyncio.shield(lock.release())
+            finally:
+                await asyncio.to_thread(self.parse.close)
 
     async def _locked_run(self, lock: RunLock) -> RunResult:
         # We hold the run lock: any run still marked running has lost the right to write.
@@ -552,12 +557,12 @@ class Runner:
                     resource=unit.resource,
                     scope=unit.writer_scope,
                 ) as writer:
+                    # fetch -> parse -> stage: the parse stays in process or runs in workers,
+                    # and stages rows either way (syncsvc/parse/stream.py).
                     fetched = await self.client.fetch(
                         unit.resource,
                         unit.event,
-                        writer.stage,
-                        on_record=writer.normalize,
-                        encoded=True,
+                        self.parse.consumer(unit.resource, writer.stage, encoded=True),
                         progress=self.on_fetch(unit) if self.on_fetch else None,
                         single_event=unit.event is not None and not unit.account_wide,
                     )

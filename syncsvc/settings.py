@@ -411,7 +411,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"SYNCSVC_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}", setting="log_level"
         )
-    from syncsvc.cvent.catalog import DATA_RESOURCES
+    from syncsvc.catalog import DATA_RESOURCES
 
     valid = {r.table for r in DATA_RESOURCES}
     for r in s.resources:

@@ -22,11 +22,13 @@ from typing import Any
 from urllib.parse import parse_qs
 from xml.sax.saxutils import escape
 
-from syncsvc.cvent import catalog
-from syncsvc.cvent.catalog import Resource
-from syncsvc.cvent.client import CventClient
+from syncsvc import catalog
+from syncsvc.catalog import Resource
+from syncsvc.cvent.client import CventClient, FetchResult
 from syncsvc.cvent.retry import RetryPolicy
-from syncsvc.cvent.segments import EncodedBatch
+from syncsvc.parse.document import element_to_dict
+from syncsvc.parse.segments import EncodedBatch
+from syncsvc.parse.stream import ParseStage, collect_all
 from syncsvc.settings import Settings
 
 ACCOUNT_TOKEN = "test-account-token"
@@ -393,12 +395,62 @@ def settings_for(server: ApiServer, token: str = ACCOUNT_TOKEN, **kw: Any) -> Se
     return Settings().replace(base_url=server.base_url, api_token=token, **kw)
 
 
+class ParsedClient:
+    """A client composed with a parse stage as the scheduler composes them: `fetch` takes a
+    sink (and `on_record`, `encoded`) and hands the client the parse's consumer. Everything
+    else is the client's."""
+
+    def __init__(self, client: CventClient, parse: ParseStage) -> None:
+        self.client = client
+        self.parse = parse
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def __repr__(self) -> str:
+        return repr(self.client)
+
+    async def fetch(
+        self,
+        resource: Resource,
+        event: str | None,
+        sink: Any,
+        on_record: Any = None,
+        *,
+        encoded: bool = False,
+        progress: Any = None,
+        single_event: bool = False,
+    ) -> FetchResult[Any]:
+        consume = self.parse.consumer(resource, sink, on_record, encoded=encoded)
+        return await self.client.fetch(
+            resource, event, consume, progress=progress, single_event=single_event
+        )
+
+    async def list_events(self) -> list[dict[str, Any]]:
+        """The account's events (event.do), as plain dicts."""
+        result = await self.fetch(catalog.EVENTS, None, collect_all, element_to_dict)
+        return list(result.value)
+
+
+@asynccontextmanager
+async def parsed(client: CventClient) -> AsyncIterator[ParsedClient]:
+    """`client` with a parse stage whose workers stop on the way out."""
+    parse = ParseStage(client.settings)
+    try:
+        yield ParsedClient(client, parse)
+    finally:
+        await asyncio.to_thread(parse.close)
+
+
 @asynccontextmanager
 async def client_for(
     server: ApiServer, *, policy: RetryPolicy = FAST, token: str = ACCOUNT_TOKEN, **kw: Any
-) -> AsyncIterator[CventClient]:
-    async with CventClient.open(settings_for(server, token, **kw), policy=policy) as client:
-        yield client
+) -> AsyncIterator[ParsedClient]:
+    async with (
+        CventClient.open(settings_for(server, token, **kw), policy=policy) as client,
+        parsed(client) as composed,
+    ):
+        yield composed
 
 
 async def collect(batches: AsyncIterator[Any]) -> list[Any]:

@@ -1,1 +1,1 @@
-"""The Conference API: resource catalog, response codes, client and streaming parser."""
+"""The Conference API transport: the client, its retry policy, the codes, the body hand-off."""

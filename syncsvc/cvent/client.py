@@ -1,10 +1,11 @@
-"""The Conference API client: authenticated POSTs, one shared rate budget, retries, streaming parse.
+"""The Conference API client: authenticated POSTs, one shared rate budget, retries, the answer.
 
 One `CventClient` per run (`async with CventClient.open(settings) as client`): one aiohttp session
 whose connector is bounded by the run's `Budget` (syncsvc/budget.py: request starts per period,
 requests in flight, the pause after a refusal), which every fetch's requests go through. `fetch`
-streams a dump through the safe parser into the caller's sink, retrying per the RetryPolicy;
-library errors become syncsvc errors here, chained.
+hands each attempt's decoded body to the caller's consumer (the parse stage,
+syncsvc/parse/stream.py, which the scheduler composes with the client), retrying per the
+RetryPolicy; library errors become syncsvc errors here, chained.
 
 The API token lives in one private attribute and goes into request bodies only: never into a URL,
 a message, a repr, a log line or a stat. The client registers it with `syncsvc.logs` when it is
@@ -27,25 +28,20 @@ import os
 import ssl
 import time
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
-from lxml import etree
 
-from syncsvc import logs
+from syncsvc import catalog, logs
 from syncsvc.budget import Budget
-from syncsvc.cvent import catalog
-from syncsvc.cvent.catalog import Resource
-from syncsvc.cvent.parser import DumpParser, element_to_dict
-from syncsvc.cvent.pool import ParsePool, WorkerDiedError
+from syncsvc.catalog import Resource
+from syncsvc.cvent.body import BodyConsumer, Consumed, FetchProgress, Response
 from syncsvc.cvent.responses import classify
 from syncsvc.cvent.retry import RetryPolicy
-from syncsvc.cvent.segments import EncodedBatch, SegmentRefused
-from syncsvc.cvent.split import Splitter
 from syncsvc.errors import (
     AmbiguousEventError,
     ConfigError,
@@ -53,45 +49,28 @@ from syncsvc.errors import (
     RateLimitedError,
     RetriesExhaustedError,
     SyncError,
-    TerminalError,
     TransportError,
     UnsafeXmlError,
 )
 from syncsvc.settings import Settings, is_loopback_host
 
-T = TypeVar("T")
 R = TypeVar("R")
 
-Sink = Callable[[AsyncIterator[list[T]]], Awaitable[R]]
+__all__ = ["CventClient", "FetchProgress", "FetchResult"]
 
 log = logs.get_logger(__name__)
 
 READ_CHUNK = 256 * 1024  # bytes asked of the socket per read
 DECODED_PIECE = 256 * 1024  # most bytes one gzip step may produce: a bomb is checked as it grows
-BATCH_SIZE = 2000  # records per batch handed to the sink
-SEGMENT_BYTES = 512 * 1024  # bytes of whole records per segment parsed in a worker
-SEGMENTS_AHEAD = 2  # segments queued per worker: enough to keep it busy while COPY writes
 USER_AGENT = "syncsvc/0.1"
 STALL_BUCKETS = 64  # reads are summed in this many time slices of the stall window
-
-
-class FetchProgress(Protocol):
-    """Told how a fetch advances (a terminal's live display); every attempt starts over."""
-
-    def response(self, content_length: int | None) -> None: ...
-
-    def data(self, wire_bytes: int, decoded_bytes: int) -> None: ...
-
-    def records(self, n: int) -> None: ...
-
-    def fetched(self) -> None: ...  # the dump is complete (the caller applies it next)
 
 
 @dataclass(slots=True)
 class FetchResult(Generic[R]):
     """What one fetch produced: the sink's value and the facts the run record keeps."""
 
-    value: R
+    value: R  # the consumer's
     bytes: int  # decoded XML bytes of the accepted attempt
     attempts: int
     http_status: int | None
@@ -196,181 +175,59 @@ class _Decoder:
             raise IncompleteDumpError("The response's gzip stream was cut short", **self._where)
 
 
-class _Batches(Generic[T]):
-    """The async iterator a sink consumes for one attempt; remembers how it ended."""
-
-    def __init__(
-        self,
-        client: CventClient,
-        resp: aiohttp.ClientResponse,
-        parser: DumpParser[T],
-        where: dict[str, Any],
-        *,
-        split: ParsePool | None = None,
-        only: str | None = None,
-        progress: FetchProgress | None = None,
-    ) -> None:
-        self.error: SyncError | None = None
-        self._progress = progress
-        self.finished = False
-        self._client = client
-        self._resp = resp
-        self._parser = parser
-        self._where = where
-        self._only = only
-        self._gen = self._run_split(split) if split is not None else self._run()
-
-    def __aiter__(self) -> _Batches[T]:
-        return self
-
-    async def __anext__(self) -> list[T]:
-        try:
-            batch = await self._gen.__anext__()
-        except SyncError as exc:
-            self.error = exc
-            raise
-        if self._progress is not None:
-            self._progress.records(batch.records if isinstance(batch, EncodedBatch) else len(batch))
-        return batch
-
-    async def _body(self) -> AsyncGenerator[bytes, None]:
-        """The decoded body in pieces; transport failures become syncsvc errors."""
-        stats = self._client.stats
-        progress = self._progress
-        settings = self._client.settings
-        decoder = _Decoder(self._resp.headers.get("Content-Encoding", ""), self._where)
-        watch = _StallWatch(settings.stall_min_rate, settings.stall_window)
-        chunks = self._resp.content.iter_chunked(READ_CHUNK)
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                started = loop.time()
-                stalled = asyncio.timeout(watch.left())
-                try:
-                    async with stalled:
-                        raw = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError as exc:
-                    if not stalled.expired():
-                        raise
-                    raise TransportError(
-                        f"The transfer stalled: under {settings.stall_min_rate:g} bytes/s for"
-                        f" {settings.stall_window:g} s (stall_min_rate, stall_window) after"
-                        f" {watch.total} bytes",
-                        **self._where,
-                    ) from exc
-                finally:
-                    watch.clock += loop.time() - started
-                watch.add(len(raw))
-                stats.bytes += len(raw)
-                decoded = 0
-                for piece in decoder.decode(raw):
-                    stats.decoded_bytes += len(piece)
-                    decoded += len(piece)
-                    yield piece
-                if progress is not None:
-                    progress.data(len(raw), decoded)
-            decoder.finish()
-        except aiohttp.ClientPayloadError as exc:
-            raise IncompleteDumpError("The response body was cut short", **self._where) from exc
-        except TimeoutError as exc:
-            raise TransportError(
-                f"The API sent nothing for read_timeout ({settings.read_timeout:g} s) while the"
-                " dump streamed",
-                **self._where,
-            ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TransportError(
-                f"Reading the response failed: {type(exc).__name__}", **self._where
-            ) from exc
-
-    async def _run_split(self, pool: ParsePool) -> AsyncIterator[Any]:
-        """As `_run`, with the records parsed in worker processes, segment by segment (see
-        cvent/split.py): batches are EncodedBatch, in document order. A dump whose head is not
-        the plain shape is parsed as one document here, as `_run` does."""
-        parser = self._parser
-        splitter = Splitter(
-            parser.resource, segment_bytes=SEGMENT_BYTES, max_record_bytes=parser.max_record_bytes
-        )
-        path = parser.resource.path
-        ahead = SEGMENTS_AHEAD * self._client.settings.parse_workers
-        inflight: collections.deque[asyncio.Future[EncodedBatch]] = collections.deque()
-        segments = records = total = 0
-        try:
-            async with contextlib.aclosing(self._body()) as body:
-                async for piece in body:
-                    total += len(piece)
-                    parser.check_size(total)
-                    if not splitter.classic:
-                        for segment in splitter.feed(piece):
-                            if len(inflight) >= ahead:
-                                batch = await self._parsed(inflight.popleft())
-                                records += batch.records
-                                yield batch
-                            segments += 1
-                            inflight.append(pool.submit(path, segment, segments << 32, self._only))
-                        if not splitter.classic:
-                            continue
-                        # Decided just now: the head is not the plain shape, and every byte so
-                        # far goes to the one-document parse.
-                        piece = splitter.take_buffered()
-                    parser.feed(piece)
-                    if len(parser.pending) >= BATCH_SIZE:
-                        yield parser.take()
-            for segment in splitter.finish():
-                segments += 1
-                inflight.append(pool.submit(path, segment, segments << 32, self._only))
-            if splitter.classic:
-                parser.feed(splitter.take_buffered())  # the body ended while the head was sought
-                parser.close()
-                if parser.pending:
-                    yield parser.take()
-                self.finished = True
-                return
-            while inflight:
-                batch = await self._parsed(inflight.popleft())
-                records += batch.records
-                yield batch
-        finally:
-            for future in inflight:
-                future.cancel()
-        # The verdict: head and tail as one document (root, response code, nothing after it).
-        assert splitter.head is not None
-        parser.feed(splitter.head)
-        parser.feed(splitter.tail)
-        parser.close()
-        if parser.records:
-            raise SegmentRefused("A record outside the dump's segments", **self._where)
-        parser.records, parser.bytes = records, total
-        self.finished = True
-
-    async def _parsed(self, future: asyncio.Future[EncodedBatch]) -> EncodedBatch:
-        try:
-            return await future
-        except WorkerDiedError:
-            # This attempt fails and is retried; the retry starts a new pool.
-            self._client.discard_pool()
-            raise
-
-    async def _run(self) -> AsyncIterator[list[T]]:
-        parser = self._parser
-        async with contextlib.aclosing(self._body()) as body:
-            async for piece in body:
-                parser.feed(piece)
-                if len(parser.pending) >= BATCH_SIZE:
-                    yield parser.take()
-        parser.close()
-        if parser.pending:
-            yield parser.take()
-        self.finished = True
-
-
-async def _collect_all(batches: AsyncIterator[list[T]]) -> list[T]:
-    out: list[T] = []
-    async for batch in batches:
-        out.extend(batch)
-    return out
+async def _body(
+    client: CventClient,
+    resp: aiohttp.ClientResponse,
+    where: dict[str, Any],
+    progress: FetchProgress | None,
+) -> AsyncGenerator[bytes, None]:
+    """The decoded body in pieces; transport failures become syncsvc errors."""
+    stats = client.stats
+    settings = client.settings
+    decoder = _Decoder(resp.headers.get("Content-Encoding", ""), where)
+    watch = _StallWatch(settings.stall_min_rate, settings.stall_window)
+    chunks = resp.content.iter_chunked(READ_CHUNK)
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            started = loop.time()
+            stalled = asyncio.timeout(watch.left())
+            try:
+                async with stalled:
+                    raw = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except TimeoutError as exc:
+                if not stalled.expired():
+                    raise
+                raise TransportError(
+                    f"The transfer stalled: under {settings.stall_min_rate:g} bytes/s for"
+                    f" {settings.stall_window:g} s (stall_min_rate, stall_window) after"
+                    f" {watch.total} bytes",
+                    **where,
+                ) from exc
+            finally:
+                watch.clock += loop.time() - started
+            watch.add(len(raw))
+            stats.bytes += len(raw)
+            decoded = 0
+            for piece in decoder.decode(raw):
+                stats.decoded_bytes += len(piece)
+                decoded += len(piece)
+                yield piece
+            if progress is not None:
+                progress.data(len(raw), decoded)
+        decoder.finish()
+    except aiohttp.ClientPayloadError as exc:
+        raise IncompleteDumpError("The response body was cut short", **where) from exc
+    except TimeoutError as exc:
+        raise TransportError(
+            f"The API sent nothing for read_timeout ({settings.read_timeout:g} s) while the"
+            " dump streamed",
+            **where,
+        ) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise TransportError(f"Reading the response failed: {type(exc).__name__}", **where) from exc
 
 
 def _check_base_url(base_url: str) -> str:
@@ -409,7 +266,6 @@ class CventClient:
         self.policy = policy
         self.stats = ClientStats()
         self.budget = budget or Budget.from_settings(settings)
-        self._pool: ParsePool | None = None
 
     def __repr__(self) -> str:
         return f"CventClient(base_url={self._base_url!r})"
@@ -453,33 +309,7 @@ class CventClient:
                 "Accept-Encoding": "gzip",
             },
         ) as session:
-            client = cls(session, settings, policy or RetryPolicy.from_settings(settings), budget)
-            try:
-                yield client
-            finally:
-                await asyncio.to_thread(client.close)
-
-    def _split_pool(self, event: str | None, encoded: bool) -> ParsePool | None:
-        """The worker pool a dump is parsed in, or None to parse it in process."""
-        mode = self.settings.parse_in_worker
-        large = mode == "always" or (mode == "event_all" and event == catalog.EVENT_ALL)
-        if not (encoded and large):
-            return None
-        if self._pool is None:
-            self._pool = ParsePool(self.settings.parse_workers)
-        return self._pool
-
-    def discard_pool(self) -> None:
-        """Forget a broken pool (its workers are gone); the next large dump starts another."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
-
-    def close(self) -> None:
-        """Stop the parse workers (the session is closed by `open`)."""
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+            yield cls(session, settings, policy or RetryPolicy.from_settings(settings), budget)
 
     def url(self, resource: Resource) -> str:
         return self._base_url + resource.path
@@ -502,31 +332,24 @@ class CventClient:
         self,
         resource: Resource,
         event: str | None,
-        sink: Sink[T, R],
-        on_record: Callable[[etree._Element], T] | None = None,
+        consume: BodyConsumer[R],
         *,
-        encoded: bool = False,
         progress: FetchProgress | None = None,
         single_event: bool = False,
     ) -> FetchResult[R]:
-        """Fetch one dump into `sink`, retrying retryable failures (docs/conference-api.md).
+        """Fetch one dump into `consume`, retrying retryable failures (docs/conference-api.md).
 
-        `event`: None (the endpoint's own event), "all", or an event GUID. Per attempt the
-        sink is awaited with a fresh async iterator of record batches that ends normally only
-        for a complete dump with code 0. Terminal errors propagate; when the policy gives up,
-        RetriesExhaustedError is raised from the last error. Raised SyncErrors carry
-        `context["attempts"]` and `context["delays"]`.
-
-        `encoded=True`: the sink also takes EncodedBatch batches (staging rows made in worker
-        processes, see cvent/segments.py) for the dumps `parse_in_worker` names. When such a
-        dump's segments do not parse on their own, it is fetched again (one more attempt, no
-        backoff) and parsed as one document.
+        `event`: None (the endpoint's own event), "all", or an event GUID. Per attempt whose
+        answer may carry a dump, `consume` is awaited with the decoded body (the parse stage's
+        consumer, syncsvc/parse/stream.py); it returns only for a complete dump with code 0.
+        Terminal errors propagate; when the policy gives up, RetriesExhaustedError is raised
+        from the last error. Raised SyncErrors carry `context["attempts"]` and
+        `context["delays"]`.
 
         `single_event=True`: `event` is one event's GUID, never the account-wide `all`. The
         API reads `event=all` as every event (case aside), so an event whose GUID is `all`
         cannot be asked for on its own: AmbiguousEventError, before any request.
         """
-        record = on_record or cast(Callable[[etree._Element], T], element_to_dict)
         where: dict[str, Any] = {"resource": resource.path, "event_guid": event}
         if single_event and event is not None and event.strip().lower() == catalog.EVENT_ALL:
             raise AmbiguousEventError(
@@ -542,17 +365,7 @@ class CventClient:
             attempt += 1
             status: list[int | None] = [None]
             try:
-                value, parser = await self._attempt(
-                    resource, event, sink, record, where, status, encoded, progress
-                )
-            except SegmentRefused as exc:
-                if not encoded:
-                    raise  # pragma: no cover (only an encoded fetch splits)
-                log.warning(
-                    "dump_parsed_whole", resource=resource.path, event_guid=event, reason=str(exc)
-                )
-                encoded = False
-                continue
+                consumed = await self._attempt(resource, event, consume, where, status, progress)
             except SyncError as exc:
                 exc.context.setdefault("attempts", attempt)
                 exc.context.setdefault("delays", list(delays))
@@ -593,37 +406,30 @@ class CventClient:
                 "dump_fetched",
                 resource=resource.path,
                 event_guid=event,
-                records=parser.records,
-                bytes=parser.bytes,
+                records=consumed.records,
+                bytes=consumed.bytes,
                 attempts=attempt,
                 elapsed=round(elapsed, 3),
             )
             return FetchResult(
-                value=value,
-                bytes=parser.bytes,
+                value=consumed.value,
+                bytes=consumed.bytes,
                 attempts=attempt,
                 http_status=status[0],
-                records=parser.records,
+                records=consumed.records,
                 elapsed=elapsed,
                 delays=delays,
             )
-
-    async def list_events(self) -> list[dict[str, Any]]:
-        """The account's events (event.do), as plain dicts."""
-        result = await self.fetch(catalog.EVENTS, None, _collect_all, element_to_dict)
-        return result.value
 
     async def _attempt(
         self,
         resource: Resource,
         event: str | None,
-        sink: Sink[T, R],
-        on_record: Callable[[etree._Element], T],
+        consume: BodyConsumer[R],
         where: dict[str, Any],
         status: list[int | None],
-        encoded: bool = False,
         progress: FetchProgress | None = None,
-    ) -> tuple[R, DumpParser[T]]:
+    ) -> Consumed[R]:
         form = {catalog.PARAM_TOKEN: self.__token}
         if event is not None:
             form[catalog.PARAM_EVENT] = event
@@ -686,40 +492,17 @@ class CventClient:
                         raise error
                     if progress is not None:
                         progress.response(resp.content_length)
-                    parser = DumpParser(
-                        resource,
-                        on_record,
-                        max_bytes=self.settings.max_dump_bytes,
+                    answer = Response(
+                        resource=resource,
                         event=event,
-                        egress=_local_address(resp),
                         headers=resp.headers,
-                    )
-                    only = None if event in (None, catalog.EVENT_ALL) else event
-                    batches = _Batches(
-                        self,
-                        resp,
-                        parser,
-                        where,
-                        split=self._split_pool(event, encoded),
-                        only=only,
+                        egress=_local_address(resp),
+                        max_bytes=self.settings.max_dump_bytes,
+                        where=where,
                         progress=progress,
                     )
-                    try:
-                        value = await sink(batches)
-                    except BaseException as exc:
-                        # A sink may wrap the iterator's error; the iterator's verdict decides.
-                        if batches.error is not None and exc is not batches.error:
-                            raise batches.error  # noqa: B904 (its own cause chain is the story)
-                        raise
-                    if batches.error is not None:
-                        raise batches.error
-                    if not batches.finished:
-                        raise TerminalError(
-                            "The sink returned before the dump ended; a partial dump is never"
-                            " accepted",
-                            **where,
-                        )
-                    return value, parser
+                    async with contextlib.aclosing(_body(self, resp, where, progress)) as body:
+                        return await consume(body, answer)
         except TimeoutError as exc:
             raise TransportError(
                 f"The fetch exceeded its deadline ({self.settings.fetch_deadline:g} s)", **where

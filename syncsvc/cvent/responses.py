@@ -7,9 +7,8 @@ import re
 import time
 from collections.abc import Mapping
 
-from syncsvc import logs
-from syncsvc.cvent import catalog
-from syncsvc.cvent.catalog import Outcome
+from syncsvc import catalog, logs
+from syncsvc.catalog import Outcome
 from syncsvc.errors import (
     ApiError,
     ApiRetryableError,

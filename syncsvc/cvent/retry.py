@@ -51,9 +51,15 @@ class RetryPolicy:
         what it already waited). With ceiling = min(cap, base * 2 ** (attempt - 1)): a rate
         limit (RateLimitedError) waits uniform(ceiling / 2, ceiling), or the server's
         Retry-After when that is longer (honoured as given, never shortened by the cap); any
-        other retryable error waits uniform(0, ceiling) (full jitter).
+        other retryable error waits uniform(0, ceiling) (full jitter). An error whose class
+        sets `retry_at_once` (SegmentRefused: the next attempt parses the dump another way) is
+        retried at once, whatever the attempt count and budget.
         """
-        if not getattr(error, "retryable", False) or attempt >= self.max_attempts:
+        if not getattr(error, "retryable", False):
+            return None
+        if getattr(error, "retry_at_once", False):
+            return 0.0
+        if attempt >= self.max_attempts:
             return None
         ceiling = self.backoff_ceiling(attempt)
         if isinstance(error, RateLimitedError):

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from syncsvc.cvent.catalog import RESOURCES, describe
+from syncsvc.catalog import RESOURCES, describe
 from syncsvc.export.history import view_name
 from syncsvc.store.schema import changes, runs, state_tables
 

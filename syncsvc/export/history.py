@@ -23,7 +23,7 @@ The migration that creates them holds the SQL this module generates (a test keep
 
 from __future__ import annotations
 
-from syncsvc.cvent.catalog import RESOURCES, Field, FieldKind, Resource
+from syncsvc.catalog import RESOURCES, Field, FieldKind, Resource
 
 HISTORY_COLUMNS = (
     "valid_from",

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import __version__
-from syncsvc.cvent.catalog import BY_ENTITY, FieldKind, Resource
+from syncsvc.catalog import BY_ENTITY, FieldKind, Resource
 from syncsvc.export.dest import Destination
 from syncsvc.export.parquet import Limits, PartFile, PartWriter, snapshot_session
 from syncsvc.logs import get_logger

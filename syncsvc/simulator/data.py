@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from syncsvc.cvent import catalog
+from syncsvc import catalog
 from syncsvc.simulator import pools
 
 MASK64 = (1 << 64) - 1

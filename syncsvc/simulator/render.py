@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from syncsvc.cvent import catalog
-from syncsvc.cvent.catalog import FieldKind, Resource
+from syncsvc import catalog
+from syncsvc.catalog import FieldKind, Resource
 
 XML_DECL = '<?xml version="1.0" encoding="UTF-8"?>'
 CONTENT_TYPE = "application/xml; charset=utf-8"

@@ -27,8 +27,8 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from syncsvc.cvent import catalog
-from syncsvc.cvent.catalog import Resource
+from syncsvc import catalog
+from syncsvc.catalog import Resource
 from syncsvc.simulator import render
 from syncsvc.simulator.data import Event, SimConfig, Universe
 

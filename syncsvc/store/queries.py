@@ -24,7 +24,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from syncsvc.cvent.catalog import CUSTOM_PREFIX, Field, FieldKind, Resource
+from syncsvc.catalog import CUSTOM_PREFIX, Field, FieldKind, Resource
 from syncsvc.records import EXTRAS, EXTRAS_PREFIX
 
 # Transaction-level advisory lock serializing change-log `seq` allocation (commit order).

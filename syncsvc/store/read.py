@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from syncsvc.cvent.catalog import BY_ENTITY, FieldKind, Resource
+from syncsvc.catalog import BY_ENTITY, FieldKind, Resource
 from syncsvc.records import EXTRAS
 from syncsvc.store.schema import changes, state_tables
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from syncsvc.cvent.catalog import Resource, resolve
+from syncsvc.catalog import Resource, resolve
 from syncsvc.store.schema import fetches, runs
 
 # `error_code` columns are int4. A server can send any number (seen: 99999999999999); one that

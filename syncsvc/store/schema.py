@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 
-from syncsvc.cvent.catalog import RESOURCES, FieldKind, Resource
+from syncsvc.catalog import RESOURCES, FieldKind, Resource
 from syncsvc.vocab import Op, RunStatus, UnitStatus
 
 metadata = MetaData(

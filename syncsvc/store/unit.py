@@ -6,7 +6,7 @@ The scheduler's API::
     fetch_id = await create_fetch(engine, run_id=run_id, resource=USERS, scope="all")
     async with UnitWriter(engine, run_id=run_id, fetch_id=fetch_id,
                           resource=USERS, scope="all") as unit:
-        fetched = await client.fetch(USERS, "all", unit.stage, on_record=unit.normalize)
+        fetched = await client.fetch(USERS, "all", parse.consumer(USERS, unit.stage, encoded=True))
         result = await unit.apply(
             complete=True,                    # the client's iterator ended normally
             covered_events=event_guids,       # scope "all": the events event.do listed
@@ -19,12 +19,12 @@ The scheduler's API::
 - `UnitWriter.__aenter__` checks a connection out of the engine and opens the unit's
   transaction on its asyncpg driver connection; `__aexit__` rolls back anything not applied
   (an exception, a cancelled task, a fetch that never completed).
-- `stage(batches)` is the client's sink (batches: an async iterable of lists of records, as
-  `unit.normalize` returns them). It (re)creates the temporary staging table (ON COMMIT DROP),
-  truncates it when called again (a retried fetch starts over) and streams the records into it
-  with one COPY under a savepoint, so memory stays flat and a dump failing half-way leaves the
-  transaction usable. Records without their key (or, in a per-event unit, of another event) are
-  counted as rejected, never staged. Returns a StageResult.
+- `stage(batches)` is the parse's sink (batches: an async iterable of EncodedBatch staging rows,
+  or of lists of records as `unit.normalize` returns them). It (re)creates the temporary staging
+  table (ON COMMIT DROP), truncates it when called again (a retried fetch starts over) and streams
+  the records into it with one COPY under a savepoint, so memory stays flat and a dump failing
+  half-way leaves the transaction usable. Records without their key (or, in a per-event unit, of
+  another event) are counted as rejected, never staged. Returns a StageResult.
 - `apply(...)` refuses (IncompleteDumpError, nothing applied) unless `complete=True`. Then, in the
   same transaction: duplicate keys are dropped (last wins, counted), the scope's advisory locks are
   taken, the staged rows are diffed against the scope's current rows, clientID moves become
@@ -54,12 +54,12 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from syncsvc.cvent.catalog import EVENT_ALL, Resource, resolve
-from syncsvc.cvent.segments import EncodedBatch, staging_line
+from syncsvc.catalog import EVENT_ALL, Resource, resolve
 from syncsvc.errors import IncompleteDumpError, RunFencedError, StoreError
 from syncsvc.feed import notify as feed_notify
 from syncsvc.logs import get_logger
 from syncsvc.normalize import Normalizer, normalizer
+from syncsvc.parse.segments import EncodedBatch, staging_line
 from syncsvc.records import Record, codec
 from syncsvc.settings import Settings
 from syncsvc.store import queries

@@ -16,7 +16,7 @@ import asyncpg
 import duckdb
 from sqlalchemy.engine import URL
 
-from syncsvc.cvent.catalog import BY_ENTITY, RESOURCES, FieldKind, Resource
+from syncsvc.catalog import BY_ENTITY, RESOURCES, FieldKind, Resource
 from syncsvc.store import db
 
 Key = tuple[str, str]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from syncsvc.cvent import catalog
+from syncsvc import catalog
 from syncsvc.cvent.client import DECODED_PIECE
 from syncsvc.errors import UnsafeXmlError
 from tests.apiserver import EVENTS, Reply, client_for, collect, listen, serve_api

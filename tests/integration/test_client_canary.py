@@ -10,8 +10,7 @@ import io
 import traceback
 from typing import Any
 
-from syncsvc import logs
-from syncsvc.cvent import catalog
+from syncsvc import catalog, logs
 from syncsvc.cvent.retry import RetryPolicy
 from tests.apiserver import EVENTS, Reply, client_for, collect, listen, render, serve_api
 from tests.integration.test_client_attacks import ATTACKS

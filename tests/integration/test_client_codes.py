@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from syncsvc.cvent import catalog
+from syncsvc import catalog
 from syncsvc.cvent.client import CventClient
 from syncsvc.errors import (
     ApiRetryableError,

@@ -15,9 +15,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from syncsvc import logs
-from syncsvc.cvent import catalog
-from syncsvc.cvent.client import SEGMENT_BYTES
+from syncsvc import catalog, logs
 from syncsvc.cvent.retry import RetryPolicy
 from syncsvc.errors import (
     AmbiguousEventError,
@@ -29,6 +27,7 @@ from syncsvc.errors import (
     TransportError,
     UnknownCodeError,
 )
+from syncsvc.parse.stream import SEGMENT_BYTES
 from syncsvc.settings import Settings
 from tests.apiserver import (
     ACCOUNT_TOKEN,
@@ -37,6 +36,7 @@ from tests.apiserver import (
     client_for,
     collect,
     make_records,
+    parsed,
     render,
     serve_api,
 )
@@ -145,7 +145,7 @@ async def test_a_trickling_body_is_a_stalled_transfer_retried_then_given_up() ->
         settings = raw_settings(
             raw, stall_min_rate=400, stall_window=0.5, read_timeout=30, fetch_deadline=60
         )
-        async with CventClient.open(settings, policy=TWO) as client:
+        async with CventClient.open(settings, policy=TWO) as bare, parsed(bare) as client:
             with pytest.raises(RetriesExhaustedError) as info:
                 await client.fetch(catalog.USERS, EVENTS[0], collect)
     err = info.value
@@ -183,7 +183,7 @@ async def test_a_server_that_accepted_and_never_answered_is_a_read_timeout() -> 
 
     async with raw_server(never_answer) as raw:
         settings = raw_settings(raw, read_timeout=0.3, connect_timeout=30)
-        async with CventClient.open(settings, policy=TWO) as client:
+        async with CventClient.open(settings, policy=TWO) as bare, parsed(bare) as client:
             with pytest.raises(RetriesExhaustedError) as info:
                 await client.fetch(catalog.EVENTS, None, collect)
     text = str(info.value)
@@ -207,7 +207,7 @@ async def test_an_unreachable_api_names_host_port_and_the_os_reason_once() -> No
 
     port = _closed_port()
     settings = Settings().replace(base_url=f"http://127.0.0.1:{port}/api/", api_token=ACCOUNT_TOKEN)
-    async with CventClient.open(settings, policy=TWO) as client:
+    async with CventClient.open(settings, policy=TWO) as bare, parsed(bare) as client:
         with pytest.raises(RetriesExhaustedError) as info:
             await client.list_events()
     text = str(info.value)

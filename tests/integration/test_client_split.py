@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from syncsvc.cvent import catalog
-from syncsvc.cvent.client import SEGMENT_BYTES
-from syncsvc.cvent.segments import EncodedBatch, key_hash
+from syncsvc import catalog
 from syncsvc.errors import UnsafeXmlError
 from syncsvc.normalize import normalizer
+from syncsvc.parse.segments import EncodedBatch, key_hash
+from syncsvc.parse.stream import SEGMENT_BYTES
 from syncsvc.records import codec
 from tests.apiserver import EVENTS, Reply, client_for, make_records, render, serve_api
 

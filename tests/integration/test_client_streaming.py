@@ -6,7 +6,7 @@ import gc
 from typing import Any
 
 from benchmarks.parser_bench import synthetic_users
-from syncsvc.cvent import catalog
+from syncsvc import catalog
 from tests.apiserver import EVENTS, Reply, client_for, serve_api
 from tests.integration.test_client_attacks import _reset_peak_rss, _status
 

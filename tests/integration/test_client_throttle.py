@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from syncsvc.cvent import catalog
+from syncsvc import catalog
 from syncsvc.cvent.retry import RetryPolicy
 from tests.apiserver import ACCOUNT_TOKEN, EVENTS, client_for, collect, serve_api
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from syncsvc.cvent import catalog
+from syncsvc import catalog
 from syncsvc.cvent.retry import RetryPolicy
 from syncsvc.errors import IncompleteDumpError, RetriesExhaustedError
 from tests.apiserver import EVENTS, Reply, client_for, collect, make_records, render, serve_api

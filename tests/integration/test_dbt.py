@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import scheduler
-from syncsvc.cvent.catalog import RESOURCES, describe
+from syncsvc.catalog import RESOURCES, describe
 from syncsvc.settings import Settings
 from syncsvc.store import db
 from tests.integration.export_helpers import syncsvc

@@ -25,7 +25,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import scheduler
-from syncsvc.cvent.catalog import BY_ENTITY, RESOURCES
+from syncsvc.catalog import BY_ENTITY, RESOURCES
 from syncsvc.export.history import as_of_query
 from syncsvc.feed.consumers import CONSUMER_LOCK_CLASS
 from syncsvc.settings import Settings

@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import scheduler
-from syncsvc.cvent.catalog import RESOURCES, FieldKind
+from syncsvc.catalog import RESOURCES, FieldKind
 from syncsvc.errors import InvalidTokenError, IpNotAllowedError
 from syncsvc.metrics import Metrics
 from syncsvc.settings import Settings

@@ -20,8 +20,7 @@ import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from syncsvc import scheduler
-from syncsvc.cvent import catalog
+from syncsvc import catalog, scheduler
 from syncsvc.errors import AmbiguousEventError
 from syncsvc.settings import Settings
 from syncsvc.store import db

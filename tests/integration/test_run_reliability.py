@@ -22,8 +22,7 @@ import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from syncsvc import scheduler, serve
-from syncsvc.cvent import catalog
+from syncsvc import catalog, scheduler, serve
 from syncsvc.cvent.client import CventClient
 from syncsvc.errors import InvalidTokenError, RunFencedError
 from syncsvc.metrics import Metrics

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from syncsvc.cvent import catalog
+from syncsvc import catalog
 from syncsvc.simulator import SimConfig, TokenSpec
 from tests.simulator_fixtures import ACCOUNT, EVENT_ONLY, non_loopback_address, post
 

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from syncsvc.cvent import catalog
-from syncsvc.cvent.catalog import FieldKind
+from syncsvc import catalog
+from syncsvc.catalog import FieldKind
 from syncsvc.simulator import ExpectedChange, RunningSimulator, SimConfig
 
 TOKEN = "sim-account-token"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from syncsvc.cvent.catalog import BY_ENTITY, CUSTOM_PREFIX, USERS, FieldKind
+from syncsvc.catalog import BY_ENTITY, CUSTOM_PREFIX, USERS, FieldKind
 from syncsvc.records import EXTRAS, EXTRAS_PREFIX, from_typed
 from syncsvc.store.read import ChangeRow, live_records, read_changes
 from syncsvc.store.runs import create_run

@@ -12,7 +12,7 @@ import pytest
 from lxml import etree
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from syncsvc.cvent.catalog import (
+from syncsvc.catalog import (
     BY_ENTITY,
     ENVELOPE_CODE,
     EVENTS,

@@ -6,7 +6,7 @@ import datetime as dt
 
 from lxml import etree
 
-from syncsvc.cvent.catalog import EVENTS, EXHIBITORS, RESOURCES, SESSIONS, USERS
+from syncsvc.catalog import EVENTS, EXHIBITORS, RESOURCES, SESSIONS, USERS
 from syncsvc.normalize import normalizer
 from syncsvc.records import RECORD_TYPES, from_typed, to_typed
 

@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from syncsvc.cvent import catalog
-from syncsvc.cvent.parser import DumpParser, element_to_dict, parser_options, scan_prolog
+from syncsvc import catalog
 from syncsvc.errors import (
     ApiRetryableError,
     IncompleteDumpError,
@@ -20,6 +19,7 @@ from syncsvc.errors import (
     UnknownCodeError,
     UnsafeXmlError,
 )
+from syncsvc.parse.document import DumpParser, element_to_dict, parser_options, scan_prolog
 from tests.apiserver import make_records, render
 
 USERS = make_records(catalog.USERS, "E-0001", 6)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from syncsvc.cvent.catalog import EXHIBITORS, SESSIONS, USERS
+from syncsvc.catalog import EXHIBITORS, SESSIONS, USERS
 from syncsvc.errors import EventAllUnsupportedError, NoAccountAccessError, RetriesExhaustedError
 from syncsvc.scheduler import Unit, fallback, plan, select_events
 from syncsvc.settings import Settings

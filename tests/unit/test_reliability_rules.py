@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from syncsvc.cvent import catalog
-from syncsvc.cvent.parser import DumpParser
-from syncsvc.cvent.segments import SegmentCodec
+from syncsvc import catalog
 from syncsvc.errors import RunFencedError, UnrecognisedDumpError
 from syncsvc.normalize import normalizer
+from syncsvc.parse.document import DumpParser
+from syncsvc.parse.segments import SegmentCodec
 from syncsvc.store.runs import storable_code
 
 USER = "<user><userRef>{ref}</userRef><eventGUID>{guid}</eventGUID><lastName>L</lastName></user>"

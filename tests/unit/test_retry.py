@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from syncsvc.cvent import catalog
-from syncsvc.cvent.catalog import Outcome
+from syncsvc import catalog
+from syncsvc.catalog import Outcome
 from syncsvc.cvent.responses import classify, parse_retry_after
 from syncsvc.cvent.retry import RetryPolicy
 from syncsvc.errors import (
@@ -24,14 +24,27 @@ from syncsvc.errors import (
     NoAccountAccessError,
     RateLimitedError,
     RunStoppingError,
+    SegmentRefused,
     TransportError,
     UnknownCodeError,
     UnknownEventError,
     UnsafeXmlError,
+    WorkerDiedError,
 )
 from syncsvc.settings import Settings
 
 ALMOST_ONE = 1.0 - 1e-12
+
+
+def test_a_refused_split_is_retried_at_once_whatever_the_attempts_and_budget() -> None:
+    # The retry parses the dump as one document: waiting buys nothing, and no limit may refuse
+    # the fallback the split's soundness rests on.
+    policy = RetryPolicy(max_attempts=2, base=5.0, cap=5.0, budget=1.0, random=lambda: ALMOST_ONE)
+    assert policy.next_delay(1, SegmentRefused()) == 0.0
+    assert policy.next_delay(2, SegmentRefused(), spent=1.0) == 0.0
+    assert policy.next_delay(2, TransportError()) is None
+    assert policy.next_delay(1, WorkerDiedError()) is None  # its 0..5 s delay crosses the budget
+    assert RetryPolicy(random=lambda: 0.5).next_delay(1, WorkerDiedError()) == pytest.approx(0.5)
 
 
 def test_full_jitter_ceiling_doubles_from_base_up_to_the_cap() -> None:

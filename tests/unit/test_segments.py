@@ -1,21 +1,23 @@
 """Segments parsed on their own give exactly the rows the one-document parse gives.
 
 The reference is the one-document path: DumpParser over the whole body, `syncsvc.normalize` per
-record element (typed values), then the record's COPY text and row hash. The segment path shares
-neither the parse nor the value extraction with it.
+record element (typed values), then the record's COPY text rendered from those typed values by
+`records.RowCodec`, and the row hash. The segment path shares the value extraction with it (one
+walk, `syncsvc.normalize.Walk`), not the parse: what is guarded here is the split, and that the
+walk's own COPY text is what RowCodec renders from the typed values.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from syncsvc.cvent import catalog
-from syncsvc.cvent.catalog import Resource
-from syncsvc.cvent.parser import DumpParser
-from syncsvc.cvent.segments import SegmentCodec, SegmentRefused, key_hash
-from syncsvc.cvent.split import Splitter
-from syncsvc.errors import UnsafeXmlError
+from syncsvc import catalog
+from syncsvc.catalog import Resource
+from syncsvc.errors import SegmentRefused, UnsafeXmlError
 from syncsvc.normalize import normalizer
+from syncsvc.parse.document import DumpParser
+from syncsvc.parse.segments import SegmentCodec, key_hash
+from syncsvc.parse.split import Splitter
 from syncsvc.records import codec
 from syncsvc.simulator.data import SimConfig, Universe
 from syncsvc.simulator.render import STYLES, DocFaults, iter_document

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from syncsvc.cvent import catalog
+from syncsvc import catalog
 from syncsvc.simulator import SimConfig, Universe
 from syncsvc.simulator.data import Population
 from syncsvc.simulator.server import Stats

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from syncsvc.cvent import catalog
+from syncsvc import catalog
 from syncsvc.simulator import render
 from syncsvc.simulator.server import Fault, RateLimit
 

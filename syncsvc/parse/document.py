@@ -6,7 +6,7 @@ batches. `close()` is the verdict: it returns only when the document parsed comp
 closed, nothing but whitespace followed it and the response code is 0; otherwise it raises
 IncompleteDumpError, UnsafeXmlError or the ApiError the code means.
 
-The one rule both parse paths apply (this one and the split one, cvent/split.py): whitespace after
+The one rule both parse paths apply (this one and the split one, parse/split.py): whitespace after
 the root is XML and accepted, however long (max_dump_bytes bounds it); any other byte after the
 root, and a record beside its container instead of in it (after `</users>`), make the dump
 incomplete. Between records, more than max_record_bytes without a record ending is refused.
@@ -24,9 +24,8 @@ from typing import Any, Generic, TypeVar
 
 from lxml import etree
 
-from syncsvc import logs
-from syncsvc.cvent import catalog
-from syncsvc.cvent.catalog import Resource
+from syncsvc import catalog, logs
+from syncsvc.catalog import Resource
 from syncsvc.cvent.responses import classify, parse_code
 from syncsvc.errors import (
     IncompleteDumpError,

@@ -1,38 +1,32 @@
 """A run of whole records -> COPY-ready staging rows, in a worker process beside the event loop.
 
-A large dump is cut (by `syncsvc.cvent.split`) into segments of whole records; each segment is
+A large dump is cut (by `syncsvc.parse.split`) into segments of whole records; each segment is
 parsed here by libxml2 with the dump's own parser options, wrapped in its container element, and
 its records become staging rows (COPY text, row hash, ordinal, key hash) directly: no typed
-record tuple, no second rendering for the hash, no per-row encoding in asyncpg. The values are
-exactly what `syncsvc.normalize` makes (the tests compare both on every simulator style), because
-the row hash, which the store compares, is md5 over the row's canonical COPY text.
+record tuple, no second rendering for the hash, no per-row encoding in asyncpg. The COPY text is
+the one `syncsvc.normalize.Walk` makes for the typed record too (the tests compare both paths on
+every simulator style), because the row hash, which the store compares, is md5 over it.
 
 A segment that does not parse on its own raises SegmentRefused: the split may have cut inside a
-comment or CDATA section that holds a record's end tag, so the client fetches that dump again with
-the one-document parser, whose verdict is final.
+comment or CDATA section that holds a record's end tag, so the dump is fetched again (the retry
+policy retries SegmentRefused at once) and parsed as one document, whose verdict is final.
 """
 
 from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from lxml import etree
 
-from syncsvc import logs
-from syncsvc.cvent import catalog
-from syncsvc.cvent.catalog import Resource
-from syncsvc.cvent.parser import parser_options
-from syncsvc.errors import SyncError, UnsafeXmlError
-from syncsvc.normalize import _TEXT, _all_text, _convert
-from syncsvc.records import _NULL, _RENDER, _json, copy_text
-
-
-class SegmentRefused(SyncError):
-    """A segment did not parse on its own; the dump must be parsed as one document."""
-
-    retryable = True
+from syncsvc import catalog, logs
+from syncsvc.catalog import Resource
+from syncsvc.errors import SegmentRefused, SyncError, UnsafeXmlError
+from syncsvc.normalize import Walk
+from syncsvc.parse.document import parser_options
+from syncsvc.records import NULL, copy_text
 
 
 @dataclass(slots=True)
@@ -70,7 +64,7 @@ class SegmentCodec:
         self.width = len(resource.fields)
         self.guid_at = resource.fields.index(resource.field("eventGUID"))
         self.key_at = resource.fields.index(resource.key_field)
-        self.index = {f.api: (i, f.kind, f.api) for i, f in enumerate(resource.fields)}
+        self.walk = Walk(resource)
         container = resource.container.encode()
         self._open, self._close = b"<" + container + b">", b"</" + container + b">"
         self._options = parser_options()
@@ -96,47 +90,6 @@ class SegmentCodec:
             f"The response is not well-formed XML: {reason}", resource=self.resource.path
         )
 
-    def parts(self, elem: etree._Element) -> list[str]:
-        """A record element's fields (then extras) as COPY text, _NULL for no value: what
-        `normalize` makes of it, rendered by records.RowCodec, without the typed values."""
-        width = self.width
-        parts = [_NULL] * (width + 1)
-        extras: dict[str, str] | None = None
-        index = self.index
-        forbidden = catalog.FORBIDDEN_ELEMENTS
-        render = _RENDER
-        for child in elem:
-            tag = child.tag
-            spec = index.get(tag)  # type: ignore[arg-type]  # non-str tags miss
-            if spec is not None:
-                i, kind, api = spec
-                if kind is _TEXT:
-                    text = child.text
-                    parts[i] = (text.strip() or _NULL) if text is not None else _NULL
-                    continue
-                try:
-                    value = _convert(kind, child)  # the typed value, as normalize reads it
-                except (ValueError, OverflowError):
-                    parts[i] = _NULL
-                    whole = _all_text(child)
-                    if whole is not None:
-                        if extras is None:
-                            extras = {}
-                        extras[api] = whole
-                    continue
-                parts[i] = _NULL if value is None else render[kind](value)
-                continue
-            if not isinstance(tag, str) or tag in forbidden:
-                continue
-            whole = _all_text(child)
-            if whole is not None:
-                if extras is None:
-                    extras = {}
-                extras[tag] = whole
-        if extras is not None:
-            parts[width] = _json(extras)
-        return parts
-
     def encode(self, data: bytes, ord_base: int, only: str | None = None) -> EncodedBatch:
         """COPY rows for a segment of whole records; `ord_base` orders it among the dump's."""
         try:
@@ -145,20 +98,27 @@ class SegmentCodec:
             )
         except etree.XMLSyntaxError as exc:
             raise self._refusal(data, exc) from None
-        out = EncodedBatch(b"", only)
-        lines: list[str] = []
         record = self.resource.record
+        walk = self.walk
+        return self.pack([walk(e)[1] for e in root if e.tag == record], ord_base, only)
+
+    def row(self, elem: etree._Element) -> list[str]:
+        """A record element's COPY text per field, then extras (the one-document parse's
+        `on_record` when it stages rows: `pack` them)."""
+        return self.walk(elem)[1]
+
+    def pack(self, rows: Sequence[list[str]], ord_base: int, only: str | None) -> EncodedBatch:
+        """Staging rows for records' COPY text (`row`, in document order; an unknown element
+        between records is not one), `ord_base` ordering them among the dump's."""
+        out = EncodedBatch(b"", only, records=len(rows))
+        lines: list[str] = []
         guid_at, key_at = self.guid_at, self.key_at
         events = out.events
         md5 = hashlib.md5
         ordinal = ord_base
-        for elem in root:
-            if elem.tag != record:
-                continue  # an unknown element between records, as the one-document parse
-            out.records += 1
-            parts = self.parts(elem)
+        for parts in rows:
             guid, key = parts[guid_at], parts[key_at]
-            if guid is _NULL or key is _NULL:
+            if guid is NULL or key is NULL:
                 out.rejected += 1
                 out.unidentified += 1
                 continue
@@ -179,6 +139,7 @@ _CODECS: dict[str, SegmentCodec] = {}
 
 
 def segment_codec(path: str) -> SegmentCodec:
+    """The codec for a resource path, made once per process."""
     found = _CODECS.get(path)
     if found is None:
         found = _CODECS[path] = SegmentCodec(catalog.resolve(path))

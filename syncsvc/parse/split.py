@@ -1,6 +1,6 @@
 """Cutting a dump body into head, segments of whole records and tail, at C speed.
 
-The parse of a large dump runs in several worker processes (syncsvc.cvent.segments); this is what
+The parse of a large dump runs in several worker processes (syncsvc.parse.segments); this is what
 lets them share it. Only byte searches run here, on the event loop: the container's start tag ends
 the head, and a segment ends at the last record end tag (`</user>`) in the bytes buffered so far.
 
@@ -12,15 +12,15 @@ give the verdict (root, response code, nothing after the root). A record end tag
 or CDATA section can only cut a segment inside that comment or section, which then does not parse
 on its own (SegmentRefused): the dump is fetched again and parsed as one document. So does a
 segment holding the container's end tag (a record after `</users>`). Whitespace after the root's
-end tag is dropped as it arrives, however long: the one rule of cvent/parser.py for both paths.
+end tag is dropped as it arrives, however long: the one rule of parse/document.py for both paths.
 """
 
 from __future__ import annotations
 
 import re
 
-from syncsvc.cvent import catalog
-from syncsvc.cvent.catalog import Resource
+from syncsvc import catalog
+from syncsvc.catalog import Resource
 from syncsvc.errors import IncompleteDumpError, UnsafeXmlError
 
 MAX_HEAD_BYTES = 64 * 1024  # a real head is ~150 bytes; a longer one means "parse as a document"

@@ -21,14 +21,10 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from syncsvc.cvent.segments import EncodedBatch, encode_segment
-from syncsvc.errors import RetryableError, SyncError, TerminalError
+from syncsvc.errors import SyncError, TerminalError, WorkerDiedError
+from syncsvc.parse.segments import EncodedBatch, encode_segment
 
 _Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[EncodedBatch]", tuple[Any, ...]]
-
-
-class WorkerDiedError(RetryableError):
-    """A parse worker exited (killed, out of memory) with a segment in hand."""
 
 
 def _serve(conn: Connection) -> None:
@@ -65,7 +61,7 @@ class ParsePool:
 
     def __init__(self, workers: int) -> None:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["syncsvc.cvent.segments"])
+        ctx.set_forkserver_preload(["syncsvc.parse.segments"])
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._procs: list[Any] = []
         self._conns: list[Connection] = []
