@@ -342,13 +342,13 @@ def _upsert_state(r: _Shape) -> str:
     )
     return f"""
 INSERT INTO {r.table} ({", ".join(r.data_cols)},
-                 first_seen_run, last_seen_run, last_changed_run, deleted_at, deleted_run)
+                 first_seen_run, last_stored_run, last_changed_run, deleted_at, deleted_run)
 SELECT {values}, $1, $1, $1, NULL, NULL
 FROM {DIFF} d
 WHERE d.op IN ('insert', 'update', 'rekey')
 ON CONFLICT ({", ".join(r.keys)}) DO UPDATE SET
     {", ".join(f"{c} = EXCLUDED.{c}" for c in r.data_cols if c not in r.keys)},
-    last_seen_run = EXCLUDED.last_seen_run,
+    last_stored_run = EXCLUDED.last_stored_run,
     last_changed_run = EXCLUDED.last_changed_run,
     deleted_at = NULL,
     deleted_run = NULL
