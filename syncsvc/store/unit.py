@@ -213,6 +213,10 @@ class UnitWriter:
                     if attempt == 2:
                         raise
                 except BaseException:
+                    # Interrupted (a cancelled task) with BEGIN in flight: asyncpg still counts
+                    # the transaction open on this connection and the pool's reset does not end
+                    # it, so every later user's transaction would nest in it, never committed.
+                    await self._conn.invalidate()
                     await self._conn.close()
                     raise
         await self._step("begun")
@@ -228,12 +232,15 @@ class UnitWriter:
             if not self._done and self._tx is not None:
                 try:
                     await self._tx.rollback()
-                except DB_ERRORS:
-                    # The server rolls back on its own when the connection dies; never hand a
-                    # connection in an unknown state back to the pool.
-                    log.warning("unit_rollback_failed", resource=self.resource.path)
+                except BaseException as exc:
+                    # The server rolls back on its own when the connection ends; never hand a
+                    # connection in an unknown state back to the pool (a rollback cut short by
+                    # a second cancellation leaves the transaction open under asyncpg's feet).
                     if self._conn is not None:
                         await self._conn.invalidate()
+                    if not isinstance(exc, DB_ERRORS):
+                        raise
+                    log.warning("unit_rollback_failed", resource=self.resource.path)
         finally:
             if self._conn is not None:
                 await self._conn.close()
