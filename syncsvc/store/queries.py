@@ -19,7 +19,7 @@ transaction (syncsvc.store.unit names the steps):
 7. `count_changes`, `soft_delete_state`, `upsert_state`: the current-state table, from the diff
    table only.
 8. `lock_seq` then `insert_changes`: seq numbers allocated under a transaction-level advisory
-   lock held until commit, so seq order is commit order.
+   lock held until commit, so seq order is commit order; `NOTIFY_CHANGES` wakes the feed.
 9. `check_fence`, `record_fetch`: the run still owns the database; the unit's figures.
 """
 
@@ -373,6 +373,14 @@ WITH inserted AS (
 )
 SELECT min(seq) AS first_seq, max(seq) AS last_seq FROM inserted
 """
+
+
+# The change feed's wake-up, sent in the unit's transaction: PostgreSQL delivers a NOTIFY only
+# when (and if) its transaction commits, so a listener wakes exactly when new change rows become
+# visible. $1: the unit's last seq, as text, never data. pg_notify takes a bound channel name and
+# payload; NOTIFY itself takes neither. The feed listens on CHANGES_CHANNEL.
+CHANGES_CHANNEL = "syncsvc_changes"
+NOTIFY_CHANGES = f"SELECT pg_notify('{CHANGES_CHANNEL}', $1)"
 
 
 # The fence: the unit's run must still be `running`; FOR SHARE holds its row lock to commit.

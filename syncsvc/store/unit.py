@@ -62,7 +62,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from syncsvc.cvent.catalog import Resource, resolve
 from syncsvc.cvent.segments import EncodedBatch, staging_line
 from syncsvc.errors import IncompleteDumpError, RunFencedError, StoreError
-from syncsvc.feed import notify as feed_notify
 from syncsvc.logs import get_logger
 from syncsvc.normalize import Normalizer, normalizer
 from syncsvc.records import Record, codec
@@ -597,7 +596,7 @@ class UnitWriter:
         # The change feed: wake followers and webhook deliveries when (and only if) this commits.
         # The payload is the new high seq, never data (docs/change-feed.md).
         if seqs["last_seq"] is not None:
-            await self._execute(feed_notify.SQL, str(seqs["last_seq"]))
+            await self._execute(queries.NOTIFY_CHANGES, str(seqs["last_seq"]))
         return seqs
 
     async def _commit(
