@@ -13,14 +13,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import logs
-from syncsvc.catalog import DATA_RESOURCES
 from syncsvc.errors import RunFencedError, SyncError
+from syncsvc.store import read
 from syncsvc.store import runs as run_rows
-from syncsvc.store.schema import events, metadata
 from syncsvc.store.unit import UnitWriter
 from syncsvc.vocab import UnitStatus
 
@@ -36,19 +34,7 @@ async def plan(engine: AsyncEngine) -> list[Unit]:
     """One unit per (resource, deleted event) that still has live records."""
     from syncsvc.scheduler import Unit
 
-    units: list[Unit] = []
-    async with engine.connect() as conn:
-        for resource in DATA_RESOURCES:
-            table = metadata.tables[resource.table]
-            rows = await conn.execute(
-                sa.select(table.c.event_guid)
-                .distinct()
-                .join(events, events.c.event_guid == table.c.event_guid)
-                .where(table.c.deleted_at.is_(None), events.c.deleted_at.is_not(None))
-                .order_by(table.c.event_guid)
-            )
-            units.extend(Unit(resource, str(guid)) for (guid,) in rows)
-    return units
+    return [Unit(resource, guid) for resource, guid in await read.orphaned_scopes(engine)]
 
 
 async def apply(runner: Runner, units: list[Unit]) -> None:
@@ -71,7 +57,7 @@ async def apply(runner: Runner, units: list[Unit]) -> None:
                 run_id=runner.run_id,
                 fetch_id=outcome.fetch_id,
                 resource=unit.resource,
-                scope=unit.writer_scope,
+                scope=unit.scope,
             ) as writer:
                 result = await writer.apply(
                     complete=True, hold=runner.hold, override_hold=runner.override_hold

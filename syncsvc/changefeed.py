@@ -24,6 +24,7 @@ from typing import Any, TextIO
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc.catalog import BY_ENTITY
+from syncsvc.store.boundary import boundary
 from syncsvc.store.db import raw_connection
 
 COLUMNS = (
@@ -158,33 +159,36 @@ async def stream_changes(
 
     `window`, when given, is filled in: `high` at once, `until` as rows arrive and at the end.
     `rendered`: rows are `{"seq": ..., "json": the record as JSON text}` (see `_RECORD_SQL`).
+    A database error ends the stream as a StoreError (store/boundary.py).
     """
     window = window if window is not None else Window()
-    async with engine.connect() as conn:
-        raw = await raw_connection(conn)
-        async with raw.transaction(readonly=True, isolation="repeatable_read"):
-            await raw.execute("SET LOCAL TimeZone = 'UTC'")
-            window.high = int(await raw.fetchval("SELECT coalesce(max(seq), 0) FROM changes"))
-            bound = window.high if flt.until is None else min(window.high, flt.until)
-            window.until = max(flt.since, 0)
-            if bound <= flt.since:
-                return
-            envs = (
-                {}
-                if rendered
-                else {r[0]: r[1] for r in await raw.fetch("SELECT id, environment FROM runs")}
-            )
-            query, params = replace(flt, until=bound).sql(rendered)
-            n = 0
-            async for row in raw.cursor(query, *params, prefetch=batch):
-                out = dict(row)
-                if not rendered:
-                    out["environment"] = envs.get(out["run_id"])
-                n += 1
-                window.until = out["seq"]
-                yield out
-            if flt.limit is None or n < flt.limit:
-                window.until = bound  # everything up to the bound was seen, matching or not
+    # A connection lost mid-read (a restart, a terminated backend) is one line, not a traceback.
+    with boundary("reading the change log failed"):
+        async with engine.connect() as conn:
+            raw = await raw_connection(conn)
+            async with raw.transaction(readonly=True, isolation="repeatable_read"):
+                await raw.execute("SET LOCAL TimeZone = 'UTC'")
+                window.high = int(await raw.fetchval("SELECT coalesce(max(seq), 0) FROM changes"))
+                bound = window.high if flt.until is None else min(window.high, flt.until)
+                window.until = max(flt.since, 0)
+                if bound <= flt.since:
+                    return
+                envs = (
+                    {}
+                    if rendered
+                    else {r[0]: r[1] for r in await raw.fetch("SELECT id, environment FROM runs")}
+                )
+                query, params = replace(flt, until=bound).sql(rendered)
+                n = 0
+                async for row in raw.cursor(query, *params, prefetch=batch):
+                    out = dict(row)
+                    if not rendered:
+                        out["environment"] = envs.get(out["run_id"])
+                    n += 1
+                    window.until = out["seq"]
+                    yield out
+                if flt.limit is None or n < flt.limit:
+                    window.until = bound  # everything up to the bound was seen, matching or not
 
 
 def _iso(value: Any) -> Any:

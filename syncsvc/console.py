@@ -236,7 +236,7 @@ class RunProgress:
         if not self.enabled:
             return None
         self._waited()  # the run has the lock: its first unit (event.do) is starting
-        scope = unit.scope if unit.resource.per_event else "account"
+        scope = str(unit.scope)  # the fetch row's: `account` for event.do
         return _UnitBar(self, unit, self._expected.get((unit.resource.path, scope)))
 
     def unit_done(self, o: UnitOutcome) -> None:

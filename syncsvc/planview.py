@@ -51,7 +51,7 @@ async def describe(settings: Settings, engine: AsyncEngine) -> list[str]:
         what = f"{unit.resource.path}"
         if unit.event == EVENT_ALL:
             what += f" event=all, for {len(unit.covered)} events"
-        last = sizes.get((unit.resource.path, unit.scope))
+        last = sizes.get((unit.resource.path, str(unit.scope)))
         if last:
             what += f" (last time {last / 1e6:.1f} MB)"
         lines.append(f"{unit.name:<48} {what}")

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import cascade, logs
 from syncsvc.budget import Budget
@@ -28,23 +27,24 @@ from syncsvc.cvent.client import CventClient, FetchProgress
 from syncsvc.errors import (
     NoAccountAccessError,
     RunFencedError,
-    RunLockedError,
     RunStoppingError,
     StoreError,
     SyncError,
 )
 from syncsvc.metrics import Metrics
 from syncsvc.parse.stream import ParseStage
+from syncsvc.scope import Scope
 from syncsvc.settings import Settings
+from syncsvc.store import read
 from syncsvc.store import runs as run_rows
-from syncsvc.store.schema import fetches
-from syncsvc.store.unit import ApplyResult, HoldPolicy, UnitWriter
+from syncsvc.store.hold import HoldPolicy
+from syncsvc.store.runlock import RUN_LOCK_KEY as RUN_LOCK_KEY  # where tests and tools look
+from syncsvc.store.runlock import RunLock
+from syncsvc.store.unit import ApplyResult, UnitWriter
 from syncsvc.vocab import ExitCode, Op, RunStatus, UnitStatus
 
 log = logs.get_logger(__name__)
 
-# pg_advisory_lock key of "one run per database": the first 8 bytes of sha1("syncsvc.run").
-RUN_LOCK_KEY = 0x2A5F_1B3C_9D4E_7061
 # How often a run checks its lock session (a query on it also keeps `idle_session_timeout` and
 # idle-killing poolers away from it).
 LOCK_CHECK_SECONDS = 5.0
@@ -54,8 +54,6 @@ EXIT_CODES = {
     s: ExitCode[s.name]
     for s in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.PARTIAL, RunStatus.HELD)
 }
-
-HOME = "home"  # the scope of a unit called without `event`: the endpoint's own event
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,16 +68,13 @@ class Unit:
     account_wide: bool = False
 
     @property
-    def scope(self) -> str:
-        """The scope recorded on the fetch row."""
+    def scope(self) -> Scope:
+        """What the unit's dump speaks for (its str() is recorded on the fetch row)."""
         if not self.resource.per_event:
-            return "account"
-        return self.event if self.event is not None else HOME
-
-    @property
-    def writer_scope(self) -> str:
-        """The store's scope: one GUID, or "all" (per event present in the dump)."""
-        return EVENT_ALL if self.event is None or self.account_wide else self.event
+            return Scope.account()
+        if self.account_wide:
+            return Scope.every_event()
+        return Scope.home() if self.event is None else Scope.of_event(self.event)
 
     @property
     def name(self) -> str:
@@ -153,77 +148,6 @@ def select_events(settings: Settings, guids: Sequence[str]) -> list[str]:
     include = set(settings.events_include)
     exclude = set(settings.events_exclude)
     return [g for g in guids if (not include or g in include) and g not in exclude]
-
-
-class RunLock:
-    """The database's run lock: a session-level advisory lock on a connection of its own.
-
-    A session lock is released when its session ends, silently: a killed backend, an idle
-    timeout, a pooler, a failover. `check` finds that out and takes the lock again when no other
-    run has taken it meanwhile; whatever happened, a unit commits only while its run is still
-    `running` (the fence in store/unit.py), so a lost lock never lets two runs both write.
-    """
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self.conn: AsyncConnection | None = None
-
-    async def acquire(self, *, wait: bool) -> None:
-        conn = await self.engine.connect()
-        try:
-            if wait:
-                await conn.execute(sa.select(sa.func.pg_advisory_lock(RUN_LOCK_KEY)))
-            elif not await conn.scalar(sa.select(sa.func.pg_try_advisory_lock(RUN_LOCK_KEY))):
-                raise RunLockedError(
-                    "another syncsvc run is in progress on this database; wait for it or pass"
-                    " --wait"
-                )
-            await conn.commit()
-        except BaseException:
-            await conn.close()
-            raise
-        self.conn = conn
-
-    async def check(self, run_id: int) -> bool:
-        """True while this run may go on writing: its lock session is alive, or the lock was
-        free to take again and the run is still `running`."""
-        conn = self.conn
-        if conn is not None:
-            try:
-                await conn.execute(sa.select(1))
-                await conn.commit()
-                return True
-            except (OSError, sa.exc.SQLAlchemyError):
-                log.warning("run_lock_session_lost", run_id=run_id)
-                with contextlib.suppress(Exception):
-                    await conn.invalidate()
-                with contextlib.suppress(Exception):
-                    await conn.close()
-                self.conn = None
-        try:
-            await self.acquire(wait=False)
-        except RunLockedError:
-            return False  # another run holds it now (a database error propagates: ask again)
-        assert self.conn is not None
-        status = await self.conn.scalar(
-            sa.text("SELECT status FROM runs WHERE id = :id"), {"id": run_id}
-        )
-        await self.conn.commit()
-        if status == "running":
-            log.warning("run_lock_retaken", run_id=run_id)
-            return True
-        await self.release()
-        return False
-
-    async def release(self) -> None:
-        conn, self.conn = self.conn, None
-        if conn is None:
-            return
-        with contextlib.suppress(Exception):
-            await conn.execute(sa.select(sa.func.pg_advisory_unlock(RUN_LOCK_KEY)))
-            await conn.commit()
-        with contextlib.suppress(Exception):
-            await conn.close()
 
 
 OnUnit = Callable[[UnitOutcome], None]
@@ -360,9 +284,10 @@ class Runner:
             await asyncio.sleep(self.lock_check_seconds)
             try:
                 held = await lock.check(self.run_id)
-            except (OSError, sa.exc.SQLAlchemyError) as exc:
+            except StoreError as exc:
                 # The database itself is unreachable: units cannot commit either. Try again.
-                log.warning("run_lock_check_failed", run_id=self.run_id, error=type(exc).__name__)
+                cause = exc.__cause__ or exc
+                log.warning("run_lock_check_failed", run_id=self.run_id, error=type(cause).__name__)
                 continue
             if not held:
                 self.fenced = RunFencedError(run_id=self.run_id)
@@ -377,7 +302,7 @@ class Runner:
         for attempt in (1, 2):
             try:
                 return await fn(*args, **kw)
-            except (OSError, sa.exc.SQLAlchemyError, SyncError) as exc:
+            except SyncError as exc:  # the store's writes raise StoreError only
                 first = str(exc).splitlines()[0] if str(exc) else ""
                 log.warning(
                     "bookkeeping_write_failed",
@@ -412,18 +337,9 @@ class Runner:
             if not deadline.expired():
                 raise
         passed = self._deadline_passed()
-        async with self.engine.begin() as conn:
-            swept = (
-                await conn.execute(
-                    sa.update(fetches)
-                    .where(fetches.c.run_id == self.run_id, fetches.c.status == "running")
-                    .values(
-                        status="cancelled",
-                        finished_at=sa.func.now(),
-                        error_message=f"cancelled: {passed}",
-                    )
-                )
-            ).rowcount
+        swept = await run_rows.cancel_running_units(
+            self.engine, self.run_id, message=f"cancelled: {passed}"
+        )
         result = self._result(None)
         # Units cancelled in flight closed their own rows; the sweep catches any that could not.
         cancelled = swept + sum(1 for o in result.outcomes if o.status == UnitStatus.CANCELLED)
@@ -446,7 +362,7 @@ class Runner:
         events_outcome = await self._run_unit(Unit(EVENTS, None))
         if events_outcome.status != UnitStatus.APPLIED:
             return self._result(f"event.do failed: {events_outcome.error}")
-        guids = await self._live_events()
+        guids = await read.live_event_guids(self.engine)
         by_table = {r.table: r for r in DATA_RESOURCES}
         resources = [by_table[name] for name in self.settings.resources]
         # An event=all dump carries every event: with an include/exclude list, per-event units
@@ -492,17 +408,6 @@ class Runner:
             first = _first_leaf(group)
             raise SyncError(f"unexpected {type(first).__name__}: {first}") from first
         return self._result(None)
-
-    async def _live_events(self) -> list[str]:
-        from syncsvc.store.schema import events
-
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                sa.select(events.c.event_guid)
-                .where(events.c.deleted_at.is_(None))
-                .order_by(events.c.event_guid)
-            )
-            return [r[0] for r in rows]
 
     async def _run_with_fallback(self, unit: Unit, queue: Callable[[Unit], None]) -> None:
         """Run `unit`; when it is an `event=all` unit that failed, `queue` its replacements."""
@@ -555,7 +460,7 @@ class Runner:
                     run_id=self.run_id,
                     fetch_id=outcome.fetch_id,
                     resource=unit.resource,
-                    scope=unit.writer_scope,
+                    scope=unit.scope,
                 ) as writer:
                     # fetch -> parse -> stage: the parse stays in process or runs in workers,
                     # and stages rows either way (syncsvc/parse/stream.py).
@@ -725,7 +630,7 @@ def _failure(exc: BaseException) -> tuple[RunStatus, str]:
 
 @contextlib.contextmanager
 def structlog_unit(unit: Unit) -> Any:
-    logs.bind(unit=unit.name, event_guid=unit.scope)
+    logs.bind(unit=unit.name, event_guid=str(unit.scope))
     try:
         yield
     finally:

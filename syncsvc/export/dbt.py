@@ -21,7 +21,7 @@ _STATE_EXTRA = {
     "extras": "Elements the catalog does not know, kept verbatim (name -> text).",
     "row_hash": "Hash of the normalized record (syncsvc's change detection).",
     "first_seen_run": "The run that first stored the record.",
-    "last_seen_run": "The last run the record changed in.",
+    "last_stored_run": "The last run that stored the record's values (insert, update, rekey).",
     "last_changed_run": "The last run that changed the record.",
     "deleted_at": "Set when a complete dump lacked the record (soft delete); null while live.",
     "deleted_run": "The run that soft-deleted the record.",

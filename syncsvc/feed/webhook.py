@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import logs
 from syncsvc.changefeed import ChangeFilter, Window, render, stream_changes
-from syncsvc.errors import ConfigError, SyncError
+from syncsvc.errors import ConfigError, StoreError, SyncError
 from syncsvc.feed import consumers
 from syncsvc.feed.waker import Subscription, Waker
 from syncsvc.settings import Settings
@@ -264,6 +264,7 @@ class Delivery:
                 await self._sleep(stop, poll)
             except (
                 OSError,
+                StoreError,
                 asyncpg.PostgresError,
                 asyncpg.InterfaceError,
                 sa.exc.DBAPIError,

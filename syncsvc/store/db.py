@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from syncsvc.errors import ConfigError, MigrationError, StoreError
 from syncsvc.logs import get_logger, register_secrets
 from syncsvc.settings import Settings
+from syncsvc.store.boundary import boundary
 
 log = get_logger(__name__)
 
@@ -204,7 +205,7 @@ async def current_revision(engine: AsyncEngine) -> tuple[str | None, str | None]
 # The newest migration's revision. `run`, `serve` and the readers check the database against it
 # without importing alembic (8 MB of a process that must stay small); a test keeps it equal to
 # the migrations' head.
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 
 
 async def require_current(engine: AsyncEngine) -> None:
@@ -226,19 +227,13 @@ async def connect(settings: Settings) -> AsyncIterator[AsyncEngine]:
     url = await asyncio.to_thread(resolve_url, settings)
     engine = make_engine(url)
     try:
-        try:
+        host = url.host or url.query.get("host")
+        with boundary(f"cannot connect to the database at {host}"):
             async with engine.connect():
                 pass
-        except (OSError, sa.exc.SQLAlchemyError) as exc:
-            reason = getattr(exc, "orig", None) or exc
-            raise StoreError(
-                f"cannot connect to the database at {url.host or url.query.get('host')}: "
-                f"{type(reason).__name__}: {str(reason).splitlines()[0] if str(reason) else ''}"
-            ) from exc
-        try:
+        # Only SQLAlchemy's here: an OSError of the command's own (a file it writes) is its own.
+        with boundary("database error", errors=(sa.exc.SQLAlchemyError,)):
             yield engine
-        except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"database error: {str(exc).splitlines()[0]}") from exc
     finally:
         await engine.dispose()
 

@@ -1,21 +1,26 @@
 """The stage/diff/apply SQL, as named statements generated once per resource from the catalog.
 
 Every statement is set-based and takes bound parameters only ($1, $2, ...); identifiers come from
-the catalog, never from data. They run in this order inside one unit's transaction (see
-syncsvc.store.unit):
+the catalog, never from data. This module defines them in the order they run inside one unit's
+transaction (syncsvc.store.unit names the steps):
 
-1. `create_stage` / `truncate_stage`, then COPY into the staging table.
+1. `create_stage` / `truncate_stage`, then COPY into the staging table; `SESSION` settings.
 2. `dedupe_stage`: duplicate keys in the dump, last one wins; returns counts per event.
-3. `diff`: ONE pass, staged rows FULL JOIN the scope's current rows; only rows that differ (hash
-   first, typed per-field comparison only for those) land in the small diff table, with their
-   op, changed_fields, before/after images and the staged values.
-4. `pair_rekeys`: a clientID that left exactly one vanished key for exactly one new key turns
+3. `lock_scope`: the scope's advisory locks, held to commit.
+4. `diff_keys`, `take_rejects`, `diff`: ONE pass, staged rows FULL JOIN the scope's current
+   rows; only rows that differ (hash first, typed per-field comparison only for those) land in
+   the small diff table, with their op, changed_fields, before/after images and the staged
+   values; keys too long to store are counted and dropped; `suppress_deletes` when some records
+   came without their key; `analyze_diff`.
+5. `pair_rekeys`: a clientID that left exactly one vanished key for exactly one new key turns
    that delete + insert into one `rekey`.
-5. `diff_counts`: per event inserts/deletes (the hold's input; live rows are derived from them).
-6. `drop_held`: held events leave the diff: nothing of theirs is applied.
-7. `upsert_state`, `soft_delete_state`: the current-state table, from the diff table only.
+6. `diff_counts`: per event inserts/deletes (the hold's input; live rows are derived from them);
+   `drop_held`: held events leave the diff: nothing of theirs is applied.
+7. `count_changes`, `soft_delete_state`, `upsert_state`: the current-state table, from the diff
+   table only.
 8. `lock_seq` then `insert_changes`: seq numbers allocated under a transaction-level advisory
-   lock held until commit, so seq order is commit order.
+   lock held until commit, so seq order is commit order; `NOTIFY_CHANGES` wakes the feed.
+9. `check_fence`, `record_fetch`: the run still owns the database; the unit's figures.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 
 from syncsvc.catalog import CUSTOM_PREFIX, Field, FieldKind, Resource
 from syncsvc.records import EXTRAS, EXTRAS_PREFIX
+from syncsvc.scope import ACCOUNT_NAME
 
 # Transaction-level advisory lock serializing change-log `seq` allocation (commit order).
 SEQ_LOCK_KEY = 0x5E9C_5EC0_0001
@@ -40,6 +46,14 @@ MAX_KEY_BYTES = 1000
 STAGE = "syncsvc_stage"
 KEYS = "syncsvc_diff_keys"
 DIFF = "syncsvc_diff"
+
+# Each unit's transaction: JSON images render timestamps in the session zone, so UTC; the diff's
+# hash join holds one side in memory; JIT compiles for longer than these set-based statements run.
+SESSION = (
+    "SET LOCAL TimeZone = 'UTC'",
+    "SET LOCAL work_mem = '256MB'",
+    "SET LOCAL jit = off",
+)
 
 _SQL_TYPES = {
     FieldKind.TEXT: "text",
@@ -96,83 +110,96 @@ def _member(image: str) -> Callable[[Field], str]:
 
 
 @dataclass(frozen=True, slots=True)
-class Statements:
-    """The statements of one resource. Parameters are documented next to each."""
+class _Shape:
+    """What the statements of one resource are built from: its table, key and columns."""
 
-    entity: str
+    resource: Resource
     table: str
     key: str  # the key column (events: event_guid)
-    stage_columns: tuple[str, ...]
-    create_stage: str
-    truncate_stage: str
-    dedupe_stage: str  # -> (event_guid, duplicates)
-    take_rejects: str  # -> (event_guid, rejected): staged rows whose keys are too long to store
-    diff_keys: str  # $1 scope event GUIDs (data entities only)
-    diff: str
-    analyze_diff: str
-    pair_rekeys: str  # users, exhibitors
-    diff_counts: str  # -> (event_guid, inserts, deletes)
-    drop_held: str  # $1 held event GUIDs ('*' for event.do)
-    upsert_state: str  # $1 run_id
-    soft_delete_state: str  # $1 run_id
-    lock_scope: str  # $1 scope names (event GUIDs, '*' for event.do)
-    lock_seq: str  # $1 lock key
-    insert_changes: str  # $1 run_id, $2 fetch_id -> (first_seq, last_seq)
-    count_changes: str  # -> (op, count)
+    keys: tuple[str, ...]  # the identity: (event_guid, key), or (event_guid) for event.do
+    data_cols: tuple[str, ...]  # the catalog's columns, extras and row_hash
+    client: bool  # has clientID (rekeys)
+
+    @classmethod
+    def of(cls, resource: Resource) -> _Shape:
+        key = resource.key_field.column
+        per_event = resource.per_event
+        return cls(
+            resource=resource,
+            table=resource.table,
+            key=key,
+            keys=("event_guid", key) if per_event else ("event_guid",),
+            data_cols=(*(f.column for f in resource.fields), "extras", "row_hash"),
+            client=resource.has_client_id,
+        )
+
+    def on(self, a: str, b: str) -> str:
+        return " AND ".join(f"{a}.{k} = {b}.{k}" for k in self.keys)
+
+    @property
+    def scope_name(self) -> str:
+        """A diff row's scope: its event, or the account for event.do."""
+        return "event_guid" if self.resource.per_event else f"'{ACCOUNT_NAME}'"
 
 
-@functools.cache
-def statements(resource: Resource) -> Statements:
-    """Generate `resource`'s statements from the catalog."""
-    t = resource.table
-    key = resource.key_field.column
-    per_event = resource.per_event
-    cols = [f.column for f in resource.fields]
-    data_cols = [*cols, "extras", "row_hash"]
-    stage_columns = (*data_cols, "ord", "kh")
-    keys = ["event_guid", key] if per_event else ["event_guid"]
-    # Staged values the diff table carries for the upsert (identity lives in event_guid/record_key).
-    # client_id is carried as the change's client_id (the staged one for all but deletes).
-    carried = [c for c in data_cols if c not in ("event_guid", key, "client_id")]
+# --- the statements, in the order a unit runs them ------------------------------------------------
 
-    def on(a: str, b: str) -> str:
-        return " AND ".join(f"{a}.{k} = {b}.{k}" for k in keys)
 
+def _create_stage(r: _Shape) -> str:
     col_defs = ", ".join(
-        [f"{f.column} {_SQL_TYPES[f.kind]}" for f in resource.fields]
+        [f"{f.column} {_SQL_TYPES[f.kind]}" for f in r.resource.fields]
         + ["extras jsonb", "row_hash bytea NOT NULL", "ord bigint NOT NULL", "kh bigint NOT NULL"]
     )
-    client = resource.has_client_id
-    s_client_id = "s.client_id" if client else "NULL::text"
-    c_client_id = "c.client_id" if client else "NULL::text"
-    has_modified = any(f.column == "last_modified" for f in resource.fields)
-    modified = (
-        "CASE WHEN k.op = 'delete' THEN c.last_modified ELSE s.last_modified END"
-        if has_modified
-        else "NULL::timestamptz"
+    return f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} ({col_defs}) ON COMMIT DROP"
+
+
+def _dedupe_stage(r: _Shape) -> str:
+    # kh is a 63-bit hash of the key computed while staging: one aggregate over a bigint finds
+    # the few hashes seen twice, and only their rows are grouped by the real key.
+    keys = ", ".join(r.keys)
+    return f"""
+WITH suspect AS (
+    SELECT kh FROM {STAGE} GROUP BY kh HAVING count(*) > 1
+), dup AS (
+    SELECT {keys}, max(ord) AS keep
+    FROM {STAGE}
+    WHERE kh IN (SELECT kh FROM suspect)
+    GROUP BY {keys} HAVING count(*) > 1
+), dropped AS (
+    DELETE FROM {STAGE} s USING dup d
+    WHERE {r.on("s", "d")} AND s.ord <> d.keep
+    RETURNING s.event_guid
+)
+SELECT event_guid, count(*) AS duplicates FROM dropped GROUP BY event_guid
+"""
+
+
+def _lock_scope(r: _Shape) -> str:
+    # Two units over one event (say, an event=all unit and a per-event fallback) must not diff
+    # against the same old rows: each takes its scope's locks, in one global order, before
+    # diffing, and holds them to commit. The next one then diffs against the first's committed
+    # result (READ COMMITTED: every statement sees the latest commits).
+    return (
+        "SELECT count(pg_advisory_xact_lock(hashtextextended("
+        f"'syncsvc:{r.resource.entity}:' || e, 0))) "
+        "FROM (SELECT DISTINCT unnest($1::text[]) AS e ORDER BY 1) AS scope"
     )
+
+
+def _diff_keys(r: _Shape) -> str:
     # Data entities: only the unit's scope events (through the key's event_guid prefix);
     # event.do lists the whole account. Only the columns the comparison needs: narrow hash.
-    key_cols = f"event_guid, {key}" if per_event else "event_guid"
-    current = f"(SELECT ctid AS tid, {key_cols}, row_hash, deleted_at FROM {t}"
+    per_event = r.resource.per_event
+    key_cols = f"event_guid, {r.key}" if per_event else "event_guid"
+    current = f"(SELECT ctid AS tid, {key_cols}, row_hash, deleted_at FROM {r.table}"
     current += " WHERE event_guid = ANY($1::text[]))" if per_event else ")"
-
-    key_parts = [*keys, "client_id"] if client else keys
+    key_parts = [*r.keys, "client_id"] if r.client else list(r.keys)
     too_long = " OR ".join(f"octet_length(s.{k}) > {MAX_KEY_BYTES}" for k in key_parts)
-    # A staged row with a key too long to store is no change at all: not an insert or update
-    # (it cannot be stored), and not a delete of the stored row of the same key (if any). The
-    # diff's own scan of the staging table marks it `reject`; `take_rejects` counts those few
-    # rows per event (by tuple id) and drops them, so no statement scans the stage for them.
-    take_rejects = f"""
-WITH r AS (DELETE FROM {KEYS} WHERE op = 'reject' RETURNING s_tid)
-SELECT event_guid, count(*) AS rejected FROM {STAGE}
-WHERE ctid = ANY(ARRAY(SELECT s_tid FROM r)) GROUP BY 1
-"""
-    diff_keys = f"""
+    return f"""
 CREATE TEMP TABLE {KEYS} ON COMMIT DROP AS
 SELECT x.op, s.ctid AS s_tid, c.tid AS c_tid
 FROM {STAGE} s
-FULL JOIN {current} c ON {on("c", "s")}
+FULL JOIN {current} c ON {r.on("c", "s")}
 CROSS JOIN LATERAL (
     SELECT CASE
         WHEN {too_long} THEN 'reject'
@@ -184,8 +211,33 @@ CROSS JOIN LATERAL (
 WHERE x.op IS NOT NULL
 """
 
+
+# A staged row with a key too long to store is no change at all: not an insert or update (it
+# cannot be stored), and not a delete of the stored row of the same key (if any). The diff's own
+# scan of the staging table marks it `reject`; this counts those few rows per event (by tuple
+# id) and drops them, so no statement scans the stage for them.
+TAKE_REJECTS = f"""
+WITH r AS (DELETE FROM {KEYS} WHERE op = 'reject' RETURNING s_tid)
+SELECT event_guid, count(*) AS rejected FROM {STAGE}
+WHERE ctid = ANY(ARRAY(SELECT s_tid FROM r)) GROUP BY 1
+"""
+
+
+def _diff(r: _Shape) -> str:
     # The differing rows' whole data, fetched by tuple id (no second scan of either table).
-    diff = f"""
+    resource, key = r.resource, r.key
+    # Staged values the diff table carries for the upsert (identity lives in event_guid and
+    # record_key; client_id is carried as the change's, the staged one for all but deletes).
+    carried = [c for c in r.data_cols if c not in ("event_guid", key, "client_id")]
+    s_client_id = "s.client_id" if r.client else "NULL::text"
+    c_client_id = "c.client_id" if r.client else "NULL::text"
+    has_modified = any(f.column == "last_modified" for f in resource.fields)
+    modified = (
+        "CASE WHEN k.op = 'delete' THEN c.last_modified ELSE s.last_modified END"
+        if has_modified
+        else "NULL::timestamptz"
+    )
+    return f"""
 CREATE TEMP TABLE {DIFF} ON COMMIT DROP AS
 SELECT k.op AS op,
        coalesce(s.event_guid, c.event_guid) AS event_guid,
@@ -205,12 +257,30 @@ LEFT JOIN (
     WHERE ctid = ANY(ARRAY(SELECT s_tid FROM {KEYS} WHERE s_tid IS NOT NULL))
 ) s ON s.tid = k.s_tid
 LEFT JOIN (
-    SELECT ctid AS tid, * FROM {t}
+    SELECT ctid AS tid, * FROM {r.table}
     WHERE ctid = ANY(ARRAY(SELECT c_tid FROM {KEYS} WHERE c_tid IS NOT NULL))
 ) c ON c.tid = k.c_tid
 """
 
-    pair_rekeys = f"""
+
+# A record without its key could be any stored row: none of them may be inferred deleted from
+# this dump (its inserts and updates are still right).
+SUPPRESS_DELETES = f"DELETE FROM {DIFF} WHERE op = 'delete'"
+
+# Statistics for the columns later statements join and filter on; the before/after images are
+# wide JSON, and sampling them was most of the ANALYZE (0.6 s at 40k rows).
+ANALYZE_DIFF = f"ANALYZE {DIFF} (op, event_guid, client_id, record_key)"
+
+# The planner guesses a handful of rows for "GROUP BY .. HAVING count(*) = 1" and picks nested
+# loops over the diff table: seconds for a thousand rekeys among 40,000 changes (measured:
+# 7.8 s). Hash joins are linear whatever the guess: pair_rekeys runs between these two.
+NESTLOOP_OFF = "SET LOCAL enable_nestloop = off"
+NESTLOOP_ON = "SET LOCAL enable_nestloop = on"
+
+
+def _pair_rekeys(r: _Shape) -> str:
+    changed = _changed_fields(r.resource, _member("old.before"), _member("d.after"))
+    return f"""
 WITH vanished AS (
     SELECT event_guid, client_id FROM {DIFF}
     WHERE op = 'delete' AND client_id IS NOT NULL
@@ -231,107 +301,154 @@ SET op = 'rekey',
     old_key = old.record_key,
     c_tid = old.c_tid,
     before = old.before,
-    changed_fields = {_changed_fields(resource, _member("old.before"), _member("d.after"))}
+    changed_fields = {changed}
 FROM old
 WHERE d.op = 'insert' AND d.event_guid = old.event_guid AND d.client_id = old.client_id
 """
 
-    scope_name = "event_guid" if per_event else "'*'"
-    diff_counts = f"""
-SELECT {scope_name} AS event_guid,
+
+def _diff_counts(r: _Shape) -> str:
+    return f"""
+SELECT {r.scope_name} AS event_guid,
        count(*) FILTER (WHERE op = 'insert') AS inserts,
        count(*) FILTER (WHERE op = 'delete') AS deletes
 FROM {DIFF} GROUP BY 1
 """
-    drop_held = f"DELETE FROM {DIFF} WHERE {scope_name} = ANY($1::text[])"
 
-    upsert_values = ", ".join(
-        "d.event_guid" if c == "event_guid" else "d.record_key" if c == key else f"d.{c}"
-        for c in data_cols
+
+def _drop_held(r: _Shape) -> str:
+    return f"DELETE FROM {DIFF} WHERE {r.scope_name} = ANY($1::text[])"
+
+
+# An update whose hash moved but no value did (e.g. a new hash function) refreshes the row but
+# is no change.
+_EMITTED = "op <> 'update' OR cardinality(changed_fields) > 0"
+COUNT_CHANGES = f"SELECT op, count(*) FROM {DIFF} WHERE {_EMITTED} GROUP BY op"
+
+
+def _soft_delete_state(r: _Shape) -> str:
+    # By tuple id, taken in the diff before anything moved: the vanished rows (for a rekey, the
+    # old key's row). Runs before the upsert, which never touches these rows anyway.
+    return f"""
+UPDATE {r.table} SET deleted_at = now(), deleted_run = $1, last_changed_run = $1
+WHERE ctid = ANY(ARRAY(SELECT c_tid FROM {DIFF} WHERE op IN ('delete', 'rekey')))
+"""
+
+
+def _upsert_state(r: _Shape) -> str:
+    values = ", ".join(
+        "d.event_guid" if c == "event_guid" else "d.record_key" if c == r.key else f"d.{c}"
+        for c in r.data_cols
     )
-    upsert_state = f"""
-INSERT INTO {t} ({", ".join(data_cols)},
-                 first_seen_run, last_seen_run, last_changed_run, deleted_at, deleted_run)
-SELECT {upsert_values}, $1, $1, $1, NULL, NULL
+    return f"""
+INSERT INTO {r.table} ({", ".join(r.data_cols)},
+                 first_seen_run, last_stored_run, last_changed_run, deleted_at, deleted_run)
+SELECT {values}, $1, $1, $1, NULL, NULL
 FROM {DIFF} d
 WHERE d.op IN ('insert', 'update', 'rekey')
-ON CONFLICT ({", ".join(keys)}) DO UPDATE SET
-    {", ".join(f"{c} = EXCLUDED.{c}" for c in data_cols if c not in keys)},
-    last_seen_run = EXCLUDED.last_seen_run,
+ON CONFLICT ({", ".join(r.keys)}) DO UPDATE SET
+    {", ".join(f"{c} = EXCLUDED.{c}" for c in r.data_cols if c not in r.keys)},
+    last_stored_run = EXCLUDED.last_stored_run,
     last_changed_run = EXCLUDED.last_changed_run,
     deleted_at = NULL,
     deleted_run = NULL
 """
-    # By tuple id, taken in the diff before anything moved: the vanished rows (for a rekey, the
-    # old key's row). Runs before the upsert, which never touches these rows anyway.
-    soft_delete_state = f"""
-UPDATE {t} SET deleted_at = now(), deleted_run = $1, last_changed_run = $1
-WHERE ctid = ANY(ARRAY(SELECT c_tid FROM {DIFF} WHERE op IN ('delete', 'rekey')))
-"""
-    # An update whose hash moved but no value did (e.g. a new hash function) refreshes the row
-    # but is no change.
-    emitted = "op <> 'update' OR cardinality(changed_fields) > 0"
-    insert_changes = f"""
+
+
+LOCK_SEQ = "SELECT pg_advisory_xact_lock($1)"
+
+
+def _insert_changes(r: _Shape) -> str:
+    return f"""
 WITH inserted AS (
     INSERT INTO changes (seq, run_id, fetch_id, entity, event_guid, record_key, client_id, op,
                          changed_fields, before, after, source_modified_at)
     SELECT (SELECT coalesce(max(seq), 0) FROM changes)
                + row_number() OVER (ORDER BY event_guid, record_key),
-           $1, $2, '{resource.entity}', event_guid, record_key, client_id, op,
+           $1, $2, '{r.resource.entity}', event_guid, record_key, client_id, op,
            changed_fields, before, after, source_modified_at
     FROM {DIFF}
-    WHERE {emitted}
+    WHERE {_EMITTED}
     RETURNING seq
 )
 SELECT min(seq) AS first_seq, max(seq) AS last_seq FROM inserted
 """
-    count_changes = f"SELECT op, count(*) FROM {DIFF} WHERE {emitted} GROUP BY op"
-    # kh is a 63-bit hash of the key computed while staging: one aggregate over a bigint finds
-    # the few hashes seen twice, and only their rows are grouped by the real key.
-    dedupe_stage = f"""
-WITH suspect AS (
-    SELECT kh FROM {STAGE} GROUP BY kh HAVING count(*) > 1
-), dup AS (
-    SELECT {", ".join(keys)}, max(ord) AS keep
-    FROM {STAGE}
-    WHERE kh IN (SELECT kh FROM suspect)
-    GROUP BY {", ".join(keys)} HAVING count(*) > 1
-), dropped AS (
-    DELETE FROM {STAGE} s USING dup d
-    WHERE {on("s", "d")} AND s.ord <> d.keep
-    RETURNING s.event_guid
+
+
+# The change feed's wake-up, sent in the unit's transaction: PostgreSQL delivers a NOTIFY only
+# when (and if) its transaction commits, so a listener wakes exactly when new change rows become
+# visible. $1: the unit's last seq, as text, never data. pg_notify takes a bound channel name and
+# payload; NOTIFY itself takes neither. The feed listens on CHANGES_CHANNEL.
+CHANGES_CHANNEL = "syncsvc_changes"
+NOTIFY_CHANGES = f"SELECT pg_notify('{CHANGES_CHANNEL}', $1)"
+
+
+# The fence: the unit's run must still be `running`; FOR SHARE holds its row lock to commit.
+CHECK_FENCE = (
+    "SELECT status, (SELECT min(id) FROM runs WHERE id > $1) AS newer"
+    " FROM runs WHERE id = $1 FOR SHARE"
 )
-SELECT event_guid, count(*) AS duplicates FROM dropped GROUP BY event_guid
+
+RECORD_FETCH = """
+UPDATE fetches SET status = $2, records = $3, rejected = $4, duplicates = $5,
+       inserted = $6, updated = $7, deleted = $8, rekeyed = $9,
+       stage_seconds = $10, apply_seconds = $11, details = details || $12::jsonb,
+       attempts = coalesce($13, attempts), http_status = coalesce($14, http_status),
+       bytes = coalesce($15, bytes), fetch_seconds = coalesce($16, fetch_seconds),
+       error_message = coalesce($17, error_message), finished_at = now()
+WHERE id = $1
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """One resource's statements, in the order a unit runs them. Parameters next to each."""
+
+    stage_columns: tuple[str, ...]
+    create_stage: str
+    truncate_stage: str
+    dedupe_stage: str  # -> (event_guid, duplicates)
+    lock_scope: str  # $1 scope names (event GUIDs, '*' for event.do)
+    diff_keys: str  # $1 scope event GUIDs (data entities only)
+    take_rejects: str  # -> (event_guid, rejected): staged rows whose keys are too long to store
+    diff: str
+    suppress_deletes: str  # -> status "DELETE n"
+    analyze_diff: str
+    pair_rekeys: str  # users, exhibitors (between NESTLOOP_OFF and NESTLOOP_ON)
+    diff_counts: str  # -> (event_guid, inserts, deletes)
+    drop_held: str  # $1 held event GUIDs ('*' for event.do)
+    count_changes: str  # -> (op, count)
+    soft_delete_state: str  # $1 run_id
+    upsert_state: str  # $1 run_id
+    lock_seq: str  # $1 lock key
+    insert_changes: str  # $1 run_id, $2 fetch_id -> (first_seq, last_seq)
+    check_fence: str  # $1 run_id -> (status, newer)
+    record_fetch: str  # $1 fetch_id, $2.. the unit's figures (see UnitWriter)
+
+
+@functools.cache
+def statements(resource: Resource) -> Statements:
+    """Generate `resource`'s statements from the catalog."""
+    r = _Shape.of(resource)
     return Statements(
-        entity=resource.entity,
-        table=t,
-        key=key,
-        stage_columns=stage_columns,
-        create_stage=f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} ({col_defs}) ON COMMIT DROP",
+        stage_columns=(*r.data_cols, "ord", "kh"),
+        create_stage=_create_stage(r),
         truncate_stage=f"TRUNCATE {STAGE}",
-        dedupe_stage=dedupe_stage,
-        take_rejects=take_rejects,
-        diff_keys=diff_keys,
-        diff=diff,
-        # Statistics for the columns later statements join and filter on; the before/after
-        # images are wide JSON, and sampling them was most of the ANALYZE (0.6 s at 40k rows).
-        analyze_diff=f"ANALYZE {DIFF} (op, event_guid, client_id, record_key)",
-        pair_rekeys=pair_rekeys,
-        diff_counts=diff_counts,
-        drop_held=drop_held,
-        upsert_state=upsert_state,
-        soft_delete_state=soft_delete_state,
-        # Two units over one event (say, an event=all unit and a per-event fallback) must not
-        # diff against the same old rows: each takes its scope's locks, in one global order,
-        # before diffing, and holds them to commit. The next one then diffs against the first's
-        # committed result (READ COMMITTED: every statement sees the latest commits).
-        lock_scope=(
-            "SELECT count(pg_advisory_xact_lock(hashtextextended("
-            f"'syncsvc:{resource.entity}:' || e, 0))) "
-            "FROM (SELECT DISTINCT unnest($1::text[]) AS e ORDER BY 1) AS scope"
-        ),
-        lock_seq="SELECT pg_advisory_xact_lock($1)",
-        insert_changes=insert_changes,
-        count_changes=count_changes,
+        dedupe_stage=_dedupe_stage(r),
+        lock_scope=_lock_scope(r),
+        diff_keys=_diff_keys(r),
+        take_rejects=TAKE_REJECTS,
+        diff=_diff(r),
+        suppress_deletes=SUPPRESS_DELETES,
+        analyze_diff=ANALYZE_DIFF,
+        pair_rekeys=_pair_rekeys(r),
+        diff_counts=_diff_counts(r),
+        drop_held=_drop_held(r),
+        count_changes=COUNT_CHANGES,
+        soft_delete_state=_soft_delete_state(r),
+        upsert_state=_upsert_state(r),
+        lock_seq=LOCK_SEQ,
+        insert_changes=_insert_changes(r),
+        check_fence=CHECK_FENCE,
+        record_fetch=RECORD_FETCH,
     )

@@ -10,9 +10,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from syncsvc.catalog import BY_ENTITY, FieldKind, Resource
+from syncsvc.catalog import BY_ENTITY, DATA_RESOURCES, FieldKind, Resource
 from syncsvc.records import EXTRAS
-from syncsvc.store.schema import changes, state_tables
+from syncsvc.store.boundary import guarded
+from syncsvc.store.schema import changes, events, metadata, state_tables
 
 Key = tuple[str, str]
 
@@ -118,3 +119,33 @@ async def read_changes(
         )
         for r in rows
     ]
+
+
+@guarded("could not read the live events")
+async def live_event_guids(engine: AsyncEngine) -> list[str]:
+    """The GUIDs of the events not deleted, in order (a run plans its units over them)."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(events.c.event_guid)
+            .where(events.c.deleted_at.is_(None))
+            .order_by(events.c.event_guid)
+        )
+        return [r[0] for r in rows]
+
+
+@guarded("could not read the deleted events' live records")
+async def orphaned_scopes(engine: AsyncEngine) -> list[tuple[Resource, str]]:
+    """(resource, event GUID) for every deleted event that still has live records of it."""
+    found: list[tuple[Resource, str]] = []
+    async with engine.connect() as conn:
+        for resource in DATA_RESOURCES:
+            table = metadata.tables[resource.table]
+            rows = await conn.execute(
+                sa.select(table.c.event_guid)
+                .distinct()
+                .join(events, events.c.event_guid == table.c.event_guid)
+                .where(table.c.deleted_at.is_(None), events.c.deleted_at.is_not(None))
+                .order_by(table.c.event_guid)
+            )
+            found.extend((resource, str(guid)) for (guid,) in rows)
+    return found

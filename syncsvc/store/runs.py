@@ -1,4 +1,6 @@
-"""Run and fetch rows (`runs`, `fetches`), created here so the scheduler and tests share them.
+"""Run and fetch rows (`runs`, `fetches`): every write to them but a unit's own, which its
+transaction makes (store/unit.py), so the scheduler and tests share them. A database error leaves
+each function as a StoreError (store/boundary.py).
 
 Final states stick: a run's status is written only while it is `running` (an `abandoned` run
 stays abandoned even when its process lives on and tries to close it), and a unit's only while
@@ -17,6 +19,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc.catalog import Resource, resolve
+from syncsvc.scope import Scope
+from syncsvc.store.boundary import guarded
 from syncsvc.store.schema import fetches, runs
 
 # `error_code` columns are int4. A server can send any number (seen: 99999999999999); one that
@@ -55,6 +59,7 @@ def _totals(run_id: Any) -> dict[str, Any]:
     return {c.name: sa.select(c).scalar_subquery() for c in t.c}
 
 
+@guarded("could not record the run's start")
 async def create_run(
     engine: AsyncEngine,
     *,
@@ -81,6 +86,7 @@ async def create_run(
     return int(run_id)
 
 
+@guarded("could not record the run's end")
 async def finish_run(
     engine: AsyncEngine,
     run_id: int,
@@ -122,6 +128,7 @@ async def finish_run(
     return True
 
 
+@guarded("could not close the run's open units")
 async def close_open_units(engine: AsyncEngine, run_id: int, *, message: str) -> None:
     """Close a fenced run's open units as `cancelled` (its run row is no longer ours to close)."""
     async with engine.begin() as conn:
@@ -132,6 +139,7 @@ async def close_open_units(engine: AsyncEngine, run_id: int, *, message: str) ->
         )
 
 
+@guarded("could not close the stale runs")
 async def abandon_stale_runs(engine: AsyncEngine) -> list[int]:
     """Mark every `running` run `abandoned` (call it holding the run lock: none of them can
     still hold the right to write) and close the units dead runs left open.
@@ -170,12 +178,13 @@ async def abandon_stale_runs(engine: AsyncEngine) -> list[int]:
     return stale
 
 
+@guarded("could not record the unit's start")
 async def create_fetch(
     engine: AsyncEngine,
     *,
     run_id: int,
     resource: Resource | str,
-    scope: str,
+    scope: Scope | str,
     status: str = "running",
 ) -> int:
     """Insert a `fetches` row for one unit (resource, scope) of a run and return its id."""
@@ -187,7 +196,7 @@ async def create_fetch(
                 run_id=run_id,
                 resource=res.path,
                 entity=res.entity,
-                scope=scope,
+                scope=str(scope),
                 status=status,
                 started_at=sa.func.now(),
             )
@@ -197,6 +206,7 @@ async def create_fetch(
     return int(fetch_id)
 
 
+@guarded("could not record the unit's end")
 async def finish_fetch(
     engine: AsyncEngine,
     fetch_id: int,
@@ -244,6 +254,19 @@ async def finish_fetch(
         return done.first() is not None
 
 
+@guarded("could not cancel the run's running units")
+async def cancel_running_units(engine: AsyncEngine, run_id: int, *, message: str) -> int:
+    """Close the run's `running` units as `cancelled` (its deadline passed); how many."""
+    async with engine.begin() as conn:
+        swept = await conn.execute(
+            sa.update(fetches)
+            .where(fetches.c.run_id == run_id, fetches.c.status == "running")
+            .values(status="cancelled", finished_at=sa.func.now(), error_message=message)
+        )
+    return int(swept.rowcount)
+
+
+@guarded("could not close the interrupted runs")
 async def close_interrupted(engine: AsyncEngine, hostname: str, pid: int, *, message: str) -> int:
     """Close as `interrupted` the runs this process (host and pid) left `running`, and their open
     units as `cancelled`: the last word of an interrupted `run` when the run could not write its

@@ -152,7 +152,12 @@ def _state_table(resource: Resource) -> Table:
         # Run marks carry no foreign key: a unit writes up to a million rows, and a key would
         # cost one lookup in `runs` per row and per mark (measured: most of an initial load).
         Column("first_seen_run", BigInteger, nullable=False),
-        Column("last_seen_run", BigInteger, nullable=False, comment="last run it changed in"),
+        Column(
+            "last_stored_run",
+            BigInteger,
+            nullable=False,
+            comment="last run that stored its values (insert, update, rekey)",
+        ),
         Column("last_changed_run", BigInteger, nullable=False),
         Column("deleted_at", TZ, comment="soft delete: set when a complete dump lacks the record"),
         Column("deleted_run", BigInteger),

@@ -26,16 +26,21 @@ The scheduler's API::
   half-way leaves the transaction usable. Records without their key (or, in a per-event unit, of
   another event) are counted as rejected, never staged. Returns a StageResult.
 - `apply(...)` refuses (IncompleteDumpError, nothing applied) unless `complete=True`. Then, in the
-  same transaction: duplicate keys are dropped (last wins, counted), the scope's advisory locks are
-  taken, the staged rows are diffed against the scope's current rows, clientID moves become
-  `rekey`s, scopes that would delete more than the hold allows are held (nothing of theirs is
-  applied; `override_hold=True` applies them), the current-state table is updated (soft delete,
-  upsert) and finally, under a transaction-level advisory lock held until commit, the change rows
-  get `seq` numbers, so seq order is commit order. The fetch row (if any) gets the counts. Commit.
-- A unit's scope: its event GUID; for "all", every event present in the dump plus
-  `covered_events` (events the dump speaks for even when it holds none of their records: all
-  their live rows are deleted, or held); for event.do, the whole account ('*'). Without
-  `covered_events`, an event=all unit never deletes an event that is absent from its dump.
+  same transaction, one method per step (the steps `fetches.details.step_seconds` times):
+  `_dedupe` drops duplicate keys (last wins, counted), `_lock_scope` takes the scope's advisory
+  locks, `_diff` diffs the staged rows against the scope's current rows, `_pair_rekeys` turns
+  clientID moves into `rekey`s, `_decide_holds` holds the scopes that would delete more than the
+  hold allows (nothing of theirs is applied; `override_hold=True` applies them; the decision
+  itself is `store.hold.decide_holds`, pure), `_apply_state` updates the current-state table
+  (soft delete, upsert), `_emit_changes` numbers the change rows under a transaction-level
+  advisory lock held until commit, so seq order is commit order, and `_commit` checks the fence,
+  writes the fetch row's counts and commits. The SQL is `store.queries`, in this order.
+- A unit's scope (`syncsvc.scope.Scope`, or the shorthand: a GUID, or "all"): one event; every
+  event present in the dump plus `covered_events` (events the dump speaks for even when it holds
+  none of their records: all their live rows are deleted, or held); for event.do, the whole
+  account ('*'). Without `covered_events`, an event=all unit never deletes an event that is
+  absent from its dump.
+- Database and OS errors leave as StoreError (`store.boundary`), never a driver's exception.
 - `apply_records(...)` stages an iterable of records as one complete dump and applies it.
 - `checkpoint` (tests only) is called with each step's name (STEPS); a test kills the process or
   pauses the unit there.
@@ -54,20 +59,27 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from syncsvc.catalog import EVENT_ALL, Resource, resolve
+from syncsvc.catalog import Resource, resolve
 from syncsvc.errors import IncompleteDumpError, RunFencedError, StoreError
-from syncsvc.feed import notify as feed_notify
 from syncsvc.logs import get_logger
 from syncsvc.normalize import Normalizer, normalizer
 from syncsvc.parse.segments import EncodedBatch, staging_line
 from syncsvc.records import Record, codec
-from syncsvc.settings import Settings
+from syncsvc.scope import ACCOUNT_NAME, Scope
 from syncsvc.store import queries
+from syncsvc.store.boundary import DB_ERRORS, boundary
 from syncsvc.store.db import raw_connection
+from syncsvc.store.hold import HeldScope as HeldScope  # part of this module's API (ApplyResult)
+from syncsvc.store.hold import HoldDecision, ScopeDiff, decide_holds
+from syncsvc.store.hold import HoldPolicy as HoldPolicy  # part of this module's API (apply)
 
 log = get_logger(__name__)
 
 DEFAULT_BATCH_ROWS = 10_000
+
+# What staging translates: the database's errors. An OSError raised by the batches (the fetch
+# reading its body) passes unchanged: the client's retry policy judges it.
+_COPY_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError)
 
 # The steps a unit passes, in order (rekeys_paired: entities with clientID only).
 STEPS = (
@@ -90,31 +102,6 @@ STEPS = (
 
 # Test hook: called with each step's name (may return an awaitable to pause the unit there).
 Checkpoint = Callable[[str], Awaitable[None] | None]
-
-
-@dataclass(frozen=True, slots=True)
-class HoldPolicy:
-    """The mass-delete hold: a scope with at least `min_rows` live rows is held when the unit
-    would delete more than `ratio` of them."""
-
-    ratio: float = 0.5
-    min_rows: int = 20
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> HoldPolicy:
-        return cls(ratio=settings.delete_hold_ratio, min_rows=settings.delete_hold_min_rows)
-
-    def holds(self, live: int, deletes: int) -> bool:
-        return live >= self.min_rows and deletes > self.ratio * live
-
-
-@dataclass(frozen=True, slots=True)
-class HeldScope:
-    """One event (or '*' for event.do) whose deletes tripped the hold."""
-
-    event_guid: str
-    live: int
-    deletes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,18 +158,18 @@ class UnitWriter:
         *,
         run_id: int,
         resource: Resource | str,
-        scope: str,
+        scope: Scope | str,
         fetch_id: int | None = None,
         batch_rows: int = DEFAULT_BATCH_ROWS,
         checkpoint: Checkpoint | None = None,
     ) -> None:
         self.resource = resolve(resource)
-        if not self.resource.per_event and scope != EVENT_ALL:
+        self.scope = Scope.parse(scope) if isinstance(scope, str) else scope
+        if not self.resource.per_event and self.scope.only is not None:
             raise ValueError("event.do units have scope 'all' (the whole account)")
         self.engine = engine
         self.run_id = run_id
         self.fetch_id = fetch_id
-        self.scope = scope
         self.batch_rows = batch_rows
         self.normalize: Normalizer = normalizer(self.resource)
         self._sql = queries.statements(self.resource)
@@ -207,28 +194,30 @@ class UnitWriter:
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> UnitWriter:
-        for attempt in (1, 2):
-            self._conn = await self.engine.connect()
-            try:
-                self._raw = await raw_connection(self._conn)
-                # READ COMMITTED whatever the server's default: the seq and scope locks rely on
-                # each statement seeing what committed before the lock was granted.
-                self._tx = self._raw.transaction(isolation="read_committed")
-                await self._tx.start()
-                break
-            except (asyncpg.InterfaceError, OSError) as exc:
-                # A pooled connection whose backend died (terminated, restarted, a failover):
-                # drop it and take a fresh one, once.
-                await self._conn.invalidate()
-                await self._conn.close()
-                if attempt == 2:
-                    raise StoreError(
-                        f"{self.resource.entity} unit could not begin: {_one_line(exc)}",
-                        resource=self.resource.path,
-                    ) from exc
-            except BaseException:
-                await self._conn.close()
-                raise
+        with boundary(f"{self.resource.entity} unit could not begin", resource=self.resource.path):
+            for attempt in (1, 2):
+                self._conn = await self.engine.connect()
+                try:
+                    self._raw = await raw_connection(self._conn)
+                    # READ COMMITTED whatever the server's default: the seq and scope locks rely
+                    # on each statement seeing what committed before the lock was granted.
+                    self._tx = self._raw.transaction(isolation="read_committed")
+                    await self._tx.start()
+                    break
+                except (asyncpg.InterfaceError, OSError):
+                    # A pooled connection whose backend died (terminated, restarted, a
+                    # failover): drop it and take a fresh one, once.
+                    await self._conn.invalidate()
+                    await self._conn.close()
+                    if attempt == 2:
+                        raise
+                except BaseException:
+                    # Interrupted (a cancelled task) with BEGIN in flight: asyncpg still counts
+                    # the transaction open on this connection and the pool's reset does not end
+                    # it, so every later user's transaction would nest in it, never committed.
+                    await self._conn.invalidate()
+                    await self._conn.close()
+                    raise
         await self._step("begun")
         return self
 
@@ -242,12 +231,15 @@ class UnitWriter:
             if not self._done and self._tx is not None:
                 try:
                     await self._tx.rollback()
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                    # The server rolls back on its own when the connection dies; never hand a
-                    # connection in an unknown state back to the pool.
-                    log.warning("unit_rollback_failed", resource=self.resource.path)
+                except BaseException as exc:
+                    # The server rolls back on its own when the connection ends; never hand a
+                    # connection in an unknown state back to the pool (a rollback cut short by
+                    # a second cancellation leaves the transaction open under asyncpg's feet).
                     if self._conn is not None:
                         await self._conn.invalidate()
+                    if not isinstance(exc, DB_ERRORS):
+                        raise
+                    log.warning("unit_rollback_failed", resource=self.resource.path)
         finally:
             if self._conn is not None:
                 await self._conn.close()
@@ -268,23 +260,13 @@ class UnitWriter:
                 await pending
 
     async def _execute(self, sql: str, *args: Any) -> str:
-        try:
+        with boundary(f"{self.resource.entity} unit failed", resource=self.resource.path):
             status: str = await self._raw.execute(sql, *args)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            raise StoreError(
-                f"{self.resource.entity} unit failed: {_one_line(exc)}",
-                resource=self.resource.path,
-            ) from exc
         return status
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
-        try:
+        with boundary(f"{self.resource.entity} unit failed", resource=self.resource.path):
             rows: list[Any] = await self._raw.fetch(sql, *args)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            raise StoreError(
-                f"{self.resource.entity} unit failed: {_one_line(exc)}",
-                resource=self.resource.path,
-            ) from exc
         return rows
 
     # --- stage -----------------------------------------------------------------------------------
@@ -311,25 +293,25 @@ class UnitWriter:
         started = time.perf_counter()
         await self._prepare_staging()
         counts = _StageCounts()
-        savepoint = self._raw.transaction()
-        await savepoint.start()
-        try:
-            await self._raw.copy_to_table(
-                queries.STAGE,
-                source=self._rows(batches, counts),
-                columns=self._sql.stage_columns,
-                format="text",
-            )
-        except BaseException as exc:
-            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                await savepoint.rollback()
-            if isinstance(exc, asyncpg.PostgresError | asyncpg.DataError | asyncpg.InterfaceError):
-                raise StoreError(
-                    f"staging {self.resource.entity} records failed: {_one_line(exc)}",
-                    resource=self.resource.path,
-                ) from exc
-            raise
-        await savepoint.commit()
+        with boundary(
+            f"staging {self.resource.entity} records failed",
+            errors=_COPY_ERRORS,
+            resource=self.resource.path,
+        ):
+            savepoint = self._raw.transaction()
+            await savepoint.start()
+            try:
+                await self._raw.copy_to_table(
+                    queries.STAGE,
+                    source=self._rows(batches, counts),
+                    columns=self._sql.stage_columns,
+                    format="text",
+                )
+            except BaseException:
+                with contextlib.suppress(*DB_ERRORS):
+                    await savepoint.rollback()
+                raise
+            await savepoint.commit()
         self._records = counts.staged
         self._rejected = counts.rejected
         self._unidentified = counts.unidentified
@@ -338,7 +320,7 @@ class UnitWriter:
             log.warning(
                 "records_rejected",
                 resource=self.resource.path,
-                scope=self.scope,
+                scope=str(self.scope),
                 rejected=counts.rejected,
                 reason="missing key or eventGUID, or outside the unit's event",
             )
@@ -355,7 +337,7 @@ class UnitWriter:
     ) -> AsyncIterator[bytes]:
         """COPY text from batches: records (rendered here) or EncodedBatch (rendered by a parse
         worker); rejects counted, `ord` in document order, `kh` for the dedupe."""
-        only = None if self.scope == EVENT_ALL else self.scope
+        only = self.scope.only
         guid_at, key_at = self._guid_at, self._key_at
         events = self._events
         data_line = self._codec.data_line
@@ -413,14 +395,7 @@ class UnitWriter:
 
         return await self.stage(batches())
 
-    # --- diff + apply ----------------------------------------------------------------------------
-
-    def _scope_events(self, covered_events: Iterable[str] | None) -> list[str]:
-        if not self.resource.per_event:
-            return []
-        if self.scope != EVENT_ALL:
-            return [self.scope]
-        return sorted(set(self._events) | set(covered_events or ()))
+    # --- diff + apply: the steps, in order ----------------------------------------------------
 
     async def apply(
         self,
@@ -436,134 +411,25 @@ class UnitWriter:
         `transport`: the fetch's figures (attempts, http_status, bytes, fetch_seconds), written
         on the fetch row in this transaction, so a run's totals are exactly its committed units'.
         """
-        if self._done:
-            raise StoreError("this unit is already applied", resource=self.resource.path)
-        if not complete:
-            await self._tx.rollback()
-            self._done = True
-            raise IncompleteDumpError(
-                "apply refused: the dump is not complete; nothing applied",
-                resource=self.resource.path,
-                event_guid=None if self.scope == EVENT_ALL else self.scope,
-            )
+        await self._refuse_unless(complete)
         started = time.perf_counter()
         hold = hold or HoldPolicy()
-        sql = self._sql
         if not self._staged:
             await self._prepare_staging()  # an empty dump: everything in scope is gone
         scope_events = self._scope_events(covered_events)
-        args = (scope_events,) if self.resource.per_event else ()
-        # JSON images render timestamps in the session zone: make them UTC. The diff's hash join
-        # holds one side in memory; JIT compiles for longer than these set-based statements run.
-        await self._execute("SET LOCAL TimeZone = 'UTC'")
-        await self._execute("SET LOCAL work_mem = '256MB'")
-        await self._execute("SET LOCAL jit = off")
-
-        dup_rows = await self._fetch(sql.dedupe_stage)
-        dups = {r["event_guid"]: int(r["duplicates"]) for r in dup_rows}
-        duplicates = sum(dups.values())
-        if duplicates:
-            log.warning(
-                "duplicate_keys_found",
-                resource=self.resource.path,
-                scope=self.scope,
-                duplicates=duplicates,
-                kept="last",
-            )
-        await self._step("deduped")
-        await self._execute(sql.lock_scope, scope_events or ["*"])
-        await self._step("scope_locked")
-        await self._execute(sql.diff_keys, *args)
-        self._mark("diff_keys")
-        rejects = await self._fetch(sql.take_rejects)
-        oversized = {r["event_guid"]: int(r["rejected"]) for r in rejects}
-        n_oversized = sum(oversized.values())
-        if n_oversized:
-            log.warning(
-                "records_rejected",
-                resource=self.resource.path,
-                scope=self.scope,
-                rejected=n_oversized,
-                reason=f"a key (event GUID, {self.resource.key_field.api} or clientID) longer"
-                f" than {queries.MAX_KEY_BYTES} bytes cannot be stored",
-            )
-        await self._execute(sql.diff)
-        self._mark("diff_rows")
-        suppressed = 0
-        if self._unidentified:
-            # A record without its key could be any stored row: none of them may be inferred
-            # deleted from this dump (its inserts and updates are still right).
-            status = await self._execute(f"DELETE FROM {queries.DIFF} WHERE op = 'delete'")
-            suppressed = int(status.split()[-1])
-            log.warning(
-                "deletes_suppressed",
-                resource=self.resource.path,
-                scope=self.scope,
-                unidentified=self._unidentified,
-                deletes=suppressed,
-            )
-        await self._execute(sql.analyze_diff)
-        await self._step("diffed")
+        for setting in queries.SESSION:
+            await self._execute(setting)
+        dups = await self._dedupe()
+        await self._lock_scope(scope_events)
+        oversized, suppressed = await self._diff(scope_events)
         if self.resource.has_client_id:
-            # The planner guesses a handful of rows for "GROUP BY .. HAVING count(*) = 1" and
-            # picks nested loops over the diff table: seconds for a thousand rekeys among 40,000
-            # changes (measured: 7.8 s). Hash joins are linear whatever the guess.
-            await self._execute("SET LOCAL enable_nestloop = off")
-            await self._execute(sql.pair_rekeys)
-            await self._execute("SET LOCAL enable_nestloop = on")
-            await self._step("rekeys_paired")
-
-        # Live rows before = staged (distinct) - inserts + deletes: no scan of the current table.
-        if self.resource.per_event:
-            staged = {e: n - dups.get(e, 0) - oversized.get(e, 0) for e, n in self._events.items()}
-        else:
-            staged = {"*": self._records - duplicates - n_oversized}
-        would_hold = []
-        for r in await self._fetch(sql.diff_counts):
-            scope, deletes = r["event_guid"], int(r["deletes"])
-            live = staged.get(scope, 0) - int(r["inserts"]) + deletes
-            if deletes and hold.holds(live, deletes):
-                would_hold.append(HeldScope(scope, live, deletes))
-        would_hold.sort(key=lambda h: h.event_guid)
-        held: list[HeldScope] = []
-        overridden: list[HeldScope] = []
-        if would_hold and override_hold:
-            overridden = would_hold
-        elif would_hold:
-            held = would_hold
-            await self._execute(sql.drop_held, [h.event_guid for h in held])
-            for h in held:
-                log.warning(
-                    "mass_delete_held",
-                    resource=self.resource.path,
-                    event_guid=h.event_guid,
-                    live=h.live,
-                    deletes=h.deletes,
-                    share=round(h.deletes / h.live, 3),
-                    threshold=hold.ratio,
-                )
-        await self._step("hold_checked")
-
-        counts = {r["op"]: int(r["count"]) for r in await self._fetch(sql.count_changes)}
-        self._mark("counted")
-        await self._execute(sql.soft_delete_state, self.run_id)
-        await self._step("state_deleted")
-        await self._execute(sql.upsert_state, self.run_id)
-        await self._step("state_upserted")
-
-        # Only now take the seq lock: it is held until commit, so seq order is commit order.
-        await self._execute(sql.lock_seq, queries.SEQ_LOCK_KEY)
-        await self._step("seq_locked")
-        (seqs,) = await self._fetch(sql.insert_changes, self.run_id, self.fetch_id)
-        await self._step("changes_inserted")
-
-        # The change feed: wake followers and webhook deliveries when (and only if) this commits.
-        # The payload is the new high seq, never data (docs/change-feed.md).
-        if seqs["last_seq"] is not None:
-            await self._execute(feed_notify.SQL, str(seqs["last_seq"]))
-
+            await self._pair_rekeys()
+        decision = await self._decide_holds(hold, override_hold, dups, oversized)
+        counts = await self._apply_state()
+        seqs = await self._emit_changes()
+        duplicates, n_oversized = sum(dups.values()), sum(oversized.values())
         result = ApplyResult(
-            status="held" if held else "applied",
+            status="held" if decision.held else "applied",
             records=self._records - duplicates - n_oversized,
             rejected=self._rejected + n_oversized,
             duplicates=duplicates,
@@ -571,8 +437,8 @@ class UnitWriter:
             updated=counts.get("update", 0),
             deleted=counts.get("delete", 0),
             rekeyed=counts.get("rekey", 0),
-            held=tuple(held),
-            overridden=tuple(overridden),
+            held=decision.held,
+            overridden=decision.overridden,
             first_seq=seqs["first_seq"],
             last_seq=seqs["last_seq"],
             unidentified=self._unidentified,
@@ -582,27 +448,11 @@ class UnitWriter:
             apply_seconds=time.perf_counter() - started,
             scope_events=tuple(scope_events),
         )
-        # The fence, last before commit (the transaction stayed open for the whole download):
-        # this run must still be `running`. The row lock is held to commit, so a newer run's
-        # UPDATE to `abandoned` waits for this commit, or this check sees `abandoned` and the
-        # unit rolls back. Before the fetch row's update: both take locks in the same order.
-        await self._check_fence()
-        if self.fetch_id is not None:
-            await self._record_fetch(result, hold, transport or {})
-        await self._step("before_commit")
-        try:
-            await self._tx.commit()
-        except asyncpg.PostgresError as exc:
-            raise StoreError(
-                f"committing the {self.resource.entity} unit failed: {exc}",
-                resource=self.resource.path,
-            ) from exc
-        self._done = True
-        await self._step("committed")
+        await self._commit(result, hold, transport or {})
         log.info(
             "unit_applied",
             resource=self.resource.path,
-            scope=self.scope,
+            scope=str(self.scope),
             status=result.status,
             inserted=result.inserted,
             updated=result.updated,
@@ -613,12 +463,162 @@ class UnitWriter:
         )
         return result
 
+    async def _refuse_unless(self, complete: bool) -> None:
+        if self._done:
+            raise StoreError("this unit is already applied", resource=self.resource.path)
+        if not complete:
+            await self._tx.rollback()
+            self._done = True
+            raise IncompleteDumpError(
+                "apply refused: the dump is not complete; nothing applied",
+                resource=self.resource.path,
+                event_guid=self.scope.only,
+            )
+
+    def _scope_events(self, covered_events: Iterable[str] | None) -> list[str]:
+        if not self.resource.per_event:
+            return []
+        if self.scope.only is not None:
+            return [self.scope.only]
+        return sorted(set(self._events) | set(covered_events or ()))
+
+    async def _dedupe(self) -> dict[str, int]:
+        """Drop duplicate keys (last one wins); the copies dropped, per event."""
+        rows = await self._fetch(self._sql.dedupe_stage)
+        dups = {r["event_guid"]: int(r["duplicates"]) for r in rows}
+        if duplicates := sum(dups.values()):
+            log.warning(
+                "duplicate_keys_found",
+                resource=self.resource.path,
+                scope=str(self.scope),
+                duplicates=duplicates,
+                kept="last",
+            )
+        await self._step("deduped")
+        return dups
+
+    async def _lock_scope(self, scope_events: list[str]) -> None:
+        await self._execute(self._sql.lock_scope, scope_events or [ACCOUNT_NAME])
+        await self._step("scope_locked")
+
+    async def _diff(self, scope_events: list[str]) -> tuple[dict[str, int], int]:
+        """Fill the diff table; (keys too long to store, per event; deletes suppressed)."""
+        sql = self._sql
+        await self._execute(sql.diff_keys, *((scope_events,) if self.resource.per_event else ()))
+        self._mark("diff_keys")
+        oversized = {
+            r["event_guid"]: int(r["rejected"]) for r in await self._fetch(sql.take_rejects)
+        }
+        if n_oversized := sum(oversized.values()):
+            log.warning(
+                "records_rejected",
+                resource=self.resource.path,
+                scope=str(self.scope),
+                rejected=n_oversized,
+                reason=f"a key (event GUID, {self.resource.key_field.api} or clientID) longer"
+                f" than {queries.MAX_KEY_BYTES} bytes cannot be stored",
+            )
+        await self._execute(sql.diff)
+        self._mark("diff_rows")
+        suppressed = 0
+        if self._unidentified:
+            status = await self._execute(sql.suppress_deletes)
+            suppressed = int(status.split()[-1])
+            log.warning(
+                "deletes_suppressed",
+                resource=self.resource.path,
+                scope=str(self.scope),
+                unidentified=self._unidentified,
+                deletes=suppressed,
+            )
+        await self._execute(sql.analyze_diff)
+        await self._step("diffed")
+        return oversized, suppressed
+
+    async def _pair_rekeys(self) -> None:
+        await self._execute(queries.NESTLOOP_OFF)
+        await self._execute(self._sql.pair_rekeys)
+        await self._execute(queries.NESTLOOP_ON)
+        await self._step("rekeys_paired")
+
+    async def _decide_holds(
+        self, hold: HoldPolicy, override: bool, dups: dict[str, int], oversized: dict[str, int]
+    ) -> HoldDecision:
+        """Hold the scopes that would lose too much (their rows leave the diff), or override."""
+        if self.resource.per_event:
+            staged = {e: n - dups.get(e, 0) - oversized.get(e, 0) for e, n in self._events.items()}
+        else:
+            dropped = sum(dups.values()) + sum(oversized.values())
+            staged = {ACCOUNT_NAME: self._records - dropped}
+        scopes = [
+            ScopeDiff(
+                r["event_guid"],
+                staged.get(r["event_guid"], 0),
+                int(r["inserts"]),
+                int(r["deletes"]),
+            )
+            for r in await self._fetch(self._sql.diff_counts)
+        ]
+        decision = decide_holds(hold, scopes, override=override)
+        if decision.held:
+            await self._execute(self._sql.drop_held, [h.event_guid for h in decision.held])
+        for h in decision.held:
+            log.warning(
+                "mass_delete_held",
+                resource=self.resource.path,
+                event_guid=h.event_guid,
+                live=h.live,
+                deletes=h.deletes,
+                share=round(h.deletes / h.live, 3),
+                threshold=hold.ratio,
+            )
+        await self._step("hold_checked")
+        return decision
+
+    async def _apply_state(self) -> dict[str, int]:
+        """The current-state table from the diff (soft deletes, then upserts); changes per op."""
+        sql = self._sql
+        counts = {r["op"]: int(r["count"]) for r in await self._fetch(sql.count_changes)}
+        self._mark("counted")
+        await self._execute(sql.soft_delete_state, self.run_id)
+        await self._step("state_deleted")
+        await self._execute(sql.upsert_state, self.run_id)
+        await self._step("state_upserted")
+        return counts
+
+    async def _emit_changes(self) -> Any:
+        """The change rows, numbered under the seq lock; (first_seq, last_seq)."""
+        # Only now take the seq lock: it is held until commit, so seq order is commit order.
+        await self._execute(self._sql.lock_seq, queries.SEQ_LOCK_KEY)
+        await self._step("seq_locked")
+        (seqs,) = await self._fetch(self._sql.insert_changes, self.run_id, self.fetch_id)
+        await self._step("changes_inserted")
+        # The change feed: wake followers and webhook deliveries when (and only if) this commits.
+        # The payload is the new high seq, never data (docs/change-feed.md).
+        if seqs["last_seq"] is not None:
+            await self._execute(queries.NOTIFY_CHANGES, str(seqs["last_seq"]))
+        return seqs
+
+    async def _commit(
+        self, result: ApplyResult, hold: HoldPolicy, transport: dict[str, Any]
+    ) -> None:
+        # The fence, last before commit (the transaction stayed open for the whole download):
+        # this run must still be `running`. The row lock is held to commit, so a newer run's
+        # UPDATE to `abandoned` waits for this commit, or this check sees `abandoned` and the
+        # unit rolls back. Before the fetch row's update: both take locks in the same order.
+        await self._check_fence()
+        if self.fetch_id is not None:
+            await self._record_fetch(result, hold, transport)
+        await self._step("before_commit")
+        with boundary(
+            f"committing the {self.resource.entity} unit failed", resource=self.resource.path
+        ):
+            await self._tx.commit()
+        self._done = True
+        await self._step("committed")
+
     async def _check_fence(self) -> None:
-        rows = await self._fetch(
-            "SELECT status, (SELECT min(id) FROM runs WHERE id > $1) AS newer"
-            " FROM runs WHERE id = $1 FOR SHARE",
-            self.run_id,
-        )
+        rows = await self._fetch(self._sql.check_fence, self.run_id)
         if not rows or rows[0]["status"] != "running":
             newer = rows[0]["newer"] if rows else None
             raise RunFencedError(
@@ -649,15 +649,7 @@ class UnitWriter:
             "deletes_suppressed": result.deletes_suppressed,
         }
         await self._execute(
-            """
-UPDATE fetches SET status = $2, records = $3, rejected = $4, duplicates = $5,
-       inserted = $6, updated = $7, deleted = $8, rekeyed = $9,
-       stage_seconds = $10, apply_seconds = $11, details = details || $12::jsonb,
-       attempts = coalesce($13, attempts), http_status = coalesce($14, http_status),
-       bytes = coalesce($15, bytes), fetch_seconds = coalesce($16, fetch_seconds),
-       error_message = coalesce($17, error_message), finished_at = now()
-WHERE id = $1
-""",
+            self._sql.record_fetch,
             self.fetch_id,
             result.status,
             result.records,
@@ -678,11 +670,6 @@ WHERE id = $1
         )
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:500]
-
-
 def vars_of(h: HeldScope) -> dict[str, Any]:
     return {"event_guid": h.event_guid, "live": h.live, "deletes": h.deletes}
 
@@ -692,7 +679,7 @@ async def apply_records(
     *,
     run_id: int,
     resource: Resource | str,
-    scope: str,
+    scope: Scope | str,
     records: Iterable[Record],
     fetch_id: int | None = None,
     covered_events: Iterable[str] | None = None,

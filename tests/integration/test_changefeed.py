@@ -219,3 +219,52 @@ async def test_status_lists_runs_with_failed_units_first(db_url: URL) -> None:
     assert out.index("partial") < out.index("succeeded")  # newest run first
     assert out.index("failed") < out.index("applied")  # failed unit before the applied one
     assert "Internal error" in out
+
+
+def _start(url: URL, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "syncsvc", *args],
+        env={
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": "/tmp",
+            "SYNCSVC_DATABASE_URL": db.libpq_url(url),
+            "SYNCSVC_LOG_LEVEL": "warning",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def test_a_connection_lost_mid_read_is_one_line_not_a_traceback(db_url: URL) -> None:
+    """The reader's backend is terminated while its cursor is open: `changes` exits 1 with one
+    line on stderr. The reader is paused mid-read by its own full stdout pipe (nothing read from
+    it until its backend is gone), so the kill lands between two fetches of the cursor."""
+    await _seed(db_url, 20_000)  # megabytes of NDJSON: far more than a pipe and a prefetch hold
+    proc = _start(db_url, "changes")
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())  # it is reading: its cursor is open
+        assert first["seq"] == 1
+        conn = await asyncpg.connect(db.libpq_url(db_url))
+        try:
+            # The reader's session holds the cursor's snapshot open while its output is blocked.
+            killed = await conn.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND backend_type = 'client backend' AND xact_start IS NOT NULL"
+            )
+        finally:
+            await conn.close()
+        assert [r[0] for r in killed] == [True]
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, err
+    assert out.count("\n") < 20_000 - 1  # stopped short of the log's end
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("syncsvc: reading the change log failed: "), err

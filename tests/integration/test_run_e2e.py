@@ -136,7 +136,7 @@ async def test_a_full_account_equals_the_ground_truth_after_each_day(
             seen_ops |= {op for (_, op), n in result.totals().items() if n}
         assert seen_ops == {"inserted", "updated", "deleted", "rekeyed"}
         # event=all for users and sessions, per event for exhibitors (the catalog says no).
-        scopes = {(o.unit.resource.entity, o.unit.scope) for o in result.outcomes}
+        scopes = {(o.unit.resource.entity, str(o.unit.scope)) for o in result.outcomes}
         assert ("user", "all") in scopes
         assert ("session", "all") in scopes
         assert not any(e == "exhibitor" and s == "all" for e, s in scopes)

@@ -29,7 +29,7 @@ def test_per_event_only_when_event_all_is_disabled() -> None:
 
 def test_without_account_level_access_only_the_home_event_is_planned() -> None:
     units = plan([USERS, EXHIBITORS], EVENTS, account_level=False)
-    assert [(u.resource.path, u.event, u.scope) for u in units] == [
+    assert [(u.resource.path, u.event, str(u.scope)) for u in units] == [
         ("userData.do", None, "home"),
         ("exhibitorData.do", None, "home"),
     ]
