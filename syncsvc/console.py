@@ -24,7 +24,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from syncsvc.scheduler import RunResult, Unit, UnitOutcome
+from syncsvc.scheduler import RunResult
+from syncsvc.units import Unit, UnitOutcome
 from syncsvc.vocab import RunStatus, UnitStatus
 
 OPS = ("inserted", "updated", "deleted", "rekeyed")

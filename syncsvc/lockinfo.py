@@ -8,7 +8,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from syncsvc.scheduler import RUN_LOCK_KEY
+from syncsvc.store.runlock import RUN_LOCK_KEY
 from syncsvc.store.schema import runs
 
 

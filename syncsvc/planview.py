@@ -12,10 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import cascade
 from syncsvc.catalog import DATA_RESOURCES, EVENT_ALL
-from syncsvc.scheduler import plan, select_events
 from syncsvc.settings import Settings
 from syncsvc.status import previous_bytes
 from syncsvc.store.schema import events, fetches
+from syncsvc.units import plan, select_events
 
 
 async def describe(settings: Settings, engine: AsyncEngine) -> list[str]:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,10 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import cascade, logs
 from syncsvc.budget import Budget
-from syncsvc.catalog import DATA_RESOURCES, EVENT_ALL, EVENTS, Resource
+from syncsvc.catalog import DATA_RESOURCES, EVENTS
 from syncsvc.cvent.client import CventClient, FetchProgress
 from syncsvc.errors import (
-    NoAccountAccessError,
     RunFencedError,
     RunStoppingError,
     StoreError,
@@ -33,7 +32,6 @@ from syncsvc.errors import (
 )
 from syncsvc.metrics import Metrics
 from syncsvc.parse.stream import ParseStage
-from syncsvc.scope import Scope
 from syncsvc.settings import Settings
 from syncsvc.store import read
 from syncsvc.store import runs as run_rows
@@ -41,6 +39,7 @@ from syncsvc.store.hold import HoldPolicy
 from syncsvc.store.runlock import RUN_LOCK_KEY as RUN_LOCK_KEY  # where tests and tools look
 from syncsvc.store.runlock import RunLock
 from syncsvc.store.unit import ApplyResult, UnitWriter
+from syncsvc.units import Unit, UnitOutcome, fallback, plan, select_events
 from syncsvc.vocab import ExitCode, Op, RunStatus, UnitStatus
 
 log = logs.get_logger(__name__)
@@ -54,44 +53,6 @@ EXIT_CODES = {
     s: ExitCode[s.name]
     for s in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.PARTIAL, RunStatus.HELD)
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Unit:
-    """One fetch of one resource for one scope."""
-
-    resource: Resource
-    event: str | None  # the `event` parameter: "all", a GUID, or None (the home event)
-    covered: tuple[str, ...] = ()  # events an `event=all` dump speaks for
-    # The account-wide `event=all` unit. Set, not inferred from `event`: an event's GUID may
-    # itself be "all", and that per-event unit must never be read as every event.
-    account_wide: bool = False
-
-    @property
-    def scope(self) -> Scope:
-        """What the unit's dump speaks for (its str() is recorded on the fetch row)."""
-        if not self.resource.per_event:
-            return Scope.account()
-        if self.account_wide:
-            return Scope.every_event()
-        return Scope.home() if self.event is None else Scope.of_event(self.event)
-
-    @property
-    def name(self) -> str:
-        return f"{self.resource.entity}:{self.scope}"
-
-
-@dataclass(slots=True)
-class UnitOutcome:
-    unit: Unit
-    status: UnitStatus  # final once the unit is done: applied, held, failed, superseded, ...
-    fetch_id: int | None = None
-    result: ApplyResult | None = None
-    records: int = 0
-    bytes: int = 0
-    attempts: int = 0
-    seconds: float = 0.0
-    error: SyncError | None = None
 
 
 @dataclass(slots=True)
@@ -115,39 +76,6 @@ class RunResult:
                 key = (o.unit.resource.entity, op)
                 out[key] = out.get(key, 0) + getattr(o.result, op)
         return out
-
-
-def plan(
-    resources: Sequence[Resource],
-    events: Sequence[str],
-    *,
-    use_event_all: bool = True,
-    account_level: bool = True,
-) -> list[Unit]:
-    """The data units of a run: `event=all` where allowed, otherwise one unit per event."""
-    units: list[Unit] = []
-    for resource in resources:
-        if use_event_all and account_level and resource.allows_event_all:
-            units.append(Unit(resource, EVENT_ALL, tuple(events), account_wide=True))
-        elif not account_level:
-            units.append(Unit(resource, None))
-        else:
-            units.extend(Unit(resource, guid) for guid in events)
-    return units
-
-
-def fallback(unit: Unit, error: SyncError) -> list[Unit]:
-    """The units replacing a failed `event=all` unit."""
-    if isinstance(error, NoAccountAccessError):
-        # Without account-level access only the endpoint's own event can be read.
-        return [Unit(unit.resource, None)]
-    return [Unit(unit.resource, guid) for guid in unit.covered]
-
-
-def select_events(settings: Settings, guids: Sequence[str]) -> list[str]:
-    include = set(settings.events_include)
-    exclude = set(settings.events_exclude)
-    return [g for g in guids if (not include or g in include) and g not in exclude]
 
 
 OnUnit = Callable[[UnitOutcome], None]
@@ -376,7 +304,7 @@ class Runner:
         vanished = await cascade.plan(self.engine)
         if self.on_plan is not None:
             self.on_plan(len(units) + len(vanished))
-        await cascade.apply(self, vanished)
+        await self._apply_vanished(vanished)
         # As many tasks as the budget has places, each taking the next unit from one queue that
         # fallback units join too: a task per unit waiting for a place costs memory in
         # proportion to the account (measured: 2,000 events, 6,000 units, +30 MB of peak RSS),
@@ -408,6 +336,57 @@ class Runner:
             first = _first_leaf(group)
             raise SyncError(f"unexpected {type(first).__name__}: {first}") from first
         return self._result(None)
+
+    async def _apply_vanished(self, units: list[Unit]) -> None:
+        """Apply each vanished event's unit (syncsvc/cascade.py) as an empty complete dump of its
+        event, recorded like any unit."""
+        for unit in units:
+            outcome = UnitOutcome(unit, UnitStatus.PENDING)
+            if self.stopping:
+                outcome.status = UnitStatus.SKIPPED
+                self._done(outcome)
+                continue
+            outcome.fetch_id = await run_rows.create_fetch(
+                self.engine, run_id=self.run_id, resource=unit.resource, scope=unit.scope
+            )
+            started = time.monotonic()
+            try:
+                async with UnitWriter(
+                    self.engine,
+                    run_id=self.run_id,
+                    fetch_id=outcome.fetch_id,
+                    resource=unit.resource,
+                    scope=unit.scope,
+                ) as writer:
+                    result = await writer.apply(
+                        complete=True, hold=self.hold, override_hold=self.override_hold
+                    )
+                outcome.result = result
+                outcome.status = UnitStatus(result.status)
+                outcome.seconds = time.monotonic() - started
+                await run_rows.finish_fetch(
+                    self.engine,
+                    outcome.fetch_id,
+                    status=result.status,
+                    attempts=0,
+                    bytes_read=0,
+                    details={"cascade": cascade.REASON},
+                )
+                self._count_applied(unit, result, 0)
+                log.info(
+                    "event_records_deleted",
+                    unit=unit.name,
+                    status=result.status,
+                    deleted=result.deleted,
+                )
+            except RunFencedError:
+                raise  # a newer run owns the database: the run stops (see scheduler)
+            except SyncError as exc:
+                outcome.status = UnitStatus.FAILED
+                outcome.error = exc
+                await self._record_failure(outcome, exc)
+                log.warning("unit_failed", unit=unit.name, error=str(exc))
+            self._done(outcome)
 
     async def _run_with_fallback(self, unit: Unit, queue: Callable[[Unit], None]) -> None:
         """Run `unit`; when it is an `event=all` unit that failed, `queue` its replacements."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from syncsvc.catalog import EXHIBITORS, SESSIONS, USERS
 from syncsvc.errors import EventAllUnsupportedError, NoAccountAccessError, RetriesExhaustedError
-from syncsvc.scheduler import Unit, fallback, plan, select_events
 from syncsvc.settings import Settings
+from syncsvc.units import Unit, fallback, plan, select_events
 
 EVENTS = ["E1", "E2", "E3"]
 

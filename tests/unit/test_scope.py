@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from syncsvc.catalog import EVENTS, USERS
-from syncsvc.scheduler import Unit
 from syncsvc.scope import Reach, Scope
+from syncsvc.units import Unit
 
 
 def test_the_fetch_row_spellings_are_the_ones_runs_always_recorded() -> None:
