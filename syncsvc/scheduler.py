@@ -337,6 +337,17 @@ class Runner:
             raise SyncError(f"unexpected {type(first).__name__}: {first}") from first
         return self._result(None)
 
+    def _writer(self, outcome: UnitOutcome) -> UnitWriter:
+        """The store's writer for the unit's one transaction, on its fetch row."""
+        assert outcome.fetch_id is not None
+        return UnitWriter(
+            self.engine,
+            run_id=self.run_id,
+            fetch_id=outcome.fetch_id,
+            resource=outcome.unit.resource,
+            scope=outcome.unit.scope,
+        )
+
     async def _apply_vanished(self, units: list[Unit]) -> None:
         """Apply each vanished event's unit (syncsvc/cascade.py) as an empty complete dump of its
         event, recorded like any unit."""
@@ -351,13 +362,7 @@ class Runner:
             )
             started = time.monotonic()
             try:
-                async with UnitWriter(
-                    self.engine,
-                    run_id=self.run_id,
-                    fetch_id=outcome.fetch_id,
-                    resource=unit.resource,
-                    scope=unit.scope,
-                ) as writer:
+                async with self._writer(outcome) as writer:
                     result = await writer.apply(
                         complete=True, hold=self.hold, override_hold=self.override_hold
                     )
@@ -434,13 +439,7 @@ class Runner:
         started = time.monotonic()
         with structlog_unit(unit):
             try:
-                async with UnitWriter(
-                    self.engine,
-                    run_id=self.run_id,
-                    fetch_id=outcome.fetch_id,
-                    resource=unit.resource,
-                    scope=unit.scope,
-                ) as writer:
+                async with self._writer(outcome) as writer:
                     # fetch -> parse -> stage: the parse stays in process or runs in workers,
                     # and stages rows either way (syncsvc/parse/stream.py).
                     fetched = await self.client.fetch(
