@@ -17,7 +17,8 @@ HORIZON seconds ahead, and returns it; the caller sleeps until then. Grants are 
 served (a reservation is never earlier than the last one), so the reserved start times stay sorted
 and the window check is one array lookup. A caller whose slot lies beyond the horizon is told when
 to ask again; starts reserved before a back-off (at most HORIZON ahead) still go, as do the
-in-process throttler's waiters today.
+in-process throttler's waiters today. A caller refused for want of an in-flight slot waits for the
+NOTIFY that `budget_done` sends (or 0.25 s at most).
 
 The script creates a database of its own, runs 4 processes of TASKS asyncio tasks each that loop
 take -> sleep to the start -> "request" (a sleep of 50-150 ms) -> done, injects one back-off, and
@@ -74,7 +75,9 @@ CREATE TABLE rate_budget_lease (
 );
 CREATE INDEX ON rate_budget_lease (token_key, expires);
 
--- One start: (lease_id, start_at, wait) when granted, (NULL, NULL, retry_in) when not.
+-- One start: (lease_id, start_at, wait) when granted, (NULL, NULL, retry_in) when the window or a
+-- pause refuses, (NULL, NULL, NULL) when the in-flight slots are taken: then budget_done's NOTIFY
+-- says when one is free.
 CREATE FUNCTION budget_take(_key text, _horizon double precision, _lease double precision)
 RETURNS TABLE (lease_id bigint, start_at double precision, wait double precision)
 LANGUAGE plpgsql AS $$
@@ -88,7 +91,7 @@ BEGIN
     SELECT * INTO b FROM rate_budget WHERE token_key = _key FOR UPDATE;
     SELECT count(*) INTO n FROM rate_budget_lease WHERE token_key = _key AND expires > now_;
     IF n >= b.max_in_flight THEN
-        RETURN QUERY SELECT NULL::bigint, NULL::float8, 0.02::float8;
+        RETURN QUERY SELECT NULL::bigint, NULL::float8, NULL::float8;  -- wait for a release
         RETURN;
     END IF;
     t := greatest(now_, b.paused_until, b.starts[cardinality(b.starts)]);
@@ -112,6 +115,7 @@ END $$;
 CREATE FUNCTION budget_done(_key text, _lease_id bigint, _ok boolean) RETURNS void
 LANGUAGE sql AS $$
     DELETE FROM rate_budget_lease WHERE id = _lease_id;
+    SELECT pg_notify('rate_budget', _key);
     UPDATE rate_budget
        SET rate_limit = rate_limit + (successes + 1 >= rate_limit)::int,
            successes = CASE WHEN successes + 1 >= rate_limit THEN 0 ELSE successes + 1 END
@@ -140,6 +144,23 @@ async def worker(dsn: str, until: float, work: tuple[float, float], out: Path) -
     import asyncpg
 
     pool = await asyncpg.create_pool(dsn, min_size=TASKS, max_size=TASKS)
+    # One listening connection per process: a released in-flight slot wakes one waiting task
+    # here (not all of them: the others would only be refused again).
+    freed = asyncio.Condition()
+
+    async def wake_one() -> None:
+        async with freed:
+            freed.notify(1)
+
+    wakers: set[asyncio.Task[None]] = set()
+
+    def on_release(*_: object) -> None:
+        t = asyncio.get_running_loop().create_task(wake_one())
+        wakers.add(t)
+        t.add_done_callback(wakers.discard)
+
+    listener = await asyncpg.connect(dsn)
+    await listener.add_listener("rate_budget", on_release)
     events: list[tuple[float, float, float]] = []  # (start, end, granted start)
     take_ms: list[float] = []
     done_ms: list[float] = []
@@ -156,6 +177,13 @@ async def worker(dsn: str, until: float, work: tuple[float, float], out: Path) -
                 )
                 take_ms.append((time.perf_counter() - t0) * 1000)
                 calls += 1
+                if row["lease_id"] is None and row["wait"] is None:
+                    # A release between the refusal and this wait goes unheard: the timeout
+                    # bounds that, and the expiry of a dead worker's leases.
+                    async with freed:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(freed.wait(), 0.25)
+                    continue
                 if row["lease_id"] is None:
                     # jitter: the refused callers would otherwise all come back at one instant
                     await asyncio.sleep(row["wait"] + random.uniform(0, HORIZON / 2))
@@ -177,6 +205,7 @@ async def worker(dsn: str, until: float, work: tuple[float, float], out: Path) -
                 events.append((start, end, row["start_at"]))
 
     await asyncio.gather(*(task() for _ in range(TASKS)))
+    await listener.close()
     await pool.close()
     data = {
         "events": events,
