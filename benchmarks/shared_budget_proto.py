@@ -2,7 +2,8 @@
 
     nice -n 19 .venv/bin/python benchmarks/shared_budget_proto.py [--rate 50] [--seconds 8]
 
-The semantics are today's in-process budget (syncsvc/cvent/client.py) moved into the database:
+The semantics are today's in-process budget (syncsvc/budget.py; before issue 17 the client's
+Throttler and Semaphore) moved into the database:
 
 - at most `rate_limit` request starts in any window of `rate_period * 1.05` seconds (asyncio-
   throttle's sliding window, stretched by RATE_SAFETY as the client does);
