@@ -7,7 +7,7 @@ request is `async with budget.request(): ...`) and to the scheduler (which runs 
 `max_in_flight` units at once, so a unit never waits for an in-flight place; it waits only for
 the start rate and a pause).
 
-The rules, as one process keeps them (issue 18 moves the start window and the pause into
+The rules, as one process keeps them (scale-out, docs/task-queue.md, moves them into
 PostgreSQL, shared by every worker, with the same semantics):
 
 - **In flight.** At most `max_in_flight` requests hold a place at once, from before their start
