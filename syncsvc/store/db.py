@@ -148,7 +148,24 @@ def resolve_url(settings: Settings, *, keep_running: bool = False) -> URL:
 
 
 def make_engine(url: URL, **kw: Any) -> AsyncEngine:
-    return create_async_engine(url, pool_pre_ping=False, **kw)
+    engine = create_async_engine(url, pool_pre_ping=False, **kw)
+    sa.event.listen(engine.sync_engine, "checkout", _refuse_open_transaction)
+    return engine
+
+
+def _refuse_open_transaction(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Never lend out a connection that came back with a transaction open.
+
+    A task cancelled while its BEGIN is in flight (Ctrl-C, SIGTERM, serve's drain) leaves the
+    server's transaction open, and asyncpg still counts it as the connection's outer one; the
+    pool's reset on return does not end a transaction it did not start. The next user's
+    transactions would then be savepoints inside it, never committed (a run hung on a row lock
+    that way). Raising DisconnectionError makes the pool discard this one and lend a fresh one.
+    """
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if driver is not None and driver.is_in_transaction():
+        log.warning("pooled_connection_discarded", reason="a transaction was left open on it")
+        raise sa.exc.DisconnectionError("a transaction was left open on this connection")
 
 
 def migrations_dir() -> Path:
