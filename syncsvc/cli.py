@@ -386,7 +386,7 @@ def run_cmd(
 
 def _close_interrupted(settings: Settings) -> None:
     """After an interruption, make sure the run says so: the run records `interrupted` itself,
-    unless the signal reached it while it was writing; then this process closes what it left."""
+    unless a second signal cut that write short; then this process closes what it left."""
     import os
     import socket
 
