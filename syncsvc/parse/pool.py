@@ -16,35 +16,15 @@ import asyncio
 import contextlib
 import multiprocessing
 import queue
-import signal
 import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from syncsvc.errors import SyncError, TerminalError, WorkerDiedError
-from syncsvc.parse.segments import EncodedBatch, encode_segment
+from syncsvc.errors import WorkerDiedError
+from syncsvc.parse import worker
+from syncsvc.parse.segments import EncodedBatch
 
 _Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[EncodedBatch]", tuple[Any, ...]]
-
-
-def _serve(conn: Connection) -> None:
-    """A worker: segments in, EncodedBatch (or the error it raised) out, until end of file."""
-    # Ctrl-C reaches the whole process group: the parent stops its workers (close() kills
-    # them), so a worker ignores SIGINT rather than print a KeyboardInterrupt traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    while True:
-        try:
-            job = conn.recv()
-        except EOFError:
-            return
-        try:
-            reply: tuple[bool, Any] = (True, encode_segment(*job))
-        except SyncError as exc:
-            exc.__cause__ = exc.__context__ = None  # lxml's exceptions need not travel
-            reply = (False, exc)
-        except Exception as exc:  # a bug: say so, never leave the driver waiting
-            reply = (False, TerminalError(f"The parse worker failed: {type(exc).__name__}: {exc}"))
-        conn.send(reply)
 
 
 def _settle(future: asyncio.Future[EncodedBatch], ok: bool, value: Any) -> None:
@@ -59,16 +39,20 @@ def _settle(future: asyncio.Future[EncodedBatch], ok: bool, value: Any) -> None:
 class ParsePool:
     """`workers` processes; `submit` returns an asyncio future of the segment's EncodedBatch."""
 
+    # What the forkserver imports before it forks a worker: the worker's own module, so that
+    # unpickling the target imports nothing more in each worker.
+    preload = (worker.__name__,)
+
     def __init__(self, workers: int) -> None:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["syncsvc.parse.segments"])
+        ctx.set_forkserver_preload(list(self.preload))
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._procs: list[Any] = []
         self._conns: list[Connection] = []
         self._threads: list[threading.Thread] = []
         for i in range(workers):
             ours, theirs = ctx.Pipe(duplex=True)
-            proc = ctx.Process(target=_serve, args=(theirs,), name=f"syncsvc-parse-{i}")
+            proc = ctx.Process(target=worker.serve, args=(theirs,), name=f"syncsvc-parse-{i}")
             proc.daemon = True
             proc.start()
             theirs.close()
