@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 from syncsvc.parse import pool, worker
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # The service's libraries: none belongs in a process that only turns XML into COPY rows.
 BANNED = (
@@ -56,3 +60,14 @@ def test_the_forkserver_preloads_the_workers_target() -> None:
     # The target's module is the one the forkserver imports first: what the workers import is
     # then shared with it instead of imported again in each one.
     assert pool.ParsePool.preload == (worker.serve.__module__,)
+
+
+def test_the_commands_script_imports_no_cli_in_a_worker() -> None:
+    # A worker of a process started as the `syncsvc` command re-runs that command's script as
+    # `__mp_main__` (multiprocessing's spawn preparation): what the script imports at its top,
+    # `from <module> import <function>` of the entry point, is imported in every worker.
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = scripts["syncsvc"].split(":")
+    loaded = _imported_by(f"from {module} import {function}")
+    assert module in loaded  # the check sees what it should
+    assert sorted(m for m in loaded if m in ("syncsvc.cli", "typer", "click", "rich")) == []
