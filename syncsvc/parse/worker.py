@@ -1,14 +1,22 @@
-"""A parse worker's loop: segments in, EncodedBatch (or the error it raised) out.
+"""The parse workers' process: segments in, EncodedBatch (or the error it raised) out.
 
-Its own module, apart from the pool (parse/pool.py), because a worker imports what its target's
-module imports: the pool's asyncio, threading and queue cost each worker ~4 MB of its own
-(measured with smaps_rollup), and the forkserver preloads this module so that what the workers
-do import is shared with it, page by page, until written.
+`python -m syncsvc.parse.worker FD...` is started by the pool (parse/pool.py) with one socket
+per worker: a clean interpreter that imports only the parse, forks a worker for each socket but
+the first, and serves the first itself. Not multiprocessing's forkserver: beside the workers it
+keeps a forkserver and a resource tracker running, two more interpreters (~15 MB of the tree's
+memory, measured with smaps_rollup) for what one fork does. A forked worker shares its parent's
+imports page by page until it writes them. The module imports no asyncio, threading or settings:
+whatever it imports, each worker holds.
+
+Every worker stops at the end of file on its socket (the pool closed it, or the pool's process
+died); the first waits for the ones it forked, so none is left for init to reap.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -18,13 +26,10 @@ from syncsvc.parse.segments import encode_segment
 
 def serve(conn: Connection) -> None:
     """A worker: segments in, EncodedBatch (or the error it raised) out, until end of file."""
-    # Ctrl-C reaches the whole process group: the parent stops its workers (close() kills
-    # them), so a worker ignores SIGINT rather than print a KeyboardInterrupt traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
             job = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             return
         try:
             reply: tuple[bool, Any] = (True, encode_segment(*job))
@@ -33,4 +38,33 @@ def serve(conn: Connection) -> None:
             reply = (False, exc)
         except Exception as exc:  # a bug: say so, never leave the driver waiting
             reply = (False, TerminalError(f"The parse worker failed: {type(exc).__name__}: {exc}"))
-        conn.send(reply)
+        try:
+            conn.send(reply)
+        except OSError:  # the pool is gone
+            return
+
+
+def main(fds: list[int]) -> None:
+    """Fork a worker for each socket but the first, serve the first, then reap the others."""
+    # The pool stops its workers (close() ends their sockets): an interrupt meant for the run
+    # is not theirs, and would only print a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for i, fd in enumerate(fds[1:], 1):
+        if os.fork() == 0:
+            try:
+                for other in (fds[0], *fds[i + 1 :]):  # the ones before are closed already
+                    os.close(other)
+                serve(Connection(fd))
+            finally:
+                os._exit(0)
+        os.close(fd)
+    serve(Connection(fds[0]))
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            return
+
+
+if __name__ == "__main__":
+    main([int(a) for a in sys.argv[1:]])

@@ -7,8 +7,10 @@ budget. Checked in a fresh interpreter, as the forkserver and its workers start.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -44,22 +46,41 @@ def _imported_by(code: str) -> set[str]:
 
 
 def test_a_worker_imports_only_the_parse() -> None:
-    # What the forkserver imports (its own module, then the preload) and what each worker adds
-    # when it unpickles its target.
-    loaded = _imported_by(
-        "import multiprocessing.forkserver\n"
-        f"import {worker.__name__}\n"
-        f"from {worker.__name__} import serve\n"
-    )
+    # What `python -m syncsvc.parse.worker` imports before it forks the other workers.
+    loaded = _imported_by(f"import {worker.__name__}")
     assert "syncsvc.parse.segments" in loaded  # the check sees what it should
     heavy = sorted(m for m in loaded if any(m == n or m.startswith(f"{n}.") for n in BANNED))
     assert heavy == []
 
 
-def test_the_forkserver_preloads_the_workers_target() -> None:
-    # The target's module is the one the forkserver imports first: what the workers import is
-    # then shared with it instead of imported again in each one.
-    assert pool.ParsePool.preload == (worker.serve.__module__,)
+def _group(pgid: int) -> list[int]:
+    """The live (not zombie) processes of a process group."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                out.append(int(stat.parent.name))
+    return out
+
+
+def test_the_pool_is_its_workers_only_and_close_leaves_none() -> None:
+    parse_pool = pool.ParsePool(3)
+    proc = parse_pool._proc
+    assert proc is not None
+    try:
+        # No forkserver or resource tracker beside them: the first worker forks the others
+        # once it has imported the parse (waited for as a state, not a time).
+        deadline = time.monotonic() + 60
+        while len(members := _group(proc.pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(members) == 3
+        assert proc.pid in members
+    finally:
+        parse_pool.close()
+    assert proc.returncode == 0  # it ended on its own, after reaping the others
+    assert _group(proc.pid) == []
+    parse_pool.close()  # idempotent
 
 
 def test_the_commands_script_imports_no_cli_in_a_worker() -> None:
