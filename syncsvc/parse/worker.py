@@ -14,6 +14,7 @@ died); the first waits for the ones it forked, so none is left for init to reap.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -49,6 +50,9 @@ def main(fds: list[int]) -> None:
     # The pool stops its workers (close() ends their sockets): an interrupt meant for the run
     # is not theirs, and would only print a KeyboardInterrupt traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What is imported now stays: out of the collector's sight, a forked worker's collections
+    # do not write to the pages it shares with this one (measured: ~1 MB of each one's own).
+    gc.freeze()
     for i, fd in enumerate(fds[1:], 1):
         if os.fork() == 0:
             try:
