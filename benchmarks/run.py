@@ -325,7 +325,7 @@ def tree_sample(pid: int, cpu: dict[int, float]) -> tuple[float, float]:
     """(VmRSS, PSS) of `pid` and its descendants, each summed, in MB; records each one's CPU
     seconds so far in `cpu` (pid -> seconds).
 
-    Summed RSS counts a page the processes share (the forkserver's imports, libraries) once per
+    Summed RSS counts a page the processes share (the first worker's imports, libraries) once per
     process; PSS splits each shared page between its sharers, so its sum counts it once.
     """
     total = pss = 0.0
@@ -429,12 +429,12 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float
         global LAST_PSS, LAST_CGROUP
         LAST_PSS, LAST_CGROUP = pss, group.peak_mb()
         group.remove()
-        # CPU of the process itself (wait4) and of its descendants as last sampled (the parse
-        # workers are the forkserver's children, which wait4 does not count).
+        # CPU of the tree: wait4's, which counts the process and the descendants it and they
+        # reaped (the parse workers: the first is its child and reaps the ones it forked);
+        # descendants sampled but never reaped added. Its own process: as last sampled.
         global LAST_CPU, LAST_MAIN_CPU
-        cpu.pop(proc.pid, None)
-        LAST_MAIN_CPU = usage.ru_utime + usage.ru_stime
-        LAST_CPU = LAST_MAIN_CPU + sum(cpu.values())
+        LAST_MAIN_CPU = cpu.pop(proc.pid, 0.0)
+        LAST_CPU = max(usage.ru_utime + usage.ru_stime, LAST_MAIN_CPU + sum(cpu.values()))
         err.seek(0)
         tail = err.read()[-2000:].decode(errors="replace")
     return proc.returncode, wall, peak, max(tree, peak), tail

@@ -6,45 +6,32 @@ for ever on the queue's feeder thread (CPython 3.11), and a run would hang inste
 Here every worker has its own pipe and its own driving thread, which sends one segment, waits for
 its result and hands it to the event loop; a dead worker is an end of file on its pipe, at once.
 
-Workers start from a forkserver: a clean process (no event loop, sockets or threads to fork) that
-imported only the parse, so each one is small and starts in milliseconds.
+The workers are one clean interpreter (no event loop, sockets or threads to fork) that imports
+only the parse and forks the others (parse/worker.py), so each one is small and shares its
+imports with the first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
+import os
 import queue
 import signal
+import socket
+import subprocess
+import sys
 import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from syncsvc.errors import SyncError, TerminalError, WorkerDiedError
-from syncsvc.parse.segments import EncodedBatch, encode_segment
+from syncsvc.errors import WorkerDiedError
+from syncsvc.parse import worker
+from syncsvc.parse.segments import EncodedBatch
+
+CLOSE_SECONDS = 10.0  # how long close() lets the workers finish the segment in hand
 
 _Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[EncodedBatch]", tuple[Any, ...]]
-
-
-def _serve(conn: Connection) -> None:
-    """A worker: segments in, EncodedBatch (or the error it raised) out, until end of file."""
-    # Ctrl-C reaches the whole process group: the parent stops its workers (close() kills
-    # them), so a worker ignores SIGINT rather than print a KeyboardInterrupt traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    while True:
-        try:
-            job = conn.recv()
-        except EOFError:
-            return
-        try:
-            reply: tuple[bool, Any] = (True, encode_segment(*job))
-        except SyncError as exc:
-            exc.__cause__ = exc.__context__ = None  # lxml's exceptions need not travel
-            reply = (False, exc)
-        except Exception as exc:  # a bug: say so, never leave the driver waiting
-            reply = (False, TerminalError(f"The parse worker failed: {type(exc).__name__}: {exc}"))
-        conn.send(reply)
 
 
 def _settle(future: asyncio.Future[EncodedBatch], ok: bool, value: Any) -> None:
@@ -60,23 +47,29 @@ class ParsePool:
     """`workers` processes; `submit` returns an asyncio future of the segment's EncodedBatch."""
 
     def __init__(self, workers: int) -> None:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["syncsvc.parse.segments"])
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._procs: list[Any] = []
         self._conns: list[Connection] = []
         self._threads: list[threading.Thread] = []
-        for i in range(workers):
-            ours, theirs = ctx.Pipe(duplex=True)
-            proc = ctx.Process(target=_serve, args=(theirs,), name=f"syncsvc-parse-{i}")
-            proc.daemon = True
-            proc.start()
-            theirs.close()
-            thread = threading.Thread(target=self._drive, args=(ours,), name=f"parse-{i}")
+        theirs: list[int] = []
+        for _ in range(workers):
+            ours, their = socket.socketpair()
+            self._conns.append(Connection(ours.detach()))
+            theirs.append(their.detach())
+        try:
+            # A process group of their own: close() can stop them all, the forked ones too.
+            self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(  # noqa: S603 (our own module)
+                [sys.executable, "-m", worker.__name__, *map(str, theirs)],
+                pass_fds=theirs,
+                stdin=subprocess.DEVNULL,
+                process_group=0,
+            )
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        for i, conn in enumerate(self._conns):
+            thread = threading.Thread(target=self._drive, args=(conn,), name=f"parse-{i}")
             thread.daemon = True
             thread.start()
-            self._procs.append(proc)
-            self._conns.append(ours)
             self._threads.append(thread)
 
     def submit(
@@ -112,12 +105,23 @@ class ParsePool:
         """Stop the workers and their threads (blocking; idempotent)."""
         for _ in self._threads:
             self._jobs.put(None)
-        for proc in self._procs:
-            proc.kill()  # stateless: a driver waiting on its worker wakes with end of file
-        for proc in self._procs:
-            proc.join()
+        for conn in self._conns:
+            # End of file both ways: a worker stops, a driver waiting on it wakes.
+            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as s:
+                s.shutdown(socket.SHUT_RDWR)
+        if self._proc is not None:
+            # The first worker exits once it has reaped the ones it forked (none is left for
+            # init, which in a container may be this process); one that does not (stuck in a
+            # segment) is killed with its whole group.
+            try:
+                self._proc.wait(CLOSE_SECONDS)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait()
+            self._proc = None
         for thread in self._threads:
             thread.join()
         for conn in self._conns:
             conn.close()
-        self._procs, self._conns, self._threads = [], [], []
+        self._conns, self._threads = [], []

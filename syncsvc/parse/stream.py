@@ -40,7 +40,10 @@ Sink = Callable[[AsyncIterator[list[T]]], Awaitable[R]]
 log = logs.get_logger(__name__)
 
 BATCH_SIZE = 2000  # records per batch handed to the sink
-SEGMENT_BYTES = 512 * 1024  # bytes of whole records per segment parsed in a worker
+# Bytes of whole records per segment parsed in a worker. Each worker holds a segment's tree and
+# rows, and the loop SEGMENTS_AHEAD of them per worker: 256 KiB rather than 512 took ~8 MB off the
+# whole tree (cgroup peak, `benchmarks/run.py --scenario small`) at the same speed.
+SEGMENT_BYTES = 256 * 1024
 SEGMENTS_AHEAD = 2  # segments queued per worker: enough to keep it busy while COPY writes
 
 

@@ -3,6 +3,7 @@ real HTTP; a split it cannot trust falls back to the one-document parse."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -147,13 +148,17 @@ async def test_code_after_the_payload_is_the_verdict() -> None:
             assert getattr(info.value, "code", None) == 201
 
 
-def _grandchildren() -> list[int]:
-    """The parse workers: children of this process's children (the forkserver's)."""
-    found = []
-    for child in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
-        for pid in child.read_text().split():
-            for grand in Path(f"/proc/{pid}/task").glob("*/children"):
-                found += [int(g) for g in grand.read_text().split()]
+def _parse_workers() -> list[int]:
+    """The parse workers: this process's descendants that run syncsvc.parse.worker."""
+    found, todo = [], [os.getpid()]
+    while todo:
+        for child in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
+            for pid in child.read_text().split():
+                todo.append(int(pid))
+                with contextlib.suppress(OSError):  # gone meanwhile
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                    if b"syncsvc.parse.worker" in cmdline:
+                        found.append(int(pid))
     return found
 
 
@@ -166,7 +171,7 @@ async def test_a_killed_parse_worker_fails_the_attempt_and_the_retry_completes()
         out = []
         async for batch in batches:
             if not killed:
-                killed.extend(_grandchildren())
+                killed.extend(_parse_workers())
                 for pid in killed:
                     os.kill(pid, signal.SIGKILL)
             out.append(batch)
