@@ -82,11 +82,33 @@ class Source:
         self.seconds += time.perf_counter() - started
 
 
+class StepClock:
+    """Seconds from each unit step to the next (the unit's checkpoint hook), after staging."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def __call__(self, step: str) -> None:
+        now = time.perf_counter()
+        if step != "batch_staged":
+            self.steps[step] = round(now - self._last, 2)
+        self._last = now
+
+    def after_staging(self) -> str:
+        names = list(self.steps)
+        later = names[names.index("staged") + 1 :] if "staged" in names else names
+        return " ".join(f"{n} {self.steps[n]:.2f}" for n in later)
+
+
 async def sync(engine: Any, source: Source, day: int) -> dict[str, Any]:
     run_id = await create_run(engine)
     source.seconds = 0.0
+    clock = StepClock()
     started = time.perf_counter()
-    async with UnitWriter(engine, run_id=run_id, resource="user", scope="all") as unit:
+    async with UnitWriter(
+        engine, run_id=run_id, resource="user", scope="all", checkpoint=clock
+    ) as unit:
         await unit.stage_records(source.records(day))
         staged = time.perf_counter()
         result = await unit.apply(complete=True, hold=HoldPolicy(ratio=1.0, min_rows=10**9))
@@ -96,6 +118,7 @@ async def sync(engine: Any, source: Source, day: int) -> dict[str, Any]:
         "stage": staged - started - source.seconds,
         "apply": done - staged,
         "result": result,
+        "steps": clock.after_staging(),
     }
 
 
@@ -150,6 +173,7 @@ async def main() -> None:
                 f"ins {r.inserted:,} upd {r.updated:,} del {r.deleted:,} rekey {r.rekeyed:,}; "
                 f"peak RSS {rss_mb():.0f} MB"
             )
+            print(f"  apply steps (s): {f['steps']}")
     finally:
         await engine.dispose()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
