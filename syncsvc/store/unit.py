@@ -519,7 +519,9 @@ class UnitWriter:
     async def _scope_has_rows(self, scope_events: list[str]) -> bool:
         """Whether the scope holds any row, deleted ones too (exact: under the scope's locks)."""
         args = (scope_events,) if self.resource.per_event else ()
+        await self._execute(queries.SEQSCAN_OFF)
         (row,) = await self._fetch(self._sql.scope_has_rows, *args)
+        await self._execute(queries.SEQSCAN_ON)
         self._mark("scope_checked")
         return bool(row["found"])
 
