@@ -3,7 +3,7 @@
 Prints records/s and peak RSS. Creates a scratch database on the given server and drops it.
 
     .venv/bin/python benchmarks/store_1m.py [--url postgresql://postgres@127.0.0.1:5432/postgres]
-        [--users 1000000] [--events 20] [--changed 0.02]
+        [--users 1000000] [--events 20] [--changed 0.02] [--settle]
 """
 
 from __future__ import annotations
@@ -82,11 +82,33 @@ class Source:
         self.seconds += time.perf_counter() - started
 
 
+class StepClock:
+    """Seconds from each unit step to the next (the unit's checkpoint hook), after staging."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def __call__(self, step: str) -> None:
+        now = time.perf_counter()
+        if step != "batch_staged":
+            self.steps[step] = round(now - self._last, 2)
+        self._last = now
+
+    def after_staging(self) -> str:
+        names = list(self.steps)
+        later = names[names.index("staged") + 1 :] if "staged" in names else names
+        return " ".join(f"{n} {self.steps[n]:.2f}" for n in later)
+
+
 async def sync(engine: Any, source: Source, day: int) -> dict[str, Any]:
     run_id = await create_run(engine)
     source.seconds = 0.0
+    clock = StepClock()
     started = time.perf_counter()
-    async with UnitWriter(engine, run_id=run_id, resource="user", scope="all") as unit:
+    async with UnitWriter(
+        engine, run_id=run_id, resource="user", scope="all", checkpoint=clock
+    ) as unit:
         await unit.stage_records(source.records(day))
         staged = time.perf_counter()
         result = await unit.apply(complete=True, hold=HoldPolicy(ratio=1.0, min_rows=10**9))
@@ -96,6 +118,7 @@ async def sync(engine: Any, source: Source, day: int) -> dict[str, Any]:
         "stage": staged - started - source.seconds,
         "apply": done - staged,
         "result": result,
+        "steps": clock.after_staging(),
     }
 
 
@@ -128,6 +151,12 @@ async def main() -> None:
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--changed", type=float, default=0.02)
+    parser.add_argument(
+        "--settle",
+        action="store_true",
+        help="VACUUM ANALYZE and CHECKPOINT after day 0, so day 1 runs without day 0's"
+        " background work (autovacuum, the checkpoint its writes bring on)",
+    )
     args = parser.parse_args()
 
     print(f"normalize (lxml element -> typed record + hash): {bench_normalize():,.0f} records/s")
@@ -150,6 +179,14 @@ async def main() -> None:
                 f"ins {r.inserted:,} upd {r.updated:,} del {r.deleted:,} rekey {r.rekeyed:,}; "
                 f"peak RSS {rss_mb():.0f} MB"
             )
+            print(f"  apply steps (s): {f['steps']}")
+            if args.settle and day == 0:
+                bench = await asyncpg.connect(db.libpq_url(base.set(database=name)))
+                try:
+                    await bench.execute("VACUUM ANALYZE users, changes")
+                    await bench.execute("CHECKPOINT")
+                finally:
+                    await bench.close()
     finally:
         await engine.dispose()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -21,6 +21,13 @@ transaction (syncsvc.store.unit names the steps):
 8. `lock_seq` then `insert_changes`: seq numbers allocated under a transaction-level advisory
    lock held until commit, so seq order is commit order; `NOTIFY_CHANGES` wakes the feed.
 9. `check_fence`, `record_fetch`: the run still owns the database; the unit's figures.
+
+A first load takes a shorter way after step 3: `scope_has_rows` (under the scope's locks, between
+`SEQSCAN_OFF` and `SEQSCAN_ON`) finds
+the scope without a single row, live or deleted, so the diff would mark every staged row an
+insert. `load_state` then writes the state rows and `load_changes` (after `lock_seq`) the change
+rows straight from the staging table: the same rows, columns, images and seq order as steps 4-8
+would write, without the diff table.
 """
 
 from __future__ import annotations
@@ -186,6 +193,12 @@ def _lock_scope(r: _Shape) -> str:
     )
 
 
+def _too_long(r: _Shape, alias: str) -> str:
+    # Null (a record without clientID) for no long key: callers test it IS NOT TRUE.
+    key_parts = [*r.keys, "client_id"] if r.client else list(r.keys)
+    return " OR ".join(f"octet_length({alias}.{k}) > {MAX_KEY_BYTES}" for k in key_parts)
+
+
 def _diff_keys(r: _Shape) -> str:
     # Data entities: only the unit's scope events (through the key's event_guid prefix);
     # event.do lists the whole account. Only the columns the comparison needs: narrow hash.
@@ -193,8 +206,7 @@ def _diff_keys(r: _Shape) -> str:
     key_cols = f"event_guid, {r.key}" if per_event else "event_guid"
     current = f"(SELECT ctid AS tid, {key_cols}, row_hash, deleted_at FROM {r.table}"
     current += " WHERE event_guid = ANY($1::text[]))" if per_event else ")"
-    key_parts = [*r.keys, "client_id"] if r.client else list(r.keys)
-    too_long = " OR ".join(f"octet_length(s.{k}) > {MAX_KEY_BYTES}" for k in key_parts)
+    too_long = _too_long(r, "s")
     return f"""
 CREATE TEMP TABLE {KEYS} ON COMMIT DROP AS
 SELECT x.op, s.ctid AS s_tid, c.tid AS c_tid
@@ -223,6 +235,10 @@ WHERE ctid = ANY(ARRAY(SELECT s_tid FROM r)) GROUP BY 1
 """
 
 
+def _has_modified(resource: Resource) -> bool:
+    return any(f.column == "last_modified" for f in resource.fields)
+
+
 def _diff(r: _Shape) -> str:
     # The differing rows' whole data, fetched by tuple id (no second scan of either table).
     resource, key = r.resource, r.key
@@ -231,10 +247,9 @@ def _diff(r: _Shape) -> str:
     carried = [c for c in r.data_cols if c not in ("event_guid", key, "client_id")]
     s_client_id = "s.client_id" if r.client else "NULL::text"
     c_client_id = "c.client_id" if r.client else "NULL::text"
-    has_modified = any(f.column == "last_modified" for f in resource.fields)
     modified = (
         "CASE WHEN k.op = 'delete' THEN c.last_modified ELSE s.last_modified END"
-        if has_modified
+        if _has_modified(resource)
         else "NULL::timestamptz"
     )
     return f"""
@@ -375,6 +390,68 @@ SELECT min(seq) AS first_seq, max(seq) AS last_seq FROM inserted
 """
 
 
+# --- the first load: an empty scope, every staged row an insert ----------------------------------
+
+
+# EXISTS over a big table guesses that the first matching row comes early in a sequential scan;
+# for a new event (no row at all, the very case the first load is for) it reads the whole table
+# (measured: 0.15-0.2 s on 1M users, growing with the table). The key's index answers in 0.1 ms.
+SEQSCAN_OFF = "SET LOCAL enable_seqscan = off"
+SEQSCAN_ON = "SET LOCAL enable_seqscan = on"
+
+
+def _scope_has_rows(r: _Shape) -> str:
+    # Any row, deleted ones too: a deleted row's key coming back is an insert the upsert must
+    # merge into that row (its first_seen_run stays), which the first-load path does not do.
+    where = " WHERE event_guid = ANY($1::text[])" if r.resource.per_event else ""
+    return f"SELECT EXISTS (SELECT FROM {r.table}{where}) AS found"
+
+
+def _load_state(r: _Shape) -> str:
+    # What upsert_state writes for an insert, from the staged row itself. No row of the scope
+    # exists (scope_has_rows, under the scope's locks) and the stage holds each key once, so
+    # nothing conflicts. A key too long to store is left out, as the diff rejects it.
+    return f"""
+INSERT INTO {r.table} ({", ".join(r.data_cols)},
+                 first_seen_run, last_stored_run, last_changed_run, deleted_at, deleted_run)
+SELECT {", ".join(f"s.{c}" for c in r.data_cols)}, $1, $1, $1, NULL, NULL
+FROM {STAGE} s
+WHERE ({_too_long(r, "s")}) IS NOT TRUE
+"""
+
+
+def _image_of_row(resource: Resource, alias: str) -> tuple[str, str]:
+    """`_image` as to_jsonb of a row whose columns carry the API names: the same jsonb (each
+    value converts alike; jsonb orders keys itself) for a quarter less CPU on a million rows.
+    (the expression, the LATERAL subquery it reads)"""
+    cols = [f'{alias}.{f.column} AS "{f.api}"' for f in resource.fields]
+    cols.append(f'{alias}.extras AS "{EXTRAS}"')
+    return "to_jsonb(img)", f"CROSS JOIN LATERAL (SELECT {', '.join(cols)}) AS img"
+
+
+def _load_changes(r: _Shape) -> str:
+    # What insert_changes writes for the diff's inserts: seq in (event_guid, key) order, no
+    # changed fields, no before image, the staged row as the after image.
+    image, lateral = _image_of_row(r.resource, "s")
+    client_id = "s.client_id" if r.client else "NULL::text"
+    modified = "s.last_modified" if _has_modified(r.resource) else "NULL::timestamptz"
+    return f"""
+WITH inserted AS (
+    INSERT INTO changes (seq, run_id, fetch_id, entity, event_guid, record_key, client_id, op,
+                         changed_fields, before, after, source_modified_at)
+    SELECT (SELECT coalesce(max(seq), 0) FROM changes)
+               + row_number() OVER (ORDER BY s.event_guid, s.{r.key}),
+           $1, $2, '{r.resource.entity}', s.event_guid, s.{r.key}, {client_id}, 'insert',
+           '{{}}'::text[], NULL::jsonb, {image}, {modified}
+    FROM {STAGE} s
+    {lateral}
+    WHERE ({_too_long(r, "s")}) IS NOT TRUE
+    RETURNING seq
+)
+SELECT min(seq) AS first_seq, max(seq) AS last_seq FROM inserted
+"""
+
+
 # The change feed's wake-up, sent in the unit's transaction: PostgreSQL delivers a NOTIFY only
 # when (and if) its transaction commits, so a listener wakes exactly when new change rows become
 # visible. $1: the unit's last seq, as text, never data. pg_notify takes a bound channel name and
@@ -424,6 +501,10 @@ class Statements:
     insert_changes: str  # $1 run_id, $2 fetch_id -> (first_seq, last_seq)
     check_fence: str  # $1 run_id -> (status, newer)
     record_fetch: str  # $1 fetch_id, $2.. the unit's figures (see UnitWriter)
+    # The first load (after lock_scope; then lock_seq, load_changes, check_fence, record_fetch):
+    scope_has_rows: str  # $1 scope event GUIDs (data entities only) -> (found); SEQSCAN_OFF
+    load_state: str  # $1 run_id -> status "INSERT 0 n"
+    load_changes: str  # $1 run_id, $2 fetch_id -> (first_seq, last_seq)
 
 
 @functools.cache
@@ -451,4 +532,7 @@ def statements(resource: Resource) -> Statements:
         insert_changes=_insert_changes(r),
         check_fence=CHECK_FENCE,
         record_fetch=RECORD_FETCH,
+        scope_has_rows=_scope_has_rows(r),
+        load_state=_load_state(r),
+        load_changes=_load_changes(r),
     )

@@ -35,6 +35,11 @@ The scheduler's API::
   (soft delete, upsert), `_emit_changes` numbers the change rows under a transaction-level
   advisory lock held until commit, so seq order is commit order, and `_commit` checks the fence,
   writes the fetch row's counts and commits. The SQL is `store.queries`, in this order.
+- A first load (the scope holds no row at all, checked under its locks, so exactly) skips the
+  diff: `_load_state` writes the state rows and `_emit_changes` the change rows straight from
+  the stage (`queries.load_state`, `load_changes`), the very rows the diff would have written
+  (every distinct staged row is an insert; no rekey, delete or hold is possible). The steps
+  between pass at once, so a checkpoint sees the same sequence. `ApplyResult.first_load` says so.
 - A unit's scope (`syncsvc.scope.Scope`, or the shorthand: a GUID, or "all"): one event; every
   event present in the dump plus `covered_events` (events the dump speaks for even when it holds
   none of their records: all their live rows are deleted, or held); for event.do, the whole
@@ -136,6 +141,7 @@ class ApplyResult:
     stage_seconds: float = 0.0
     apply_seconds: float = 0.0
     scope_events: tuple[str, ...] = field(default=())
+    first_load: bool = False  # the scope held no row: written straight from the stage
 
     @property
     def changes(self) -> int:
@@ -421,13 +427,20 @@ class UnitWriter:
             await self._execute(setting)
         dups = await self._dedupe()
         await self._lock_scope(scope_events)
-        oversized, suppressed = await self._diff(scope_events)
-        if self.resource.has_client_id:
-            await self._pair_rekeys()
-        decision = await self._decide_holds(hold, override_hold, dups, oversized)
-        counts = await self._apply_state()
-        seqs = await self._emit_changes()
-        duplicates, n_oversized = sum(dups.values()), sum(oversized.values())
+        first_load = not await self._scope_has_rows(scope_events)
+        if first_load:
+            n_oversized, counts = await self._load_state(sum(dups.values()))
+            decision, suppressed = HoldDecision(), 0  # nothing to delete
+            seqs = await self._emit_changes(self._sql.load_changes)
+        else:
+            oversized, suppressed = await self._diff(scope_events)
+            if self.resource.has_client_id:
+                await self._pair_rekeys()
+            decision = await self._decide_holds(hold, override_hold, dups, oversized)
+            counts = await self._apply_state()
+            seqs = await self._emit_changes(self._sql.insert_changes)
+            n_oversized = sum(oversized.values())
+        duplicates = sum(dups.values())
         result = ApplyResult(
             status="held" if decision.held else "applied",
             records=self._records - duplicates - n_oversized,
@@ -447,6 +460,7 @@ class UnitWriter:
             stage_seconds=self._stage_seconds,
             apply_seconds=time.perf_counter() - started,
             scope_events=tuple(scope_events),
+            first_load=first_load,
         )
         await self._commit(result, hold, transport or {})
         log.info(
@@ -459,6 +473,7 @@ class UnitWriter:
             deleted=result.deleted,
             rekeyed=result.rekeyed,
             held=len(result.held),
+            first_load=first_load,
             apply_seconds=round(result.apply_seconds, 3),
         )
         return result
@@ -501,6 +516,42 @@ class UnitWriter:
         await self._execute(self._sql.lock_scope, scope_events or [ACCOUNT_NAME])
         await self._step("scope_locked")
 
+    async def _scope_has_rows(self, scope_events: list[str]) -> bool:
+        """Whether the scope holds any row, deleted ones too (exact: under the scope's locks)."""
+        args = (scope_events,) if self.resource.per_event else ()
+        await self._execute(queries.SEQSCAN_OFF)
+        (row,) = await self._fetch(self._sql.scope_has_rows, *args)
+        await self._execute(queries.SEQSCAN_ON)
+        self._mark("scope_checked")
+        return bool(row["found"])
+
+    async def _load_state(self, duplicates: int) -> tuple[int, dict[str, int]]:
+        """The first load: the state rows straight from the stage; (keys too long, changes).
+
+        Every distinct staged row is an insert, so the diff table, the rekey pairing and the hold
+        have nothing to do; their steps pass at once, so a checkpoint sees the usual sequence."""
+        for step in ("diffed", "rekeys_paired", "hold_checked", "state_deleted"):
+            if step != "rekeys_paired" or self.resource.has_client_id:
+                await self._step(step)
+        status = await self._execute(self._sql.load_state, self.run_id)
+        inserted = int(status.split()[-1])
+        # The rows left out are those whose keys are too long to store (counted like the diff's).
+        oversized = self._records - duplicates - inserted
+        self._log_oversized(oversized)
+        await self._step("state_upserted")
+        return oversized, {"insert": inserted} if inserted else {}
+
+    def _log_oversized(self, n: int) -> None:
+        if n:
+            log.warning(
+                "records_rejected",
+                resource=self.resource.path,
+                scope=str(self.scope),
+                rejected=n,
+                reason=f"a key (event GUID, {self.resource.key_field.api} or clientID) longer"
+                f" than {queries.MAX_KEY_BYTES} bytes cannot be stored",
+            )
+
     async def _diff(self, scope_events: list[str]) -> tuple[dict[str, int], int]:
         """Fill the diff table; (keys too long to store, per event; deletes suppressed)."""
         sql = self._sql
@@ -509,15 +560,7 @@ class UnitWriter:
         oversized = {
             r["event_guid"]: int(r["rejected"]) for r in await self._fetch(sql.take_rejects)
         }
-        if n_oversized := sum(oversized.values()):
-            log.warning(
-                "records_rejected",
-                resource=self.resource.path,
-                scope=str(self.scope),
-                rejected=n_oversized,
-                reason=f"a key (event GUID, {self.resource.key_field.api} or clientID) longer"
-                f" than {queries.MAX_KEY_BYTES} bytes cannot be stored",
-            )
+        self._log_oversized(sum(oversized.values()))
         await self._execute(sql.diff)
         self._mark("diff_rows")
         suppressed = 0
@@ -586,12 +629,13 @@ class UnitWriter:
         await self._step("state_upserted")
         return counts
 
-    async def _emit_changes(self) -> Any:
-        """The change rows, numbered under the seq lock; (first_seq, last_seq)."""
+    async def _emit_changes(self, insert_changes: str) -> Any:
+        """The change rows (`insert_changes` or, on a first load, `load_changes`), numbered under
+        the seq lock; (first_seq, last_seq)."""
         # Only now take the seq lock: it is held until commit, so seq order is commit order.
         await self._execute(self._sql.lock_seq, queries.SEQ_LOCK_KEY)
         await self._step("seq_locked")
-        (seqs,) = await self._fetch(self._sql.insert_changes, self.run_id, self.fetch_id)
+        (seqs,) = await self._fetch(insert_changes, self.run_id, self.fetch_id)
         await self._step("changes_inserted")
         # The change feed: wake followers and webhook deliveries when (and only if) this commits.
         # The payload is the new high seq, never data (docs/change-feed.md).
