@@ -6,9 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +16,17 @@ from sqlalchemy.engine import URL
 
 from syncsvc.catalog import BY_ENTITY, RESOURCES, FieldKind, Resource
 from syncsvc.store import db
+from tests import processes
 
 Key = tuple[str, str]
 
 
 def cli_env(url: URL, **extra: str) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": "/tmp",
-        "SYNCSVC_DATABASE_URL": db.libpq_url(url),
-        "SYNCSVC_LOG_LEVEL": "warning",
-        **extra,
-    }
+    return processes.cli_env(url, **({"SYNCSVC_LOG_LEVEL": "warning"} | extra))
 
 
 def syncsvc(url: URL, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncsvc", *args],
-        env=cli_env(url, **env),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    return processes.run_cli(cli_env(url, **env), *args, timeout=240)
 
 
 async def add_consumer(url: URL, name: str, cursor: int = 0, filters: str = "{}") -> None:

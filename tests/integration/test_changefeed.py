@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
 from typing import Any
@@ -15,23 +14,17 @@ import pytest
 from sqlalchemy.engine import URL
 
 from syncsvc.store import db
+from tests.processes import cli_env, run_cli
 
 pytestmark = pytest.mark.db
 
 
+def _env(url: URL) -> dict[str, str]:
+    return cli_env(url, SYNCSVC_LOG_LEVEL="warning")
+
+
 def _syncsvc(url: URL, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncsvc", *args],
-        env={
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": "/tmp",
-            "SYNCSVC_DATABASE_URL": db.libpq_url(url),
-            "SYNCSVC_LOG_LEVEL": "warning",
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(_env(url), *args, timeout=120)
 
 
 async def _seed(url: URL, n: int) -> list[dict[str, Any]]:
@@ -192,12 +185,7 @@ async def test_changes_memory_stays_flat_for_a_large_log(db_url: URL) -> None:
         )
         proc = subprocess.run(
             [sys.executable, "-c", code, "changes", "--limit", str(limit)],
-            env={
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "HOME": "/tmp",
-                "SYNCSVC_DATABASE_URL": db.libpq_url(db_url),
-                "SYNCSVC_LOG_LEVEL": "warning",
-            },
+            env=_env(db_url),
             capture_output=True,
             text=True,
             timeout=300,
@@ -224,12 +212,7 @@ async def test_status_lists_runs_with_failed_units_first(db_url: URL) -> None:
 def _start(url: URL, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "syncsvc", *args],
-        env={
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": "/tmp",
-            "SYNCSVC_DATABASE_URL": db.libpq_url(url),
-            "SYNCSVC_LOG_LEVEL": "warning",
-        },
+        env=_env(url),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
