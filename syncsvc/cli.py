@@ -88,14 +88,20 @@ def db_upgrade(
 
     settings = settings_of(ctx)
 
-    async def go() -> tuple[str | None, str | None]:
+    from syncsvc.store import jobs
+
+    async def go() -> tuple[tuple[str | None, str | None], bool]:
         async with db.connect(settings) as engine:
             await db.upgrade(engine, revision)
-            return await db.current_revision(engine)
+            # The task queue's tables when its extra is installed (a no-op once they exist).
+            queue = await jobs.apply_queue_schema(engine) if revision == "head" else False
+            return await db.current_revision(engine), queue
 
-    current, _ = run_async(go)
+    (current, _), queue = run_async(go)
     _say_where(settings)
     typer.echo(f"schema at revision {current}")
+    if queue:
+        typer.echo("task queue schema created (procrastinate)")
 
 
 @db_app.command("downgrade")
@@ -401,6 +407,23 @@ def _close_interrupted(settings: Settings) -> None:
 
     with contextlib.suppress(Exception, KeyboardInterrupt, typer.Exit):
         run_async(go)
+
+
+@app.command("worker")
+def worker_cmd(
+    ctx: typer.Context,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency", min=1, help="Units run at once (SYNCSVC_WORKER_CONCURRENCY)."
+        ),
+    ] = None,
+) -> None:
+    """Run queued units (executor = queue) until SIGTERM; any number of workers may run."""
+    from syncsvc import worker
+
+    settings = api_settings_of(ctx)
+    run_async(lambda: worker.serve_worker(settings, concurrency=concurrency))
 
 
 @app.command("demo")

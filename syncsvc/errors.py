@@ -244,6 +244,11 @@ class RunFencedError(StoreError):
         self.superseded_by = superseded_by
 
 
+class UnitClosedError(StoreError):
+    """The unit's row was closed before this attempt could commit: another attempt of the same
+    queued unit committed it (a redelivered job), or its run closed it. Nothing is applied."""
+
+
 class UnrecognisedDumpError(TerminalError):
     """The dump's shape is not the one expected (a namespace, another container or record
     element); it is incomplete for its scope and nothing of it is applied."""

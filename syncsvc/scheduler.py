@@ -33,16 +33,19 @@ from syncsvc.errors import (
 from syncsvc.metrics import Metrics
 from syncsvc.parse.stream import ParseStage
 from syncsvc.settings import Settings
-from syncsvc.store import read
+from syncsvc.store import jobs, read
 from syncsvc.store import runs as run_rows
 from syncsvc.store.hold import HoldPolicy
 from syncsvc.store.runlock import RUN_LOCK_KEY as RUN_LOCK_KEY  # where tests and tools look
 from syncsvc.store.runlock import RunLock
 from syncsvc.store.unit import ApplyResult, UnitWriter
-from syncsvc.units import Unit, UnitOutcome, fallback, plan, select_events
+from syncsvc.units import Unit, UnitOutcome, fallback, plan, run_status, select_events
 from syncsvc.vocab import ExitCode, Op, RunStatus, UnitStatus
 
 log = logs.get_logger(__name__)
+
+# How often a queued run's planner looks at its units (one small query on fetches and runs).
+QUEUE_POLL_SECONDS = 0.5
 
 # How often a run checks its lock session (a query on it also keeps `idle_session_timeout` and
 # idle-killing poolers away from it).
@@ -61,6 +64,8 @@ class RunResult:
     status: RunStatus
     outcomes: list[UnitOutcome] = field(default_factory=list)
     error: str | None = None
+    # Closed already (a queued run's last unit closes its run on the worker that ran it).
+    closed: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -100,13 +105,15 @@ class Runner:
         trigger: str = "run",
         on_fetch: OnFetch | None = None,
         budget: Budget | None = None,
+        parse: ParseStage | None = None,
     ) -> None:
         self.on_plan = on_plan
         self.on_fetch = on_fetch
         self.settings = settings
         self.engine = engine
         self.client = client
-        self.parse = ParseStage(settings)  # its workers start with the first dump they parse
+        # Its workers start with the first dump they parse; a queue worker hands in its own.
+        self.parse = parse or ParseStage(settings)
         self.metrics = metrics or Metrics()
         self.override_hold = override_hold
         self.stop = stop or asyncio.Event()
@@ -189,6 +196,10 @@ class Runner:
                 await watch
             self.metrics.running.set(0)
             logs.unbind("run_id")
+        if result.closed:
+            self._count_run(result.status, started)
+            log.info("run_finished", run_id=self.run_id, status=result.status)
+            return result
         closed = await self._quietly(
             run_rows.finish_run,
             self.engine,
@@ -305,6 +316,8 @@ class Runner:
         if self.on_plan is not None:
             self.on_plan(len(units) + len(vanished))
         await self._apply_vanished(vanished)
+        if self.settings.executor == "queue":
+            return await self._run_queued(units)
         # As many tasks as the budget has places, each taking the next unit from one queue that
         # fallback units join too: a task per unit waiting for a place costs memory in
         # proportion to the account (measured: 2,000 events, 6,000 units, +30 MB of peak RSS),
@@ -336,6 +349,51 @@ class Runner:
             first = _first_leaf(group)
             raise SyncError(f"unexpected {type(first).__name__}: {first}") from first
         return self._result(None)
+
+    async def _run_queued(self, units: list[Unit]) -> RunResult:
+        """The units as jobs for `syncsvc worker` processes, committed in one transaction; then
+        wait until the run is closed by its last unit (or close it, when every unit is final
+        first), reporting units as they end. Stopping closes the run `interrupted`: units not
+        started are skipped, and the fence keeps running ones from committing."""
+        await jobs.enqueue_units(self.engine, self.run_id, [u.queued() for u in units])
+        log.info("units_queued", units=len(units))
+        seen: set[int] = set()
+        while True:
+            rows = await jobs.unit_rows(self.engine, self.run_id)
+            for row in rows:
+                if row.id not in seen and UnitStatus(row.status).final:
+                    seen.add(row.id)
+                    self._done(
+                        UnitOutcome(
+                            Unit.from_queued(row.unit),
+                            UnitStatus(row.status),
+                            fetch_id=row.id,
+                            records=row.records,
+                            bytes=row.bytes,
+                            error=SyncError(row.error_message) if row.error_message else None,
+                        )
+                    )
+            run = await jobs.run_row(self.engine, self.run_id)
+            if run is not None and run[0] != RunStatus.RUNNING:
+                # Closed by its last unit's worker (or a unit that met 101/102, which stops all).
+                return RunResult(
+                    self.run_id, RunStatus(run[0]), list(self.outcomes), run[1], closed=True
+                )
+            if all(UnitStatus(r.status).final for r in rows):
+                await close_if_done(self.engine, self.run_id)
+                continue
+            if self.stopping:
+                for row in rows:
+                    if row.id not in seen:
+                        self._done(UnitOutcome(Unit.from_queued(row.unit), UnitStatus.SKIPPED))
+                return self._result(None)
+            await asyncio.sleep(QUEUE_POLL_SECONDS)
+
+    async def execute(self, run_id: int, unit: Unit, fetch_id: int) -> UnitOutcome:
+        """One queued unit of run `run_id`, on its existing fetch row (`syncsvc worker`)."""
+        self.run_id = run_id
+        outcome = UnitOutcome(unit, UnitStatus.PENDING, fetch_id=fetch_id)
+        return await self._fetch_and_apply(unit, outcome)
 
     def _writer(self, outcome: UnitOutcome) -> UnitWriter:
         """The store's writer for the unit's one transaction, on its fetch row."""
@@ -425,13 +483,14 @@ class Runner:
         return await self._fetch_and_apply(unit, outcome)
 
     async def _fetch_and_apply(self, unit: Unit, outcome: UnitOutcome) -> UnitOutcome:
-        outcome.fetch_id = await self._quietly(
-            run_rows.create_fetch,
-            self.engine,
-            run_id=self.run_id,
-            resource=unit.resource,
-            scope=unit.scope,
-        )
+        if outcome.fetch_id is None:  # a queued unit's row exists already
+            outcome.fetch_id = await self._quietly(
+                run_rows.create_fetch,
+                self.engine,
+                run_id=self.run_id,
+                resource=unit.resource,
+                scope=unit.scope,
+            )
         if outcome.fetch_id is None:
             outcome.status = UnitStatus.FAILED
             outcome.error = StoreError("could not record the unit's start in the database")
@@ -553,38 +612,21 @@ class Runner:
         return outcome
 
     def _result(self, error: str | None) -> RunResult:
-        final = [o for o in self.outcomes if o.status != UnitStatus.SUPERSEDED]
-        failed = [o for o in final if o.status == UnitStatus.FAILED]
-        skipped = [o for o in final if o.status in (UnitStatus.SKIPPED, UnitStatus.CANCELLED)]
-        held = [o for o in final if o.status == UnitStatus.HELD]
-        applied = [o for o in final if o.status == UnitStatus.APPLIED]
-        status: RunStatus
-        if error is not None or (failed and not applied):
-            status = RunStatus.FAILED
-        elif skipped:
-            # Units are skipped or cancelled only once the run was told to stop (a signal to
-            # serve) or lost its lock: it did not finish.
-            status = RunStatus.INTERRUPTED
-        elif failed:
-            status = RunStatus.PARTIAL
-        elif held:
-            status = RunStatus.HELD
-        else:
-            status = RunStatus.SUCCEEDED
-        if error is None and (failed or skipped or held):
-            parts = []
-            if failed:
-                parts.append(
-                    f"{len(failed)} unit(s) failed: " + ", ".join(o.unit.name for o in failed[:5])
-                )
-            if held:
-                parts.append(
-                    f"{len(held)} unit(s) held for mass deletes (re-run with --override-hold)"
-                )
-            if skipped:
-                parts.append(f"{len(skipped)} unit(s) not started (stopped)")
-            error = "; ".join(parts)
+        status, error = run_status([(o.status, o.unit.name) for o in self.outcomes], error)
         return RunResult(self.run_id, status, list(self.outcomes), error)
+
+
+async def close_if_done(engine: AsyncEngine, run_id: int) -> bool:
+    """Close a queued run once none of its units is open, with the status its units give (the
+    same rules as a run in one process); True if this call closed it. Under the run row's lock:
+    of two callers finding the last unit closed, one closes and the other finds it closed."""
+    async with jobs.closing(engine, run_id) as units:
+        if units is None or any(not UnitStatus(u.status).final for u in units):
+            return False
+        status, error = run_status([(UnitStatus(u.status), u.name) for u in units], None)
+        await units.close(status, error)
+    log.info("run_closed_by_units", run_id=run_id, status=status)
+    return True
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:

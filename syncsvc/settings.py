@@ -25,6 +25,7 @@ ENVIRONMENTS = ("uat", "production")
 LOG_FORMATS = ("auto", "json", "console")
 PARSE_IN_WORKER = ("event_all", "always", "never")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EXECUTORS = ("local", "queue")
 
 
 def _setting(default: Any, doc: str, *, secret: bool = False, **kw: Any) -> Any:
@@ -123,6 +124,25 @@ class Settings:
         "Address `syncsvc serve` listens on for /healthz, /metrics.",
     )
     serve_port: int = _setting(9108, "Port of /healthz and /metrics.")
+
+    # --- units on a task queue (docs/task-queue.md) -------------------------------------------
+    executor: str = _setting(
+        "local",
+        "Where a run's units run: local (in the run's own process, the default) or queue (as"
+        " jobs for `syncsvc worker` processes on any machine; needs the queue extra and"
+        " `syncsvc db upgrade`).",
+    )
+    worker_concurrency: int = _setting(
+        4, "Units one `syncsvc worker` process runs at once (its requests share its budget)."
+    )
+    worker_heartbeat: float = _setting(
+        10.0, "Seconds between a worker's heartbeats (procrastinate's worker row)."
+    )
+    worker_stalled_after: float = _setting(
+        30.0,
+        "Seconds without a heartbeat after which a worker is taken for dead and its units are"
+        " run again by the others (keep it a few heartbeats long).",
+    )
 
     # --- the status pages of serve (syncsvc/web) ------------------------------------------------
     status_page_token: str | None = _setting(
@@ -402,6 +422,19 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"SYNCSVC_PARSE_IN_WORKER must be one of {', '.join(PARSE_IN_WORKER)}",
             setting="parse_in_worker",
+        )
+    if s.executor not in EXECUTORS:
+        raise ConfigError(
+            f"SYNCSVC_EXECUTOR must be one of {', '.join(EXECUTORS)}", setting="executor"
+        )
+    if s.worker_concurrency < 1:
+        raise ConfigError(
+            "SYNCSVC_WORKER_CONCURRENCY must be at least 1", setting="worker_concurrency"
+        )
+    if not 0 < s.worker_heartbeat < s.worker_stalled_after:
+        raise ConfigError(
+            "SYNCSVC_WORKER_STALLED_AFTER must be longer than SYNCSVC_WORKER_HEARTBEAT (> 0)",
+            setting="worker_stalled_after",
         )
     if s.log_format not in LOG_FORMATS:
         raise ConfigError(

@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from syncsvc.catalog import EVENT_ALL, Resource
+from syncsvc.catalog import EVENT_ALL, Resource, resolve
 from syncsvc.errors import NoAccountAccessError, SyncError
 from syncsvc.scope import Scope
 from syncsvc.settings import Settings
+from syncsvc.store.jobs import QueuedUnit
 from syncsvc.store.unit import ApplyResult
-from syncsvc.vocab import UnitStatus
+from syncsvc.vocab import RunStatus, UnitStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,21 @@ class Unit:
     def name(self) -> str:
         return f"{self.resource.entity}:{self.scope}"
 
+    def queued(self) -> QueuedUnit:
+        """The unit as a queued job's row records it."""
+        return QueuedUnit(
+            resource=self.resource.path,
+            entity=self.resource.entity,
+            scope=str(self.scope),
+            event=self.event,
+            covered=self.covered,
+            account_wide=self.account_wide,
+        )
+
+    @classmethod
+    def from_queued(cls, q: QueuedUnit) -> Unit:
+        return cls(resolve(q.resource), q.event, q.covered, account_wide=q.account_wide)
+
 
 @dataclass(slots=True)
 class UnitOutcome:
@@ -54,6 +70,41 @@ class UnitOutcome:
     attempts: int = 0
     seconds: float = 0.0
     error: SyncError | None = None
+
+
+def run_status(
+    units: Sequence[tuple[UnitStatus, str]], error: str | None
+) -> tuple[RunStatus, str | None]:
+    """A run's status and message from its units' final states (and names): the same rules for
+    a run whose units ran in its own process and for one whose units ran on workers."""
+    final = [(s, n) for s, n in units if s != UnitStatus.SUPERSEDED]
+    failed = [n for s, n in final if s == UnitStatus.FAILED]
+    skipped = [n for s, n in final if s in (UnitStatus.SKIPPED, UnitStatus.CANCELLED)]
+    held = [n for s, n in final if s == UnitStatus.HELD]
+    applied = [n for s, n in final if s == UnitStatus.APPLIED]
+    status: RunStatus
+    if error is not None or (failed and not applied):
+        status = RunStatus.FAILED
+    elif skipped:
+        # Units are skipped or cancelled only once the run was told to stop (a signal to
+        # serve) or lost its lock: it did not finish.
+        status = RunStatus.INTERRUPTED
+    elif failed:
+        status = RunStatus.PARTIAL
+    elif held:
+        status = RunStatus.HELD
+    else:
+        status = RunStatus.SUCCEEDED
+    if error is None and (failed or skipped or held):
+        parts = []
+        if failed:
+            parts.append(f"{len(failed)} unit(s) failed: " + ", ".join(failed[:5]))
+        if held:
+            parts.append(f"{len(held)} unit(s) held for mass deletes (re-run with --override-hold)")
+        if skipped:
+            parts.append(f"{len(skipped)} unit(s) not started (stopped)")
+        error = "; ".join(parts)
+    return status, error
 
 
 def plan(

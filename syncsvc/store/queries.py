@@ -466,6 +466,11 @@ CHECK_FENCE = (
     " FROM runs WHERE id = $1 FOR SHARE"
 )
 
+# The unit's own row must still be open: a queued unit can be attempted twice (a job redelivered
+# after its worker was declared dead), and only the first attempt to commit applies anything.
+# FOR UPDATE holds it to commit, after the run row's lock (the order every writer takes them in).
+CHECK_UNIT_OPEN = "SELECT status FROM fetches WHERE id = $1 FOR UPDATE"
+
 RECORD_FETCH = """
 UPDATE fetches SET status = $2, records = $3, rejected = $4, duplicates = $5,
        inserted = $6, updated = $7, deleted = $8, rekeyed = $9,

@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncsvc.catalog import Resource, resolve
 from syncsvc.scope import Scope
@@ -102,29 +102,43 @@ async def finish_run(
     `abandoned`: it stays so).
     """
     async with engine.begin() as conn:
-        closed = await conn.execute(
-            sa.update(runs)
-            .where(runs.c.id == run_id, runs.c.status == "running")
-            .values(status=status)
-            .returning(runs.c.id)
+        return await finish_in(
+            conn, run_id, status=status, error_code=error_code, error_message=error_message
         )
-        if closed.first() is None:
-            return False
-        await conn.execute(
-            sa.update(fetches)
-            .where(fetches.c.run_id == run_id, fetches.c.status.in_(OPEN_UNIT))
-            .values(status="cancelled", finished_at=sa.func.now())
+
+
+async def finish_in(
+    conn: AsyncConnection,
+    run_id: int,
+    *,
+    status: str,
+    error_code: int | None = None,
+    error_message: str | None = None,
+) -> bool:
+    """`finish_run` in the caller's transaction."""
+    closed = await conn.execute(
+        sa.update(runs)
+        .where(runs.c.id == run_id, runs.c.status == "running")
+        .values(status=status)
+        .returning(runs.c.id)
+    )
+    if closed.first() is None:
+        return False
+    await conn.execute(
+        sa.update(fetches)
+        .where(fetches.c.run_id == run_id, fetches.c.status.in_(OPEN_UNIT))
+        .values(status="cancelled", finished_at=sa.func.now())
+    )
+    await conn.execute(
+        sa.update(runs)
+        .where(runs.c.id == run_id)
+        .values(
+            finished_at=sa.func.now(),
+            error_code=storable_code(error_code),
+            error_message=error_message,
+            **_totals(run_id),
         )
-        await conn.execute(
-            sa.update(runs)
-            .where(runs.c.id == run_id)
-            .values(
-                finished_at=sa.func.now(),
-                error_code=storable_code(error_code),
-                error_message=error_message,
-                **_totals(run_id),
-            )
-        )
+    )
     return True
 
 

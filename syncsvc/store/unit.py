@@ -65,7 +65,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncsvc.catalog import Resource, resolve
-from syncsvc.errors import IncompleteDumpError, RunFencedError, StoreError
+from syncsvc.errors import IncompleteDumpError, RunFencedError, StoreError, UnitClosedError
 from syncsvc.logs import get_logger
 from syncsvc.normalize import Normalizer, normalizer
 from syncsvc.parse.segments import EncodedBatch, staging_line
@@ -670,6 +670,14 @@ class UnitWriter:
                 superseded_by=int(newer) if newer is not None else None,
                 resource=self.resource.path,
             )
+        if self.fetch_id is not None:
+            rows = await self._fetch(queries.CHECK_UNIT_OPEN, self.fetch_id)
+            if rows and rows[0]["status"] not in ("pending", "running"):
+                raise UnitClosedError(
+                    f"unit {self.fetch_id} was closed ({rows[0]['status']}) before this attempt"
+                    " committed; nothing applied",
+                    resource=self.resource.path,
+                )
 
     async def _record_fetch(
         self, result: ApplyResult, hold: HoldPolicy, transport: dict[str, Any]

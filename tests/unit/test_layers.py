@@ -24,7 +24,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("transport: the Conference API client", ("cvent",)),
     ("parse: XML to typed records and COPY rows", ("parse", "normalize", "records")),
     ("store: stage, diff, apply, the change log's writes, runs", ("store",)),
-    ("run: plan the units and drive them", ("units", "cascade", "scheduler", "lockinfo")),
+    ("run: plan the units and drive them", ("units", "cascade", "scheduler", "lockinfo", "worker")),
     ("out: the change feed and the exports", ("changefeed", "feed", "export")),
     (
         "surfaces: commands, pages, health, docs",

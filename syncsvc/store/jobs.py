@@ -1,0 +1,305 @@
+"""A queued run's units as rows and jobs: the plan committed with its jobs, a worker's claim on a
+unit, and the close of a run by its last unit (docs/task-queue.md).
+
+A queued unit is a `fetches` row (status `pending`) plus one procrastinate job naming it. Both
+are written in one transaction through procrastinate's own SQL function, so a plan never exists
+without its jobs, nor a job without its unit. Nothing here imports procrastinate: the enqueue is
+SQL on syncsvc's asyncpg connection, and only `syncsvc worker` (syncsvc/worker.py) runs jobs.
+
+Exactly once, whatever the queue redelivers: a unit's transaction commits only while its run is
+`running` (the fence in store/unit.py) and only while its fetch row is still open
+(`claim`/`still_open`); a second attempt of a unit that committed finds its row closed and does
+nothing but the run's close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from syncsvc.store import runs
+from syncsvc.store.boundary import boundary, guarded
+from syncsvc.store.db import raw_connection
+
+QUEUE = "syncsvc"
+TASK = "syncsvc.unit"
+
+# procrastinate's schema, present once `syncsvc db upgrade` applied it (syncsvc/worker.py).
+JOBS_TABLE = "procrastinate_jobs"
+
+# procrastinate_job_to_defer_v1: (queue, task, priority, lock, queueing_lock, args, scheduled_at).
+DEFER = """
+SELECT unnest(procrastinate_defer_jobs_v1(array_agg(
+    ROW(:queue, :task, 0, j.lock, NULL, j.args, NULL)::procrastinate_job_to_defer_v1)))
+FROM jsonb_to_recordset(CAST(:jobs AS jsonb)) AS j(lock text, args jsonb)
+"""
+
+INSERT_UNIT = """
+INSERT INTO fetches (run_id, resource, entity, scope, status, details)
+SELECT :run_id, u.resource, u.entity, u.scope, 'pending', u.details
+FROM jsonb_to_recordset(CAST(:units AS jsonb)) AS u(resource text, entity text, scope text,
+                                                    details jsonb)
+RETURNING id, scope, resource
+"""
+
+# A worker's claim: the unit is still open and its run still `running`. A unit found open in a
+# run that is no longer running is closed `skipped` (it never started) or `cancelled`.
+CLAIM = """
+WITH unit AS (
+    SELECT f.id, f.run_id, f.resource, f.scope, f.status, f.details, r.status AS run_status,
+           r.options
+    FROM fetches f JOIN runs r ON r.id = f.run_id
+    WHERE f.id = :fetch_id
+)
+UPDATE fetches f
+SET status = CASE WHEN unit.run_status = 'running' THEN 'running'
+                  WHEN unit.status = 'pending' THEN 'skipped' ELSE 'cancelled' END,
+    started_at = coalesce(f.started_at, now()),
+    finished_at = CASE WHEN unit.run_status = 'running' THEN NULL ELSE now() END
+FROM unit
+WHERE f.id = unit.id AND f.status IN ('pending', 'running')
+RETURNING f.run_id, f.resource, f.entity, f.scope, f.details, unit.run_status, unit.options,
+          unit.status AS was
+"""
+
+# The run's units as its close counts them (the close holds the run row's lock meanwhile).
+UNIT_ROWS = sa.text(
+    "SELECT id, resource, entity, scope, status, error_message, details, records, bytes"
+    " FROM fetches WHERE run_id = :run_id ORDER BY id"
+)
+LOCK_RUN = sa.text("SELECT status FROM runs WHERE id = :run_id FOR UPDATE")
+RUN_ROW = sa.text("SELECT status, error_message, options FROM runs WHERE id = :run_id")
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedUnit:
+    """What a job's unit is: enough to rebuild its `Unit` in any process."""
+
+    resource: str  # the catalog path, e.g. userData.do
+    entity: str
+    scope: str  # as the fetch row records it
+    event: str | None  # the `event` parameter
+    covered: tuple[str, ...] = ()
+    account_wide: bool = False
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "queued": {
+                "event": self.event,
+                "covered": list(self.covered),
+                "account_wide": self.account_wide,
+            }
+        }
+
+    @classmethod
+    def from_row(cls, resource: str, entity: str, scope: str, details: Any) -> QueuedUnit:
+        q = (details or {}).get("queued") or {}
+        return cls(
+            resource=resource,
+            entity=entity,
+            scope=scope,
+            event=q.get("event"),
+            covered=tuple(q.get("covered") or ()),
+            account_wide=bool(q.get("account_wide")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A worker's hold on an open unit, or the news that its run has ended."""
+
+    run_id: int
+    unit: QueuedUnit
+    run_running: bool  # False: the row was just closed skipped/cancelled; nothing to do
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UnitRow:
+    id: int
+    unit: QueuedUnit
+    status: str
+    error_message: str | None
+    records: int
+    bytes: int
+
+    @property
+    def name(self) -> str:
+        """entity:scope, as a run's messages name its units."""
+        return f"{self.unit.entity}:{self.unit.scope}"
+
+
+def job_lock(unit: QueuedUnit) -> str:
+    """procrastinate runs one job per lock at a time: one per unit's resource and scope."""
+    return f"syncsvc:{unit.resource}:{unit.scope}"
+
+
+async def enqueue(conn: AsyncConnection, run_id: int, units: Sequence[QueuedUnit]) -> list[int]:
+    """In the caller's transaction: one pending fetch row and one job per unit; the fetch ids."""
+    if not units:
+        return []
+    rows = (
+        await conn.execute(
+            sa.text(INSERT_UNIT),
+            {
+                "run_id": run_id,
+                "units": json.dumps(
+                    [
+                        {
+                            "resource": u.resource,
+                            "entity": u.entity,
+                            "scope": u.scope,
+                            "details": u.details(),
+                        }
+                        for u in units
+                    ]
+                ),
+            },
+        )
+    ).all()
+    ids = [int(r.id) for r in rows]
+    jobs = [
+        {"lock": job_lock(u), "args": {"run_id": run_id, "fetch_id": fetch_id}}
+        for u, fetch_id in zip(units, ids, strict=True)
+    ]
+    await conn.execute(sa.text(DEFER), {"queue": QUEUE, "task": TASK, "jobs": json.dumps(jobs)})
+    return ids
+
+
+@guarded("could not queue the run's units")
+async def enqueue_units(engine: AsyncEngine, run_id: int, units: Sequence[QueuedUnit]) -> list[int]:
+    async with engine.begin() as conn:
+        return await enqueue(conn, run_id, units)
+
+
+@guarded("could not queue the units replacing a refused event=all unit")
+async def supersede(
+    engine: AsyncEngine, run_id: int, fetch_id: int, replacements: Sequence[QueuedUnit]
+) -> list[int]:
+    """A failed `event=all` unit becomes `superseded` and its per-event units are queued, in one
+    transaction: the run's close never sees the unit closed and its replacements not yet there."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "UPDATE fetches SET status = 'superseded', finished_at = now()"
+                " WHERE id = :id AND status IN ('pending', 'running', 'failed')"
+            ),
+            {"id": fetch_id},
+        )
+        return await enqueue(conn, run_id, replacements)
+
+
+@guarded("could not claim the unit")
+async def claim(engine: AsyncEngine, fetch_id: int) -> Claim | None:
+    """Mark the unit `running` for this worker; None when it is already closed (an earlier
+    attempt committed it, or its run closed it)."""
+    async with engine.begin() as conn:
+        row = (await conn.execute(sa.text(CLAIM), {"fetch_id": fetch_id})).first()
+        if row is None:
+            return None
+    unit = QueuedUnit.from_row(row.resource, row.entity, row.scope, row.details)
+    return Claim(
+        run_id=int(row.run_id),
+        unit=unit,
+        run_running=row.run_status == "running",
+        options=dict(row.options or {}),
+    )
+
+
+@guarded("could not read the run's units")
+async def unit_rows(engine: AsyncEngine, run_id: int) -> list[UnitRow]:
+    async with engine.connect() as conn:
+        return _unit_rows(await conn.execute(UNIT_ROWS, {"run_id": run_id}))
+
+
+def _unit_rows(result: Any) -> list[UnitRow]:
+    return [
+        UnitRow(
+            int(r.id),
+            QueuedUnit.from_row(r.resource, r.entity, r.scope, r.details),
+            str(r.status),
+            r.error_message,
+            int(r.records),
+            int(r.bytes),
+        )
+        for r in result
+    ]
+
+
+@guarded("could not read the run")
+async def run_row(engine: AsyncEngine, run_id: int) -> tuple[str, str | None] | None:
+    async with engine.connect() as conn:
+        row = (await conn.execute(RUN_ROW, {"run_id": run_id})).first()
+    return None if row is None else (str(row.status), row.error_message)
+
+
+class RunClose(list[UnitRow]):
+    """A running run's units, read under its row's lock, and the close of the run in the same
+    transaction."""
+
+    def __init__(self, conn: AsyncConnection, run_id: int, units: list[UnitRow]) -> None:
+        super().__init__(units)
+        self.conn = conn
+        self.run_id = run_id
+
+    async def close(self, status: str, error_message: str | None) -> None:
+        await runs.finish_in(self.conn, self.run_id, status=status, error_message=error_message)
+
+
+@contextlib.asynccontextmanager
+async def closing(engine: AsyncEngine, run_id: int) -> AsyncIterator[RunClose | None]:
+    """The run's row locked and its units, or None when it is no longer `running`."""
+    with boundary("could not close the run"):
+        async with engine.begin() as conn:
+            status = await conn.scalar(LOCK_RUN, {"run_id": run_id})
+            if status != "running":
+                yield None
+                return
+            units = _unit_rows(await conn.execute(UNIT_ROWS, {"run_id": run_id}))
+            yield RunClose(conn, run_id, units)
+
+
+def queue_schema() -> str | None:
+    """procrastinate's schema SQL, or None when the queue extra is not installed."""
+    try:
+        from procrastinate.schema import SchemaManager
+    except ImportError:
+        return None
+    return str(SchemaManager.get_schema())
+
+
+@guarded("could not apply the task queue's schema")
+async def apply_queue_schema(engine: AsyncEngine) -> bool:
+    """Create procrastinate's tables and functions when absent; True if this call created them.
+    Its upgrades are procrastinate's own migrations (docs/task-queue.md)."""
+    sql = queue_schema()
+    if sql is None:
+        return False
+    async with engine.begin() as conn:
+        # One upgrade at a time: two replicas' init containers must not both create it.
+        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('syncsvc.queue'))"))
+        if await conn.scalar(sa.text(f"SELECT to_regclass('{JOBS_TABLE}')")) is not None:
+            return False
+        raw = await raw_connection(conn)
+        await raw.execute(sql)  # many statements: asyncpg's simple protocol
+    return True
+
+
+@guarded("could not check the task queue's schema")
+async def require_queue_schema(engine: AsyncEngine) -> None:
+    from syncsvc.errors import ConfigError
+
+    async with engine.connect() as conn:
+        present = await conn.scalar(sa.text(f"SELECT to_regclass('{JOBS_TABLE}')"))
+    if present is None:
+        raise ConfigError(
+            "the database has no task queue schema: run `syncsvc db upgrade` with the queue"
+            " extra installed",
+            setting="executor",
+        )

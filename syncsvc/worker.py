@@ -1,0 +1,203 @@
+"""`syncsvc worker`: run queued units, as procrastinate jobs, in this process (docs/task-queue.md).
+
+A run with `executor = "queue"` commits its plan and one job per unit (store/jobs.py); any number
+of worker processes, on any machines reaching the database, take the jobs. Each job runs one unit
+exactly as a run in one process would (`Runner.execute`: fetch, parse, stage, diff, apply, one
+transaction), and the worker that finds its run's last unit closed closes the run.
+
+A worker that dies (SIGKILL, a lost machine) stops writing its heartbeat; after
+`worker_stalled_after` seconds the others find its jobs stalled and run them again. A second
+attempt of a unit that had committed finds its row closed and applies nothing (store/jobs.py); one
+that had not commits as the first would have: every change is recorded once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from syncsvc import logs
+from syncsvc.budget import Budget
+from syncsvc.cvent.client import CventClient
+from syncsvc.errors import ConfigError, RunFencedError, RunStoppingError
+from syncsvc.metrics import Metrics
+from syncsvc.parse.stream import ParseStage
+from syncsvc.scheduler import Runner, close_if_done
+from syncsvc.settings import Settings
+from syncsvc.store import db, jobs
+from syncsvc.store import runs as run_rows
+from syncsvc.units import Unit, fallback
+from syncsvc.vocab import RunStatus, UnitStatus
+
+if TYPE_CHECKING:
+    import procrastinate
+
+log = logs.get_logger(__name__)
+
+# Attempts of a job whose unit could not even be claimed or closed (the database unreachable):
+# the unit's own failures are recorded on its row and never raise.
+JOB_ATTEMPTS = 5
+
+
+def _procrastinate() -> Any:
+    try:
+        import procrastinate
+    except ImportError:
+        raise ConfigError(
+            "executor = queue needs the queue extra: pip install 'syncsvc[queue]'",
+            setting="executor",
+        ) from None
+    return procrastinate
+
+
+def psycopg_conninfo(url: URL) -> tuple[str, dict[str, Any]]:
+    """procrastinate's psycopg connection string for syncsvc's database, and the password apart
+    (a keyword argument of the pool's connections, never part of a string that can be logged)."""
+    kwargs: dict[str, Any] = {}
+    if isinstance(url.password, str):
+        kwargs["password"] = url.password
+    conninfo = url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    return conninfo, kwargs
+
+
+@dataclass(slots=True)
+class Worker:
+    """What one worker process shares between its jobs: the engine, one API client (one budget,
+    one HTTP session) and one parse pool."""
+
+    settings: Settings
+    engine: AsyncEngine
+    client: CventClient
+    parse: ParseStage
+    metrics: Metrics
+
+    async def run_job(self, run_id: int, fetch_id: int) -> None:
+        claim = await jobs.claim(self.engine, fetch_id)
+        if claim is None or not claim.run_running:
+            # Committed by an earlier attempt, or its run has ended: only the close is left.
+            log.info("unit_already_closed", run_id=run_id, fetch_id=fetch_id)
+            await close_if_done(self.engine, run_id)
+            return
+        unit = Unit.from_queued(claim.unit)
+        runner = Runner(
+            self.settings,
+            self.engine,
+            self.client,
+            metrics=self.metrics,
+            override_hold=bool(claim.options.get("override_hold")),
+            trigger="worker",
+            parse=self.parse,
+        )
+        logs.bind(run_id=run_id)
+        try:
+            outcome = await runner.execute(run_id, unit, fetch_id)
+        except RunFencedError:
+            log.warning("unit_fenced", run_id=run_id, unit=unit.name)
+            return
+        except RunStoppingError as exc:
+            # 101/102 stop the whole run, as in one process: close it failed; the fence keeps
+            # the units running elsewhere from committing, and their jobs find it closed.
+            await run_rows.finish_run(
+                self.engine,
+                run_id,
+                status=RunStatus.FAILED,
+                error_code=exc.code,
+                error_message=str(exc),
+            )
+            log.error("run_stopped_by_unit", run_id=run_id, unit=unit.name, error=str(exc))
+            return
+        finally:
+            logs.unbind("run_id")
+        if unit.account_wide and outcome.status == UnitStatus.FAILED and outcome.error:
+            replacements = fallback(unit, outcome.error)
+            await jobs.supersede(self.engine, run_id, fetch_id, [u.queued() for u in replacements])
+            log.warning(
+                "event_all_fell_back",
+                resource=unit.resource.path,
+                reason=str(outcome.error),
+                units=len(replacements),
+            )
+        await close_if_done(self.engine, run_id)
+
+
+def make_app(url: URL) -> procrastinate.App:
+    procrastinate = _procrastinate()
+    conninfo, kwargs = psycopg_conninfo(url)
+    connector = procrastinate.PsycopgConnector(conninfo=conninfo, kwargs=kwargs)
+    app: procrastinate.App = procrastinate.App(connector=connector)
+    return app
+
+
+async def recover_stalled(app: procrastinate.App, settings: Settings) -> None:
+    """Run again the jobs of workers that stopped their heartbeats (procrastinate leaves this to
+    the application). Every worker does it; a job retried twice is retried once."""
+    while True:
+        await asyncio.sleep(settings.worker_heartbeat)
+        try:
+            stalled = await app.job_manager.get_stalled_jobs(
+                queue=jobs.QUEUE,
+                task_name=jobs.TASK,
+                seconds_since_heartbeat=settings.worker_stalled_after,
+            )
+            for job in stalled:
+                with contextlib.suppress(Exception):  # another worker retried it first
+                    await app.job_manager.retry_job(job)
+                    log.warning("stalled_unit_retried", job_id=job.id, args=job.task_kwargs)
+        except Exception as exc:  # the database away for a moment: try again next beat
+            log.warning("stalled_check_failed", error=type(exc).__name__)
+
+
+async def serve_worker(settings: Settings, *, concurrency: int | None = None) -> None:
+    """Take and run queued units until SIGTERM/SIGINT; then finish the running ones and exit."""
+    procrastinate = _procrastinate()
+    settings.require_api()
+    async with db.connect(settings) as engine:
+        await db.require_current(engine)
+        await jobs.require_queue_schema(engine)
+        budget = Budget.from_settings(settings)
+        parse = ParseStage(settings)
+        try:
+            async with CventClient.open(settings, budget=budget) as client:
+                worker = Worker(settings, engine, client, parse, Metrics())
+                app = make_app(engine.url)
+
+                async def unit(run_id: int, fetch_id: int) -> None:
+                    await worker.run_job(run_id, fetch_id)
+
+                app.task(
+                    name=jobs.TASK,
+                    queue=jobs.QUEUE,
+                    retry=procrastinate.RetryStrategy(
+                        max_attempts=JOB_ATTEMPTS, exponential_wait=2
+                    ),
+                )(unit)
+                name = f"{socket.gethostname()}-{os.getpid()}"
+                log.info("worker_started", name=name, concurrency=concurrency)
+                async with app.open_async():
+                    recovery = asyncio.create_task(recover_stalled(app, settings))
+                    try:
+                        await app.run_worker_async(
+                            queues=[jobs.QUEUE],
+                            name=name,
+                            concurrency=concurrency or settings.worker_concurrency,
+                            update_heartbeat_interval=settings.worker_heartbeat,
+                            stalled_worker_timeout=settings.worker_stalled_after,
+                            # No shutdown_graceful_timeout: on SIGTERM no new unit starts and
+                            # the running ones finish (a unit cut short by a SIGKILL commits
+                            # nothing and runs again elsewhere after the stall).
+                            delete_jobs="successful",
+                        )
+                    finally:
+                        recovery.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await recovery
+        finally:
+            await asyncio.to_thread(parse.close)
+    log.info("worker_stopped", name=name)
