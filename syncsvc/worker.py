@@ -77,9 +77,10 @@ class Worker:
     client: CventClient
     parse: ParseStage
     metrics: Metrics
+    name: str  # host-pid: recorded on the units it runs
 
     async def run_job(self, run_id: int, fetch_id: int) -> None:
-        claim = await jobs.claim(self.engine, fetch_id)
+        claim = await jobs.claim(self.engine, fetch_id, self.name)
         if claim is None or not claim.run_running:
             # Committed by an earlier attempt, or its run has ended: only the close is left.
             log.info("unit_already_closed", run_id=run_id, fetch_id=fetch_id)
@@ -128,10 +129,10 @@ class Worker:
 
 
 def make_app(url: URL) -> procrastinate.App:
-    procrastinate = _procrastinate()
+    pc = _procrastinate()
     conninfo, kwargs = psycopg_conninfo(url)
-    connector = procrastinate.PsycopgConnector(conninfo=conninfo, kwargs=kwargs)
-    app: procrastinate.App = procrastinate.App(connector=connector)
+    connector = pc.PsycopgConnector(conninfo=conninfo, kwargs=kwargs)
+    app: procrastinate.App = pc.App(connector=connector)
     return app
 
 
@@ -156,7 +157,7 @@ async def recover_stalled(app: procrastinate.App, settings: Settings) -> None:
 
 async def serve_worker(settings: Settings, *, concurrency: int | None = None) -> None:
     """Take and run queued units until SIGTERM/SIGINT; then finish the running ones and exit."""
-    procrastinate = _procrastinate()
+    pc = _procrastinate()
     settings.require_api()
     async with db.connect(settings) as engine:
         await db.require_current(engine)
@@ -165,7 +166,8 @@ async def serve_worker(settings: Settings, *, concurrency: int | None = None) ->
         parse = ParseStage(settings)
         try:
             async with CventClient.open(settings, budget=budget) as client:
-                worker = Worker(settings, engine, client, parse, Metrics())
+                name = f"{socket.gethostname()}-{os.getpid()}"
+                worker = Worker(settings, engine, client, parse, Metrics(), name)
                 app = make_app(engine.url)
 
                 async def unit(run_id: int, fetch_id: int) -> None:
@@ -174,11 +176,8 @@ async def serve_worker(settings: Settings, *, concurrency: int | None = None) ->
                 app.task(
                     name=jobs.TASK,
                     queue=jobs.QUEUE,
-                    retry=procrastinate.RetryStrategy(
-                        max_attempts=JOB_ATTEMPTS, exponential_wait=2
-                    ),
+                    retry=pc.RetryStrategy(max_attempts=JOB_ATTEMPTS, exponential_wait=2),
                 )(unit)
-                name = f"{socket.gethostname()}-{os.getpid()}"
                 log.info("worker_started", name=name, concurrency=concurrency)
                 async with app.open_async():
                     recovery = asyncio.create_task(recover_stalled(app, settings))
@@ -200,4 +199,4 @@ async def serve_worker(settings: Settings, *, concurrency: int | None = None) ->
                             await recovery
         finally:
             await asyncio.to_thread(parse.close)
-    log.info("worker_stopped", name=name)
+    log.info("worker_stopped")

@@ -61,6 +61,9 @@ UPDATE fetches f
 SET status = CASE WHEN unit.run_status = 'running' THEN 'running'
                   WHEN unit.status = 'pending' THEN 'skipped' ELSE 'cancelled' END,
     started_at = coalesce(f.started_at, now()),
+    details = f.details || jsonb_build_object(
+        'worker', CAST(:worker AS text),
+        'claims', coalesce(CAST(f.details->>'claims' AS int), 0) + 1),
     finished_at = CASE WHEN unit.run_status = 'running' THEN NULL ELSE now() END
 FROM unit
 WHERE f.id = unit.id AND f.status IN ('pending', 'running')
@@ -196,11 +199,11 @@ async def supersede(
 
 
 @guarded("could not claim the unit")
-async def claim(engine: AsyncEngine, fetch_id: int) -> Claim | None:
-    """Mark the unit `running` for this worker; None when it is already closed (an earlier
-    attempt committed it, or its run closed it)."""
+async def claim(engine: AsyncEngine, fetch_id: int, worker: str) -> Claim | None:
+    """Mark the unit `running` for `worker` (recorded on the row, with the attempt's number);
+    None when it is already closed (an earlier attempt committed it, or its run closed it)."""
     async with engine.begin() as conn:
-        row = (await conn.execute(sa.text(CLAIM), {"fetch_id": fetch_id})).first()
+        row = (await conn.execute(sa.text(CLAIM), {"fetch_id": fetch_id, "worker": worker})).first()
         if row is None:
             return None
     unit = QueuedUnit.from_row(row.resource, row.entity, row.scope, row.details)
