@@ -29,6 +29,7 @@ from syncsvc.errors import (
     RunStoppingError,
     StoreError,
     SyncError,
+    UnitClosedError,
 )
 from syncsvc.metrics import Metrics
 from syncsvc.parse.stream import ParseStage
@@ -543,6 +544,13 @@ class Runner:
                 await self._record_failure(outcome, exc)
                 self._done(outcome)
                 raise
+            except UnitClosedError as exc:
+                # Another attempt of this queued unit committed first: this one applied nothing
+                # and its row already says how the unit ended.
+                outcome.error = exc
+                outcome.status = UnitStatus.SUPERSEDED
+                log.info("unit_attempt_redundant", unit=unit.name, fetch_id=outcome.fetch_id)
+                return outcome
             except SyncError as exc:
                 outcome.error = exc
                 outcome.status = UnitStatus.FAILED

@@ -19,6 +19,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager, ExitStack
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -65,18 +66,20 @@ QUEUE_ENV = {
 class Workers:
     """`syncsvc worker` processes, each in its own session (its parse workers die with it)."""
 
-    def __init__(self, env: dict[str, str], stack: ExitStack) -> None:
+    def __init__(self, env: dict[str, str], stack: ExitStack, log: Path | None) -> None:
         self.env = env
         self.stack = stack
+        self.log = log  # every worker's log lines, appended to one file
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, n: int = 1) -> None:
         for _ in range(n):
+            out = self.stack.enter_context(self.log.open("ab")) if self.log else None
             proc = subprocess.Popen(
                 [sys.executable, "-m", "syncsvc", "worker", "--concurrency", "2"],
                 env=self.env,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=out or subprocess.DEVNULL,
                 start_new_session=True,
             )
             self.procs.append(proc)
@@ -98,9 +101,9 @@ class Workers:
 
 
 @contextlib.contextmanager
-def workers(env: dict[str, str], n: int) -> Iterator[Workers]:
+def workers(env: dict[str, str], n: int, log: Path | None = None) -> Iterator[Workers]:
     with ExitStack() as stack:
-        w = Workers(env, stack)
+        w = Workers(env, stack, log)
         w.start(n)
         yield w
 
@@ -176,15 +179,12 @@ async def test_three_workers_sync_an_account_to_the_ground_truth_day_after_day(
                 run = await asyncio.to_thread(run_cli, _env(db_url, sim, **per_event), "run")
                 assert run.returncode == 0, run.stderr[-2000:]
                 seq = await _check_day(db_url, sim, day, seq)
-        status = await _scalar(
-            db_url, "SELECT string_agg(DISTINCT status, ',') FROM runs"
-        )
+        status = await _scalar(db_url, "SELECT string_agg(DISTINCT status, ',') FROM runs")
         assert status == "succeeded"
         # The units ran on the workers, not in `run`'s own process.
         ran_by = await _scalar(
             db_url,
-            "SELECT count(DISTINCT details->>'worker') FROM fetches"
-            " WHERE details ? 'worker'",
+            "SELECT count(DISTINCT details->>'worker') FROM fetches WHERE details ? 'worker'",
         )
         assert ran_by >= 1
         in_run = await _scalar(
@@ -201,8 +201,10 @@ async def test_a_queued_run_without_workers_schema_says_how_to_create_it(
     async with simulator(CONFIG) as sim:
         run = await asyncio.to_thread(run_cli, _env(db_url, sim), "worker")
         assert run.returncode == 2
-        assert run.stderr.strip().splitlines()[-1].endswith(
-            "run `syncsvc db upgrade` with the queue extra installed"
+        assert (
+            run.stderr.strip()
+            .splitlines()[-1]
+            .endswith("run `syncsvc db upgrade` with the queue extra installed")
         )
         assert "Traceback" not in run.stderr
 
@@ -238,7 +240,8 @@ async def test_workers_sigkilled_mid_run_lose_no_change_and_double_none(
         with workers(env, 3) as pool:
             for day in range(20):
                 sim.set_day(day)
-                run = subprocess.Popen(
+                run = await asyncio.to_thread(
+                    subprocess.Popen,
                     [sys.executable, "-m", "syncsvc", "run"],
                     env=env,
                     stdout=subprocess.PIPE,
@@ -258,7 +261,7 @@ async def test_workers_sigkilled_mid_run_lose_no_change_and_double_none(
                             pool.kill(pid)
                             kills += 1
                             pool.start(1)
-                    out, err = await asyncio.to_thread(run.communicate, timeout=300)
+                    _out, err = await asyncio.to_thread(run.communicate, timeout=300)
                 finally:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(run.pid, signal.SIGKILL)
@@ -266,3 +269,100 @@ async def test_workers_sigkilled_mid_run_lose_no_change_and_double_none(
                 assert run.returncode == 0, err[-2000:]
                 seq = await _check_day(db_url, sim, day, seq)
     assert kills >= 15
+    retried = await _scalar(
+        db_url, "SELECT count(*) FROM fetches WHERE (details->>'claims')::int > 1"
+    )
+    assert retried >= 1  # the survivors took killed workers' units up
+
+
+async def test_one_unit_run_twice_at_once_by_two_workers_commits_once(
+    simulator: SimFactory, db_url: URL, tmp_path: Path
+) -> None:
+    """A job delivered twice while its first attempt still runs (a worker taken for dead that is
+    only slow): both attempts download the same dump, one commits it, the other applies nothing
+    and says so; the change log holds each change once and the unit's figures are the first's.
+
+    The sessions table stays locked by the test meanwhile, so the run is still open when the
+    second attempt comes to commit (else the run's own fence would stop it first)."""
+    log = tmp_path / "workers.log"
+    async with simulator(CONFIG) as sim:
+        env = _env(db_url, sim)
+        up = await asyncio.to_thread(run_cli, env, "db", "upgrade")
+        assert up.returncode == 0, up.stderr
+        # Two parked users requests: the first attempt's and the duplicate's.
+        hold = {"resource": "userData.do", "event": "*", "kind": "hold", "times": 2}
+        await sim.control({"faults": [hold]})
+        blocker = await asyncpg.connect(db.libpq_url(db_url))
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE sessions IN EXCLUSIVE MODE")
+        try:
+            with workers(env, 2, log):
+                run = await asyncio.to_thread(
+                    subprocess.Popen,
+                    [sys.executable, "-m", "syncsvc", "run"],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    start_new_session=True,
+                )
+                try:
+                    await _until(lambda: _held_count(sim) == 1)
+                    fetch_id = await _scalar(
+                        db_url,
+                        "SELECT id FROM fetches WHERE entity = 'user' AND status = 'running'",
+                    )
+                    # The same unit's job once more, as a redelivery makes it (no job lock, so
+                    # procrastinate starts it while the first attempt runs).
+                    await _scalar(
+                        db_url,
+                        "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW('syncsvc',"
+                        " 'syncsvc.unit', 0, NULL, NULL, jsonb_build_object('run_id', run_id,"
+                        " 'fetch_id', id), NULL)::procrastinate_job_to_defer_v1]))"
+                        " FROM fetches WHERE id = $1",
+                        fetch_id,
+                    )
+                    await _until(lambda: _held_count(sim) == 2)
+                    await sim.control({"release": True})
+                    async with asyncio.timeout(120):
+                        await _until(lambda: "unit_attempt_redundant" in _read(log))
+                    await tx.commit()
+                    _out, err = await asyncio.to_thread(run.communicate, timeout=300)
+                finally:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(run.pid, signal.SIGKILL)
+                    run.wait()
+        finally:
+            await blocker.close()
+        assert run.returncode == 0, err[-2000:]
+        await _check_day(db_url, sim, 0, 0)
+        claims = await _scalar(
+            db_url, "SELECT (details->>'claims')::int FROM fetches WHERE id = $1", fetch_id
+        )
+        assert claims == 2
+        assert sim.simulator.stats.requests.get("userData.do") == 2
+        # The unit's figures are the committing attempt's, not overwritten by the redundant one.
+        inserted = await _scalar(db_url, "SELECT inserted FROM fetches WHERE id = $1", fetch_id)
+        users = sum(1 for c in sim.universe.expected_changes(-1, 0) if c.entity == "user")
+        assert inserted == users > 0
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def _held_count(sim: Any) -> int:
+    """Requests parked by the two-use hold fault so far (it counts down, then goes)."""
+    left = [f.times for f in sim.simulator.faults if f.kind == "hold"]
+    return 2 - (left[0] if left else 0)
+
+
+async def _until(probe: Callable[[], Any]) -> None:
+    while True:
+        found = probe()
+        if asyncio.iscoroutine(found):
+            found = await found
+        if found:
+            return
+        await asyncio.sleep(0.02)
