@@ -16,8 +16,9 @@ COPY syncsvc ./syncsvc
 COPY migrations ./migrations
 # Every dependency has a binary wheel for CPython 3.11, so the build stage needs no compiler;
 # the migrations ship inside the syncsvc wheel as the syncsvc.migrations package. The webhooks
-# extra (standardwebhooks) signs webhook consumers' deliveries from `serve`.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[webhooks]'
+# extra (standardwebhooks) signs webhook consumers' deliveries from `serve`; the queue extra
+# (procrastinate, psycopg) runs `syncsvc worker`.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[webhooks,queue]'
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -28,7 +29,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # PostgreSQL for laptops and tests) is removed: a container must be given SYNCSVC_DATABASE_URL.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links /wheels /wheels/syncsvc-*.whl \
-        /wheels/standardwebhooks-*.whl \
+        /wheels/standardwebhooks-*.whl /wheels/procrastinate-*.whl /wheels/psycopg-*.whl \
+        /wheels/psycopg_binary-*.whl \
     && pip uninstall --yes pgserver \
     && groupadd --gid 10001 syncsvc \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

@@ -1,6 +1,6 @@
 """Task-queue candidates for issue 18, measured on this machine's services: printed figures only.
 
-    .venv/bin/pip install -e '.[queue]'
+    .venv/bin/pip install -e '.[queue,queue-bench]'
     nice -n 19 .venv/bin/python benchmarks/queue_bench.py [--only procrastinate,celery,dramatiq]
 
 Candidates: procrastinate on PostgreSQL (a database of its own, created and dropped here), Celery on

@@ -145,7 +145,7 @@ def kube_errors(document: Mapping[str, Any], version: str) -> str | None:
 
 def test_the_manifests_cover_what_an_operator_expects() -> None:
     kinds = sorted(d["kind"] for f in KUBE_FILES for d in kube_documents(f))
-    assert kinds == ["ConfigMap", "CronJob", "Deployment", "Job", "Secret", "Service"]
+    assert kinds == ["ConfigMap", "CronJob", "Deployment", "Deployment", "Job", "Secret", "Service"]
 
 
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
@@ -227,7 +227,7 @@ def _secret_env_names() -> set[str]:
 
 def test_every_pod_follows_the_security_and_sizing_policy() -> None:
     pods = dict(pod_specs())
-    assert set(pods) == {"syncsvc-nightly", "syncsvc-serve", "syncsvc-migrate"}
+    assert set(pods) == {"syncsvc-nightly", "syncsvc-serve", "syncsvc-migrate", "syncsvc-worker"}
     for name, pod in pods.items():
         assert pod_policy_problems(pod) == [], name
 
@@ -346,7 +346,10 @@ def test_compose_validation_fails_on_an_unknown_key() -> None:
 
 def test_compose_runs_postgres_the_simulator_migrations_and_serve() -> None:
     services = _compose()["services"]
-    assert set(services) == {"postgres", "simulator", "migrate", "first-run", "serve"}
+    assert set(services) == {"postgres", "simulator", "migrate", "first-run", "serve", "worker"}
+    # Workers only with the queue profile: a plain `up` runs each run's units in its process.
+    assert services["worker"]["profiles"] == ["queue"]
+    assert services["worker"]["environment"]["SYNCSVC_EXECUTOR"] == "queue"
     assert services["serve"]["command"] == ["serve"]
     assert services["first-run"]["command"] == ["run", "--wait"]
     assert services["simulator"]["command"][0] == "simulate"
@@ -355,7 +358,7 @@ def test_compose_runs_postgres_the_simulator_migrations_and_serve() -> None:
         if "network_mode" in service:
             # Docker refuses ports or networks on a service that borrows another's namespace.
             assert not {"ports", "networks"} & set(service), name
-    for name in ("serve", "first-run"):
+    for name in ("serve", "first-run", "worker"):
         service = services[name]
         # Migrations first.
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
@@ -367,10 +370,13 @@ def test_compose_runs_postgres_the_simulator_migrations_and_serve() -> None:
 def test_settings_load_from_the_compose_environment() -> None:
     compose = _compose()
     secrets = {n: COMPOSE.parent / s["file"] for n, s in compose["secrets"].items()}
-    for name in ("migrate", "first-run", "serve"):
+    for name in ("migrate", "first-run", "serve", "worker"):
         service = compose["services"][name]
         env = {
-            k: str(secrets[Path(v).name]) if k.endswith("_FILE") else str(v)
+            # Compose's ${NAME:-default} interpolation, as `up` without the variable set sees it.
+            k: str(secrets[Path(v).name])
+            if k.endswith("_FILE")
+            else re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(v))
             for k, v in service["environment"].items()
         }
         settings = Settings.load(env=env)
