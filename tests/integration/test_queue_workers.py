@@ -66,8 +66,11 @@ QUEUE_ENV = {
 class Workers:
     """`syncsvc worker` processes, each in its own session (its parse workers die with it)."""
 
-    def __init__(self, env: dict[str, str], stack: ExitStack, log: Path | None) -> None:
+    def __init__(
+        self, env: dict[str, str], stack: ExitStack, log: Path | None, concurrency: int = 2
+    ) -> None:
         self.env = env
+        self.concurrency = concurrency
         self.stack = stack
         self.log = log  # every worker's log lines, appended to one file
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -76,7 +79,7 @@ class Workers:
         for _ in range(n):
             out = self.stack.enter_context(self.log.open("ab")) if self.log else None
             proc = subprocess.Popen(
-                [sys.executable, "-m", "syncsvc", "worker", "--concurrency", "2"],
+                [sys.executable, "-m", "syncsvc", "worker", "--concurrency", str(self.concurrency)],
                 env=self.env,
                 stdout=subprocess.DEVNULL,
                 stderr=out or subprocess.DEVNULL,
@@ -101,9 +104,11 @@ class Workers:
 
 
 @contextlib.contextmanager
-def workers(env: dict[str, str], n: int, log: Path | None = None) -> Iterator[Workers]:
+def workers(
+    env: dict[str, str], n: int, log: Path | None = None, concurrency: int = 2
+) -> Iterator[Workers]:
     with ExitStack() as stack:
-        w = Workers(env, stack, log)
+        w = Workers(env, stack, log, concurrency)
         w.start(n)
         yield w
 
@@ -366,3 +371,60 @@ async def _until(probe: Callable[[], Any]) -> None:
         if found:
             return
         await asyncio.sleep(0.02)
+
+
+async def test_a_queued_run_stopped_by_sigterm_ends_interrupted_and_commits_nothing_more(
+    simulator: SimFactory, db_url: URL
+) -> None:
+    """SIGTERM to `run` while its units are on workers: the run closes `interrupted`, the units
+    in flight cannot commit (the fence), those not started are skipped; the next run completes
+    the day to the ground truth."""
+    async with simulator(CONFIG) as sim:
+        env = _env(db_url, sim)
+        up = await asyncio.to_thread(run_cli, env, "db", "upgrade")
+        assert up.returncode == 0, up.stderr
+        hold = {"resource": "userData.do", "event": "*", "kind": "hold", "times": 1}
+        await sim.control({"faults": [hold]})
+        # One unit at a time: the users unit parks, the other two wait for a place.
+        with workers(env, 1, concurrency=1):
+            run = await asyncio.to_thread(
+                subprocess.Popen,
+                [sys.executable, "-m", "syncsvc", "run"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            try:
+                await _until(lambda: not any(f.kind == "hold" for f in sim.simulator.faults))
+                run.send_signal(signal.SIGTERM)
+                _out, err = await asyncio.to_thread(run.communicate, timeout=120)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(run.pid, signal.SIGKILL)
+                run.wait()
+            assert run.returncode != 0
+            assert "Traceback" not in err
+            assert await _scalar(db_url, "SELECT status FROM runs WHERE id = 1") == "interrupted"
+            await sim.control({"release": True})
+            # The parked unit finishes its download and is refused at commit; the others
+            # are skipped when the worker takes their jobs.
+            await _until(
+                lambda: _scalar(
+                    db_url,
+                    "SELECT count(*) = 0 FROM procrastinate_jobs WHERE status IN ('todo', 'doing')",
+                )
+            )
+            assert (
+                await _scalar(db_url, "SELECT count(*) FROM changes WHERE entity <> 'event'") == 0
+            )
+            statuses = await _scalar(
+                db_url,
+                "SELECT string_agg(DISTINCT status, ',' ORDER BY status) FROM fetches"
+                " WHERE run_id = 1 AND entity <> 'event'",
+            )
+            assert set(statuses.split(",")) <= {"cancelled", "skipped"}
+            again = await asyncio.to_thread(run_cli, env, "run")
+            assert again.returncode == 0, again.stderr[-2000:]
+        await _check_day(db_url, sim, 0, 0)
