@@ -356,7 +356,9 @@ class Runner:
         wait until the run is closed by its last unit (or close it, when every unit is final
         first), reporting units as they end. Stopping closes the run `interrupted`: units not
         started are skipped, and the fence keeps running ones from committing."""
-        await jobs.enqueue_units(self.engine, self.run_id, [u.queued() for u in units])
+        await jobs.enqueue_units(
+            self.engine, self.run_id, [u.queued() for u in units], self.budget.max_in_flight
+        )
         log.info("units_queued", units=len(units))
         seen: set[int] = set()
         while True:

@@ -118,7 +118,13 @@ class Worker:
             logs.unbind("run_id")
         if unit.account_wide and outcome.status == UnitStatus.FAILED and outcome.error:
             replacements = fallback(unit, outcome.error)
-            await jobs.supersede(self.engine, run_id, fetch_id, [u.queued() for u in replacements])
+            await jobs.supersede(
+                self.engine,
+                run_id,
+                fetch_id,
+                [u.queued() for u in replacements],
+                self.client.budget.max_in_flight,
+            )
             log.warning(
                 "event_all_fell_back",
                 resource=unit.resource.path,

@@ -138,13 +138,21 @@ class UnitRow:
         return f"{self.unit.entity}:{self.unit.scope}"
 
 
-def job_lock(unit: QueuedUnit) -> str:
-    """procrastinate runs one job per lock at a time: one per unit's resource and scope."""
-    return f"syncsvc:{unit.resource}:{unit.scope}"
+def job_lock(run_id: int, fetch_id: int, lanes: int) -> str:
+    """The job's procrastinate lock: one of the run's `lanes` (its budget's requests in flight).
+
+    procrastinate runs the jobs of one lock one at a time, in the order they were queued, so at
+    most `lanes` units of a run (of an account: one token) run at once, across every worker. A
+    worker's places never fill with units that would only wait for their token's budget while
+    another account's units, with budget to spare, wait for a place."""
+    return f"syncsvc:run-{run_id}:{fetch_id % max(1, lanes)}"
 
 
-async def enqueue(conn: AsyncConnection, run_id: int, units: Sequence[QueuedUnit]) -> list[int]:
-    """In the caller's transaction: one pending fetch row and one job per unit; the fetch ids."""
+async def enqueue(
+    conn: AsyncConnection, run_id: int, units: Sequence[QueuedUnit], lanes: int
+) -> list[int]:
+    """In the caller's transaction: one pending fetch row and one job per unit (on one of the
+    run's `lanes`, see `job_lock`); the fetch ids."""
     if not units:
         return []
     rows = (
@@ -168,22 +176,31 @@ async def enqueue(conn: AsyncConnection, run_id: int, units: Sequence[QueuedUnit
     ).all()
     ids = [int(r.id) for r in rows]
     jobs = [
-        {"lock": job_lock(u), "args": {"run_id": run_id, "fetch_id": fetch_id}}
-        for u, fetch_id in zip(units, ids, strict=True)
+        {
+            "lock": job_lock(run_id, fetch_id, lanes),
+            "args": {"run_id": run_id, "fetch_id": fetch_id},
+        }
+        for fetch_id in ids
     ]
     await conn.execute(sa.text(DEFER), {"queue": QUEUE, "task": TASK, "jobs": json.dumps(jobs)})
     return ids
 
 
 @guarded("could not queue the run's units")
-async def enqueue_units(engine: AsyncEngine, run_id: int, units: Sequence[QueuedUnit]) -> list[int]:
+async def enqueue_units(
+    engine: AsyncEngine, run_id: int, units: Sequence[QueuedUnit], lanes: int
+) -> list[int]:
     async with engine.begin() as conn:
-        return await enqueue(conn, run_id, units)
+        return await enqueue(conn, run_id, units, lanes)
 
 
 @guarded("could not queue the units replacing a refused event=all unit")
 async def supersede(
-    engine: AsyncEngine, run_id: int, fetch_id: int, replacements: Sequence[QueuedUnit]
+    engine: AsyncEngine,
+    run_id: int,
+    fetch_id: int,
+    replacements: Sequence[QueuedUnit],
+    lanes: int,
 ) -> list[int]:
     """A failed `event=all` unit becomes `superseded` and its per-event units are queued, in one
     transaction: the run's close never sees the unit closed and its replacements not yet there."""
@@ -195,7 +212,7 @@ async def supersede(
             ),
             {"id": fetch_id},
         )
-        return await enqueue(conn, run_id, replacements)
+        return await enqueue(conn, run_id, replacements, lanes)
 
 
 @guarded("could not claim the unit")
