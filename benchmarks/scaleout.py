@@ -1,0 +1,283 @@
+"""Benchmark: many accounts on 1, 2 and 4 `syncsvc worker` processes, against the rate bound.
+
+N simulated accounts (one simulator each, all in one helper process on loopback), each with its
+own per-token limits (request starts per second, requests in flight) and a latency and bandwidth
+per request, so the work is I/O-bound as it is across real machines. For each worker count: a
+fresh database, `syncsvc db upgrade`, W workers, one `syncsvc run` over every account
+(executor = queue, the shared per-token budget), timed. Prints figures; never passes or fails on
+time.
+
+The lower bound is the slowest account alone under its own limits (accounts run side by side):
+its event.do request, then its data requests, as fast as both of its limits allow,
+
+    bound = max over accounts of  d_event + max(n_data / R, sum(d_data) / C)
+
+with d = latency + bytes / bandwidth per request (bytes from the simulator's own count), R its
+starts per second and C its requests in flight. Workers stop scaling where their places
+(W x worker_concurrency) fall short of what the accounts may run at once (N x C).
+
+    .venv/bin/pip install -e '.[queue]'
+    .venv/bin/python benchmarks/scaleout.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+TOKEN = "sim-account-token"  # noqa: S105 (the simulator's public token)
+
+
+# --- the simulators (run with --serve-simulators in a helper process) ----------------------------
+
+
+async def serve_simulators(args: argparse.Namespace) -> None:
+    from syncsvc.simulator import SimConfig, run_simulator
+
+    opts: dict[str, Any] = {
+        "rate_limit": {
+            "starts_per_second": args.rate,
+            "max_concurrent": args.in_flight,
+            "period": 1.0,
+        },
+        "faults": [
+            {"kind": "latency", "value": args.latency},
+            {"kind": "bandwidth", "value": args.bandwidth},
+        ],
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        sims = []
+        for i in range(args.accounts):
+            config = SimConfig(
+                seed=100 + i,
+                events=args.events,
+                users_per_event=args.users_per_event,
+                sessions_per_event=max(1, args.users_per_event // 10),
+                exhibitors_per_event=max(1, args.users_per_event // 25),
+                big_event_every=0,
+                new_event_every=0,
+            )
+            sims.append(await stack.enter_async_context(run_simulator(config, **opts)))
+        urls = json.dumps([s.base_url for s in sims])
+        await asyncio.to_thread(Path(args.port_file).write_text, urls)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+
+
+# --- the orchestration ---------------------------------------------------------------------------
+
+
+def _config(base_urls: list[str], token_file: Path, path: Path) -> None:
+    lines = []
+    for i, url in enumerate(base_urls):
+        lines += [
+            "[[account]]",
+            f'name = "acct-{i:02d}"',
+            f'base_url = "{url}"',
+            f'api_token_file = "{token_file}"',
+            "",
+        ]
+    path.write_text("\n".join(lines))
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _stats(base_urls: list[str]) -> list[dict[str, Any]]:
+    import aiohttp
+
+    out = []
+    async with aiohttp.ClientSession() as session:
+        for url in base_urls:
+            root = url.removesuffix("api/")
+            async with session.get(root + "_sim/stats") as resp:
+                out.append(await resp.json())
+            async with session.post(root + "_sim/stats/reset") as resp:
+                await resp.read()
+    return out
+
+
+def _bound(stats: list[dict[str, Any]], args: argparse.Namespace) -> float:
+    worst = 0.0
+    for s in stats:
+        n = s["total_requests"]
+        data = n - 1
+        d_event = args.latency  # event.do is small: its latency dominates
+        total_d = n * args.latency + s["bytes_sent"] / args.bandwidth
+        worst = max(worst, d_event + max(data / args.rate, (total_d - d_event) / args.in_flight))
+    return worst
+
+
+def _start(cmd: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    out = log.open("ab") if log else subprocess.DEVNULL
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=out, start_new_session=True
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--database-url", required=True, help="a server where databases may be created")
+    p.add_argument("--accounts", type=int, default=20)
+    p.add_argument("--workers", default="1,2,4")
+    p.add_argument("--concurrency", type=int, default=10, help="units per worker at once")
+    p.add_argument("--events", type=int, default=4)
+    p.add_argument("--users-per-event", type=int, default=100)
+    p.add_argument("--rate", type=float, default=2.0, help="starts/s per account token")
+    p.add_argument("--in-flight", type=int, default=2, help="requests in flight per token")
+    p.add_argument("--latency", type=float, default=0.5, help="seconds before each answer")
+    p.add_argument("--bandwidth", type=float, default=200_000.0, help="bytes/s per request")
+    p.add_argument("--serve-simulators", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--port-file", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve_simulators:
+        asyncio.run(serve_simulators(args))
+        return
+    run_bench(args)
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="scaleout-"))
+    port_file = tmp / "sims.json"
+    token_file = tmp / "token"
+    token_file.write_text(TOKEN)
+    sim_cmd = [sys.executable, __file__, "--serve-simulators", "--port-file", str(port_file)]
+    for name in (
+        "accounts",
+        "events",
+        "users_per_event",
+        "rate",
+        "in_flight",
+        "latency",
+        "bandwidth",
+    ):
+        sim_cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    sims = _start(sim_cmd, dict(os.environ))
+    try:
+        while not port_file.exists():
+            if sims.poll() is not None:
+                raise SystemExit("the simulators did not start")
+            time.sleep(0.1)
+        base_urls = json.loads(port_file.read_text())
+        config = tmp / "accounts.toml"
+        _config(base_urls, token_file, config)
+        rows = []
+        for w in [int(x) for x in args.workers.split(",")]:
+            rows.append(_one(args, w, base_urls, config, tmp))
+        _print(args, rows)
+    finally:
+        _stop(sims)
+
+
+def _one(
+    args: argparse.Namespace, workers: int, base_urls: list[str], config: Path, tmp: Path
+) -> dict[str, Any]:
+    name = f"bench_scaleout_{workers}"
+    server = args.database_url
+    asyncio.run(_admin(server, f"DROP DATABASE IF EXISTS {name}"))
+    asyncio.run(_admin(server, f"CREATE DATABASE {name}"))
+    url = server.rsplit("/", 1)[0] + "/" + name
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp),
+        "SYNCSVC_CONFIG": str(config),
+        "SYNCSVC_DATABASE_URL": url,
+        "SYNCSVC_EXECUTOR": "queue",
+        "SYNCSVC_RATE_BUDGET": "shared",
+        "SYNCSVC_RATE_LIMIT": str(args.rate),
+        "SYNCSVC_MAX_CONCURRENCY": str(args.in_flight),
+        "SYNCSVC_USE_EVENT_ALL": "false",
+        "SYNCSVC_PARSE_IN_WORKER": "never",
+        "SYNCSVC_WORKER_CONCURRENCY": str(args.concurrency),
+        "SYNCSVC_LOG_FORMAT": "json",
+    }
+    up = subprocess.run(
+        [sys.executable, "-m", "syncsvc", "db", "upgrade"], env=env, capture_output=True, text=True
+    )
+    if up.returncode:
+        raise SystemExit(up.stderr)
+    asyncio.run(_stats(base_urls))  # reset
+    procs = [
+        _start([sys.executable, "-m", "syncsvc", "worker"], env, tmp / f"worker-{workers}.log")
+        for _ in range(workers)
+    ]
+    try:
+        t0 = time.monotonic()
+        run = subprocess.run(
+            [sys.executable, "-m", "syncsvc", "run"], env=env, capture_output=True, text=True
+        )
+        wall = time.monotonic() - t0
+    finally:
+        for proc in procs:
+            _stop(proc)
+    if run.returncode:
+        print(run.stderr[-3000:], file=sys.stderr)
+    stats = asyncio.run(_stats(base_urls))
+    asyncio.run(_admin(server, f"DROP DATABASE IF EXISTS {name}"))
+    return {
+        "workers": workers,
+        "exit": run.returncode,
+        "wall": wall,
+        "bound": _bound(stats, args),
+        "requests": sum(s["total_requests"] for s in stats),
+        "rejections": sum(sum(s["rejections"].values()) for s in stats),
+        "peak_in_flight": max(s["peak_concurrency"] for s in stats),
+        "mb": sum(s["bytes_sent"] for s in stats) / 1e6,
+    }
+
+
+def _print(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    demand = args.accounts * args.in_flight
+    print(
+        f"{args.accounts} accounts x {args.events} events x {args.users_per_event} users;"
+        f" per token {args.rate:g} starts/s, {args.in_flight} in flight; latency"
+        f" {args.latency:g} s, {args.bandwidth / 1000:g} kB/s per request;"
+        f" worker_concurrency {args.concurrency}"
+    )
+    print(
+        "| workers | places (workers x concurrency) vs accounts x in-flight | wall s |"
+        " bound s | wall / bound | requests | MB | rate-limit rejections | peak in flight"
+        " (one token) | exit |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        places = r["workers"] * args.concurrency
+        print(
+            f"| {r['workers']} | {places} vs {demand} | {r['wall']:.1f} | {r['bound']:.1f} |"
+            f" {r['wall'] / r['bound']:.2f}x | {r['requests']} | {r['mb']:.1f} |"
+            f" {r['rejections']} | {r['peak_in_flight']} | {r['exit']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
