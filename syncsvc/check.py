@@ -8,7 +8,6 @@ message names the egress address to allow-list).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -21,7 +20,7 @@ from syncsvc.errors import (
     RetriesExhaustedError,
     SyncError,
 )
-from syncsvc.settings import Settings
+from syncsvc.settings import Settings, setting_fields
 
 PASS, FAIL, WARN = "PASS", "FAIL", "WARN"
 
@@ -32,7 +31,7 @@ def _line(verdict: str, what: str, detail: str) -> str:
 
 def settings_lines(settings: Settings, sources: dict[str, str]) -> list[str]:
     out = []
-    for f in dataclasses.fields(settings):
+    for f in setting_fields(settings):
         value = getattr(settings, f.name)
         if f.metadata.get("secret"):
             shown = "(set)" if value else "(unset)"
