@@ -25,7 +25,7 @@ NOW = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
 
 
 def test_the_migration_holds_the_history_sql_this_code_generates() -> None:
-    migration = importlib.import_module("syncsvc.migrations.versions.0005_history_views")
+    migration = importlib.import_module("syncsvc.migrations.versions.0007_accounts")
     assert history.all_views() == {k: v.strip() for k, v in migration.VIEWS.items()}
 
 
