@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from syncsvc.settings import ENV_PREFIX, Settings, setting_fields
+from syncsvc.settings import ACCOUNT_KEYS, ENV_PREFIX, Settings, setting_fields
 from syncsvc.vocab import ExitCode, Op, RunStatus, UnitStatus
 
 COMMAND = "python -m syncsvc.docgen > docs/configuration.md"
@@ -132,6 +132,15 @@ def render(settings: type[Any] = Settings) -> str:
         "## An example file",
         "",
         *_example_toml(settings),
+        "",
+        "## Many accounts",
+        "",
+        "`[[account]]` tables in the TOML file declare several accounts, each with its `name` and",
+        "its own `base_url`, `api_token_file` and any of "
+        + ", ".join(f"`{k}`" for k in ACCOUNT_KEYS[2:])
+        + "; the settings above are the",
+        "defaults every account inherits. Without a table, the settings above are one account,",
+        "`default` (`account` renames it). See [operations.md](operations.md), \"Many accounts\".",
         "",
     ]
     return HEADER + "\n".join(body)
