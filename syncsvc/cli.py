@@ -620,17 +620,29 @@ def check_cmd(ctx: typer.Context) -> None:
 
 
 @app.command("plan")
-def plan_cmd(ctx: typer.Context) -> None:
+def plan_cmd(
+    ctx: typer.Context,
+    account: Annotated[
+        list[str] | None,
+        typer.Option("--account", help="Only this account (repeatable; default: every one)."),
+    ] = None,
+) -> None:
     """The units a run would execute now (from the events the last run stored), fetching nothing."""
     from syncsvc import planview
     from syncsvc.store import db
 
     settings = settings_of(ctx)
+    accounts = chosen_accounts(settings, account)
 
     async def go() -> list[str]:
+        lines: list[str] = []
         async with db.connect(settings) as engine:
             await db.require_current(engine)
-            return await planview.describe(settings, engine)
+            for acct in accounts:
+                if settings.declared:
+                    lines.append(f"account {acct.account}:")
+                lines += await planview.describe(acct, engine)
+        return lines
 
     for line in run_async(go):
         typer.echo(line)

@@ -140,7 +140,7 @@ def render(settings: type[Any] = Settings) -> str:
         + ", ".join(f"`{k}`" for k in ACCOUNT_KEYS[2:])
         + "; the settings above are the",
         "defaults every account inherits. Without a table, the settings above are one account,",
-        "`default` (`account` renames it). See [operations.md](operations.md), \"Many accounts\".",
+        '`default` (`account` renames it). See [operations.md](operations.md), "Many accounts".',
         "",
     ]
     return HEADER + "\n".join(body)

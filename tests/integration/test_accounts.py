@@ -21,6 +21,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from sqlalchemy.engine import URL
@@ -29,7 +30,7 @@ from syncsvc.catalog import BY_ENTITY, RESOURCES, FieldKind
 from syncsvc.simulator import SimConfig
 from syncsvc.store import db
 from syncsvc.vocab import ExitCode
-from tests.processes import SIM_TOKEN, cli_env, run_cli
+from tests.processes import SIM_TOKEN, cli_env, run_cli, serve, serve_port, started
 
 pytestmark = pytest.mark.db
 
@@ -302,3 +303,76 @@ async def test_an_unknown_account_name_is_a_config_error(db_url: URL, tmp_path: 
     proc = await _run(db_url, config, "--account", "zz")
     assert proc.returncode == ExitCode.CONFIG
     assert proc.stderr.strip() == "syncsvc: no account named 'zz' (configured: a)"
+
+
+async def _until(probe: Callable[[], Any]) -> None:
+    """Poll a state probe (a plain or async callable) until it is true."""
+    while True:
+        found = probe()
+        if asyncio.iscoroutine(found):
+            found = await found
+        if found:
+            return
+        await asyncio.sleep(0.02)
+
+
+async def test_two_accounts_run_at_once_while_one_account_never_runs_twice(
+    simulator: SimFactory, db_url: URL, tmp_path: Path
+) -> None:
+    async with simulator(CONFIG) as sim_a, simulator(CONFIG) as sim_b:
+        config = _config(
+            tmp_path,
+            [{"name": "a", "base_url": sim_a.base_url}, {"name": "b", "base_url": sim_b.base_url}],
+        )
+        # a's run parks in its users fetch, holding a's run lock, until released.
+        hold = {"resource": "userData.do", "event": "*", "kind": "hold", "times": 1}
+        await sim_a.control({"faults": [hold]})
+        args = ("--config", str(config), "run", "--account", "a")
+        with started(cli_env(db_url), *args) as first:
+            await _until(lambda: not any(f.kind == "hold" for f in sim_a.simulator.faults))
+            other = await _run(db_url, config, "--account", "b")
+            assert other.returncode == 0, other.stderr
+            twice = await _run(db_url, config, "--account", "a")
+            assert twice.returncode == ExitCode.LOCKED, twice.stderr
+            assert "account a: " in twice.stderr
+            await sim_a.control({"release": True})
+            _out, err = await asyncio.to_thread(first.communicate, timeout=300)
+            assert first.returncode == 0, err
+        for name, sim in (("a", sim_a), ("b", sim_b)):
+            assert await _state(db_url, name) == _truth(sim, 0)
+        assert sorted((r[1], r[2]) for r in await _runs(db_url)) == [
+            ("a", "succeeded"),
+            ("b", "succeeded"),
+        ]
+
+
+async def test_serve_runs_each_account_on_its_schedule_and_judges_health_per_account(
+    simulator: SimFactory, db_url: URL, tmp_path: Path
+) -> None:
+    async with simulator(CONFIG) as sim_a, simulator(CONFIG) as sim_b:
+        config = _config(
+            tmp_path,
+            [
+                {"name": "a", "base_url": sim_a.base_url, "schedule": "0 2 * * *"},
+                {"name": "b", "base_url": sim_b.base_url, "schedule": "30 4 * * 1"},
+            ],
+        )
+        env = cli_env(db_url, SYNCSVC_SERVE_PORT="0", SYNCSVC_SERVE_HOST="127.0.0.1")
+        with serve(env, "--config", str(config), "--run-now") as proc:
+            port = await asyncio.to_thread(serve_port, proc)
+
+            async def both_done() -> bool:
+                return [r[2] for r in await _runs(db_url)] == ["succeeded", "succeeded"]
+
+            await _until(both_done)
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{port}/healthz") as response,
+            ):
+                body = await response.json()
+            assert response.status == 200, body
+            assert "account a: run" in body["reason"]
+            assert "account b: run" in body["reason"]
+        for name, sim in (("a", sim_a), ("b", sim_b)):
+            assert await _state(db_url, name) == _truth(sim, 0)
+        assert sorted(r[1] for r in await _runs(db_url)) == ["a", "b"]
