@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from syncsvc.settings import DEFAULT_ACCOUNT
 from syncsvc.store import read
 from syncsvc.units import Unit
 
 REASON = "the event was deleted: its records go with it"
 
 
-async def plan(engine: AsyncEngine) -> list[Unit]:
-    """One unit per (resource, deleted event) that still has live records."""
-    return [Unit(resource, guid) for resource, guid in await read.orphaned_scopes(engine)]
+async def plan(engine: AsyncEngine, account: str = DEFAULT_ACCOUNT) -> list[Unit]:
+    """One unit per (resource, deleted event of `account`) that still has live records."""
+    return [Unit(resource, guid) for resource, guid in await read.orphaned_scopes(engine, account)]

@@ -9,7 +9,10 @@ time, not stored on each change row: a run's environment never changes, the `run
 of the log to add. A reader loads `runs.id -> environment` once per snapshot (the run's row always
 commits before its changes, so every run_id it meets is in that map) and an environment filter is
 pushed down as `run_id = ANY(the runs of that environment)`, which keeps the plan an index range
-scan in seq order. Whatever else a run later records (an account) can come the same way.
+scan in seq order.
+
+The `account` is the change row's own column (migration 0007): every emitted row carries it, and
+an account filter is a plain predicate on the row.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ COLUMNS = (
     "seq",
     "run_id",
     "environment",
+    "account",
     "entity",
     "event_guid",
     "record_key",
@@ -46,7 +50,7 @@ _DB_COLUMNS = tuple(c for c in COLUMNS if c != "environment")
 FORMATS = ("ndjson", "csv")
 ENVELOPES = ("syncsvc", "debezium")
 # Filters a consumer keeps (consumers.filters): each a list, absent or empty meaning all.
-CONSUMER_FILTERS = ("entity", "op", "event", "environment", "client_id")
+CONSUMER_FILTERS = ("entity", "op", "event", "environment", "account", "client_id")
 
 
 # The change record (docs/change-record.schema.json) as PostgreSQL renders it: C code rather than
@@ -77,6 +81,7 @@ class ChangeFilter:
     run: Sequence[int] = ()
     client_id: Sequence[str] = ()
     environment: Sequence[str] = ()
+    account: Sequence[str] = ()
     captured_after: datetime | None = None  # captured_at >= this
     captured_before: datetime | None = None  # captured_at < this
     limit: int | None = None
@@ -89,6 +94,7 @@ class ChangeFilter:
             op=tuple(filters.get("op") or ()),
             event=tuple(filters.get("event") or ()),
             environment=tuple(filters.get("environment") or ()),
+            account=tuple(filters.get("account") or ()),
             client_id=tuple(filters.get("client_id") or ()),
         )
 
@@ -110,6 +116,7 @@ class ChangeFilter:
             ("event_guid", list(self.event)),
             ("run_id", list(self.run)),
             ("client_id", list(self.client_id)),
+            ("account", list(self.account)),
         ):
             if values:
                 clauses.append(f"changes.{column} = ANY({bind(values)})")
@@ -224,6 +231,7 @@ def render_debezium(row: dict[str, Any]) -> list[str]:
         "connector": "syncsvc",
         "table": row["entity"],
         "environment": row["environment"],
+        "account": row["account"],
         "run_id": row["run_id"],
         "seq": row["seq"],
         "event_guid": row["event_guid"],

@@ -8,7 +8,6 @@ message names the egress address to allow-list).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -21,7 +20,7 @@ from syncsvc.errors import (
     RetriesExhaustedError,
     SyncError,
 )
-from syncsvc.settings import Settings
+from syncsvc.settings import Settings, setting_fields
 
 PASS, FAIL, WARN = "PASS", "FAIL", "WARN"
 
@@ -32,7 +31,7 @@ def _line(verdict: str, what: str, detail: str) -> str:
 
 def settings_lines(settings: Settings, sources: dict[str, str]) -> list[str]:
     out = []
-    for f in dataclasses.fields(settings):
+    for f in setting_fields(settings):
         value = getattr(settings, f.name)
         if f.metadata.get("secret"):
             shown = "(set)" if value else "(unset)"
@@ -67,9 +66,12 @@ async def run_checks(config_file: Path | None) -> tuple[list[str], bool]:
     db_line = await _check_database(settings)
     ok &= db_line.startswith(PASS)
     lines.append(db_line)
-    api_line = await _check_api(settings)
-    ok &= api_line.startswith(PASS)
-    lines.append(api_line)
+    for account in settings.accounts():
+        # [[account]] tables: one line each, named by the account.
+        what = f"api {account.account}" if settings.declared else "api"
+        api_line = await _check_api(account, what)
+        ok &= api_line.startswith(PASS)
+        lines.append(api_line)
     return lines, ok
 
 
@@ -97,7 +99,7 @@ async def _check_database(settings: Settings) -> str:
     return _line(PASS, "database", f"{where} is reachable; schema at {current}")
 
 
-async def _check_api(settings: Settings) -> str:
+async def _check_api(settings: Settings, what: str = "api") -> str:
     from syncsvc import catalog
     from syncsvc.cvent.client import CventClient
     from syncsvc.parse.document import element_to_dict
@@ -111,19 +113,19 @@ async def _check_api(settings: Settings) -> str:
             listed = parse.consumer(catalog.EVENTS, collect_all, element_to_dict)
             events = (await client.fetch(catalog.EVENTS, None, listed)).value
     except ConfigError as exc:
-        return _line(FAIL, "api", str(exc))
+        return _line(FAIL, what, str(exc))
     except InvalidTokenError as exc:
-        return _line(FAIL, "api", f"the token was refused: {exc}")
+        return _line(FAIL, what, f"the token was refused: {exc}")
     except IpNotAllowedError as exc:
-        return _line(FAIL, "api", f"this address is not allow-listed: {exc}")
+        return _line(FAIL, what, f"this address is not allow-listed: {exc}")
     except RetriesExhaustedError as exc:
         cause = exc.__cause__ if isinstance(exc.__cause__, SyncError) else exc
-        return _line(FAIL, "api", f"{base_url} did not answer: {cause}")
+        return _line(FAIL, what, f"{base_url} did not answer: {cause}")
     except SyncError as exc:
-        return _line(FAIL, "api", f"event.do at {base_url} failed: {exc}")
+        return _line(FAIL, what, f"event.do at {base_url} failed: {exc}")
     return _line(
         PASS,
-        "api",
+        what,
         f"event.do at {base_url}: the token is valid and this address is allow-listed "
         f"({len(events)} events)",
     )

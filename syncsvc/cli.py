@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Annotated, Any
@@ -17,14 +18,16 @@ from syncsvc import logs
 from syncsvc.cliutil import (
     EXIT_CONFIG,
     EXIT_FAILED,
+    EXIT_LOCKED,
     EXIT_OK,
     Config,
     api_settings_of,
+    chosen_accounts,
     fail,
     run_async,
     settings_of,
 )
-from syncsvc.errors import RunLockedError, SyncError
+from syncsvc.errors import ConfigError, RunLockedError, SyncError
 from syncsvc.export.cli import dbt_sources_cmd, export_app
 from syncsvc.feed import cli as feed_cli
 from syncsvc.settings import Settings
@@ -252,6 +255,10 @@ def status_cmd(
     ctx: typer.Context,
     last: Annotated[int, typer.Option("--last", min=1, help="How many runs.")] = 5,
     fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    account: Annotated[
+        list[str] | None,
+        typer.Option("--account", help="Only this account's runs (repeatable; default: all)."),
+    ] = None,
 ) -> None:
     """The last runs and their units, failed and held units first, with why."""
     import json
@@ -271,7 +278,8 @@ def status_cmd(
     async def go() -> tuple[list[status.RunStatus], list[Any]]:
         async with db.connect(settings) as engine:
             await db.require_current(engine)
-            return await status.last_runs(engine, last), await list_consumers(engine)
+            names = tuple(account or ())
+            return await status.last_runs(engine, last, names), await list_consumers(engine)
 
     runs, feed_consumers = run_async(go)
     if fmt == "json":
@@ -288,7 +296,7 @@ def status_cmd(
     for r in runs:
         took = (r.finished_at - r.started_at).total_seconds() if r.finished_at else None
         console.print(
-            f"[bold]run {r.run_id}[/bold] {r.status} ({r.environment}, {r.trigger}) "
+            f"[bold]run {r.run_id}[/bold] {r.status} ({r.account}, {r.environment}, {r.trigger}) "
             f"started {r.started_at:%Y-%m-%d %H:%M:%S}Z"
             + (f", {took:.1f}s" if took is not None else "")
             + f": {r.records} records, +{r.inserted} ~{r.updated} -{r.deleted} rekey {r.rekeyed}",
@@ -340,54 +348,137 @@ def run_cmd(
         bool,
         typer.Option("--override-hold", help="Apply units held for mass deletes (after checking)."),
     ] = False,
+    account: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--account",
+            help="Run only this account (repeatable; default: every configured account).",
+        ),
+    ] = None,
 ) -> None:
-    """One run now. Exit: 0 succeeded, 1 failed, 2 config, 3 partial, 4 held, 5 locked."""
-    from syncsvc import console, lockinfo, scheduler, status
-    from syncsvc.store import db
+    """One run now, of each account. Exit: 0 succeeded, 1 failed, 2 config, 3 partial, 4 held,
+    5 locked (several accounts: the worst of theirs)."""
+    from syncsvc import console, scheduler
 
     settings = api_settings_of(ctx)
+    accounts = chosen_accounts(settings, account)
     out = console.console()
     if out.is_terminal and "log_level" not in (ctx.find_root().obj.sources or {}):
         # The live display shows what info lines would say; warnings and errors still print
         # (through it). An explicit SYNCSVC_LOG_LEVEL is kept.
         logs.configure("warning", settings.log_format)
+    if len(accounts) == 1 and not settings.declared:
+        # The single-account deployment: exactly the one run it always was.
+        try:
+            result = run_async(lambda: _run_account(accounts[0], out, wait, override_hold))
+        except typer.Exit as exc:
+            if exc.exit_code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED):
+                _close_interrupted(settings)
+            raise
+        console.print_summary(out, result)
+        raise typer.Exit(result.exit_code)
+    if settings.executor == "queue":
+        # The units run on the workers: every account's run is planned at once and waited for
+        # together, so the workers have every account's units to take (one account after the
+        # other would leave them idle while each run's last units finish).
+        try:
+            outcomes = run_async(lambda: _run_accounts_queued(accounts, wait, override_hold))
+        except typer.Exit as exc:
+            if exc.exit_code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED):
+                _close_interrupted(settings)
+            raise
+        qcodes: list[int] = []
+        for acct, got in zip(accounts, outcomes, strict=True):
+            label = f"account {acct.account}: "
+            if isinstance(got, BaseException):
+                code = EXIT_LOCKED if isinstance(got, RunLockedError) else EXIT_FAILED
+                if isinstance(got, ConfigError):
+                    code = EXIT_CONFIG
+                out.print(f"{label}{got}", highlight=False, markup=False)
+                qcodes.append(code)
+            else:
+                console.print_summary(out, got, label=label)
+                qcodes.append(got.exit_code)
+        names = ", ".join(f"{a.account} {c}" for a, c in zip(accounts, qcodes, strict=True))
+        out.print(f"exit codes: {names}", highlight=False)
+        raise typer.Exit(scheduler.worst_exit(qcodes))
+    # Several accounts: one run each, one after the other (each its own run row, lock and API
+    # client); one account's failure, refusal or lock never stops the next.
+    codes: list[int] = []
+    for acct in accounts:
+        out.print(f"[bold]account {acct.account}[/bold]", highlight=False)
+        try:
+            result = run_async(
+                lambda acct=acct: _run_account(acct, out, wait, override_hold),  # type: ignore[misc]
+                prefix=f"account {acct.account}: ",
+            )
+        except typer.Exit as exc:
+            if exc.exit_code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED):
+                _close_interrupted(settings)
+                raise
+            codes.append(int(exc.exit_code))
+            continue
+        console.print_summary(out, result, label=f"account {acct.account}: ")
+        codes.append(result.exit_code)
+    names = ", ".join(f"{a.account} {c}" for a, c in zip(accounts, codes, strict=True))
+    out.print(f"exit codes: {names}", highlight=False)
+    raise typer.Exit(scheduler.worst_exit(codes))
 
-    async def go() -> scheduler.RunResult:
-        async with db.connect(settings) as engine, scheduler.cancel_on_sigterm():
+
+async def _run_accounts_queued(
+    accounts: Sequence[Settings], wait: bool, override_hold: bool
+) -> list[Any]:
+    """Every account's run at once (executor = queue): each result, or the error that ended it
+    (one account's failure never stops another's run)."""
+    from syncsvc import scheduler
+    from syncsvc.store import db
+
+    async def one(settings: Settings) -> Any:
+        async with db.connect(settings) as engine:
             await db.require_current(engine)
-            expected = await status.previous_bytes(engine) if out.is_terminal else {}
-            with console.RunProgress(out, expected) as progress:
-                holder = await lockinfo.holder(engine) if wait else None
-                if holder is not None:
-                    progress.waiting(f"waiting for {holder.describe()} to finish")
-                    log = logs.get_logger(__name__)
-                    log.info("run_waiting", run_id=holder.run_id, holder=holder.describe())
-                try:
-                    return await scheduler.run_once(
-                        settings,
-                        engine,
-                        override_hold=override_hold,
-                        wait_lock=wait,
-                        on_unit=progress.unit_done,
-                        on_plan=progress.planned,
-                        on_fetch=progress.fetch_progress,
-                    )
-                except RunLockedError as exc:
-                    holder = await lockinfo.holder(engine)
-                    if holder is None:
-                        raise
-                    raise RunLockedError(
-                        f"{holder.describe()} holds this database; wait for it or pass --wait"
-                    ) from exc
+            return await scheduler.run_once(
+                settings, engine, override_hold=override_hold, wait_lock=wait
+            )
 
-    try:
-        result = run_async(go)
-    except typer.Exit as exc:
-        if exc.exit_code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED):
-            _close_interrupted(settings)
-        raise
-    console.print_summary(out, result)
-    raise typer.Exit(result.exit_code)
+    async with scheduler.cancel_on_sigterm():
+        got = await asyncio.gather(*(one(a) for a in accounts), return_exceptions=True)
+    for g in got:
+        if isinstance(g, BaseException) and not isinstance(g, SyncError):
+            raise g
+    return list(got)
+
+
+async def _run_account(settings: Settings, out: Any, wait: bool, override_hold: bool) -> Any:
+    """One run of one account (its settings), with the terminal's live display."""
+    from syncsvc import console, lockinfo, scheduler, status
+    from syncsvc.store import db
+
+    async with db.connect(settings) as engine, scheduler.cancel_on_sigterm():
+        await db.require_current(engine)
+        expected = await status.previous_bytes(engine, settings.account) if out.is_terminal else {}
+        with console.RunProgress(out, expected) as progress:
+            holder = await lockinfo.holder(engine, settings.account) if wait else None
+            if holder is not None:
+                progress.waiting(f"waiting for {holder.describe()} to finish")
+                log = logs.get_logger(__name__)
+                log.info("run_waiting", run_id=holder.run_id, holder=holder.describe())
+            try:
+                return await scheduler.run_once(
+                    settings,
+                    engine,
+                    override_hold=override_hold,
+                    wait_lock=wait,
+                    on_unit=progress.unit_done,
+                    on_plan=progress.planned,
+                    on_fetch=progress.fetch_progress,
+                )
+            except RunLockedError as exc:
+                holder = await lockinfo.holder(engine, settings.account)
+                if holder is None:
+                    raise
+                raise RunLockedError(
+                    f"{holder.describe()} holds this database; wait for it or pass --wait"
+                ) from exc
 
 
 def _close_interrupted(settings: Settings) -> None:
@@ -471,6 +562,17 @@ def serve_cmd(
                     settings, engine, metrics=metrics, stop=stop, trigger="serve"
                 )
 
+            def account_run(acct: Settings) -> Any:
+                async def go(stop: asyncio.Event) -> scheduler.RunResult:
+                    return await scheduler.run_once(
+                        acct, engine, metrics=metrics, stop=stop, trigger="serve"
+                    )
+
+                return go
+
+            # [[account]] tables: one schedule loop per account (each its own cron).
+            account_runs = {a.account: account_run(a) for a in settings.declared} or None
+
             def pages(app: web.Application, health: serve.Health) -> None:
                 status_pages.register(app, engine, settings, health.check)
 
@@ -484,6 +586,7 @@ def serve_cmd(
                 pages=pages,
                 background=[deliveries.run],
                 health_detail=deliveries.health_detail,
+                account_runs=account_runs,
             )
 
     raise typer.Exit(run_async(go))
@@ -590,17 +693,29 @@ def check_cmd(ctx: typer.Context) -> None:
 
 
 @app.command("plan")
-def plan_cmd(ctx: typer.Context) -> None:
+def plan_cmd(
+    ctx: typer.Context,
+    account: Annotated[
+        list[str] | None,
+        typer.Option("--account", help="Only this account (repeatable; default: every one)."),
+    ] = None,
+) -> None:
     """The units a run would execute now (from the events the last run stored), fetching nothing."""
     from syncsvc import planview
     from syncsvc.store import db
 
     settings = settings_of(ctx)
+    accounts = chosen_accounts(settings, account)
 
     async def go() -> list[str]:
+        lines: list[str] = []
         async with db.connect(settings) as engine:
             await db.require_current(engine)
-            return await planview.describe(settings, engine)
+            for acct in accounts:
+                if settings.declared:
+                    lines.append(f"account {acct.account}:")
+                lines += await planview.describe(acct, engine)
+        return lines
 
     for line in run_async(go):
         typer.echo(line)

@@ -35,16 +35,17 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def run_async(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    """Run a command's coroutine; SyncErrors become one line and an exit code, never a traceback."""
+def run_async(coro_fn: Callable[[], Awaitable[T]], *, prefix: str = "") -> T:
+    """Run a command's coroutine; SyncErrors become one line and an exit code, never a traceback.
+    `prefix` starts the line (several accounts: which one failed)."""
     try:
         return asyncio.run(coro_fn())  # type: ignore[arg-type]
     except ConfigError as exc:
-        raise fail(str(exc), EXIT_CONFIG) from None
+        raise fail(prefix + str(exc), EXIT_CONFIG) from None
     except RunLockedError as exc:
-        raise fail(str(exc), EXIT_LOCKED) from None
+        raise fail(prefix + str(exc), EXIT_LOCKED) from None
     except SyncError as exc:
-        raise fail(str(exc), EXIT_FAILED) from None
+        raise fail(prefix + str(exc), EXIT_FAILED) from None
     except KeyboardInterrupt:
         raise fail("interrupted", ExitCode.INTERRUPTED) from None
     except asyncio.CancelledError:  # SIGTERM (see scheduler.cancel_on_sigterm)
@@ -82,7 +83,19 @@ def api_settings_of(ctx: typer.Context) -> Settings:
     """The settings of a command that calls the API: base URL and token required (exit 2)."""
     settings = settings_of(ctx)
     try:
-        settings.require_api()
+        for account in settings.accounts():
+            account.require_api()
     except ConfigError as exc:
         raise fail(str(exc), EXIT_CONFIG) from None
     return settings
+
+
+def chosen_accounts(settings: Settings, names: list[str] | None) -> tuple[Settings, ...]:
+    """The accounts `--account NAME` (repeatable) picks, in the order given; none: all of them.
+    An unknown name is a config error (exit 2) listing the configured ones."""
+    if not names:
+        return settings.accounts()
+    try:
+        return tuple(settings.for_account(n) for n in dict.fromkeys(names))
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_CONFIG) from None

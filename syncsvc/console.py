@@ -272,7 +272,7 @@ def summary_table(result: RunResult) -> Table:
     return table
 
 
-def print_summary(out: Console, result: RunResult) -> None:
+def print_summary(out: Console, result: RunResult, *, label: str = "") -> None:
     """The summary on stdout; a failed run's reason on stderr (once, and without an empty
     table above it), where a wrapper script and a person look for errors."""
     if result.totals() or result.status != RunStatus.FAILED:
@@ -283,6 +283,6 @@ def print_summary(out: Console, result: RunResult) -> None:
     if by_status:
         out.print("units: " + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())))
     if result.error and result.status == RunStatus.FAILED:
-        print(f"syncsvc: run {result.run_id} failed: {result.error}", file=sys.stderr)
+        print(f"syncsvc: {label}run {result.run_id} failed: {result.error}", file=sys.stderr)
     elif result.error:
         out.print(f"[yellow]{result.error}[/yellow]")

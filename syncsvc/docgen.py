@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from syncsvc.settings import ENV_PREFIX, Settings
+from syncsvc.settings import ACCOUNT_KEYS, ENV_PREFIX, Settings, setting_fields
 from syncsvc.vocab import ExitCode, Op, RunStatus, UnitStatus
 
 COMMAND = "python -m syncsvc.docgen > docs/configuration.md"
@@ -83,7 +83,7 @@ def _cell(text: str) -> str:
 def _example_toml(settings: type[Any]) -> list[str]:
     lines = ["```toml", "# syncsvc.toml: every non-secret setting at its default"]
     lines.append("# (commented out: no fixed default)")
-    for f in dataclasses.fields(settings):
+    for f in setting_fields(settings):
         if f.metadata["secret"]:
             continue
         value = f.default
@@ -110,7 +110,7 @@ def render(settings: type[Any] = Settings) -> str:
         "| TOML key | environment variable | type | default | secret | meaning |",
         "|---|---|---|---|---|---|",
     ]
-    for f in dataclasses.fields(settings):
+    for f in setting_fields(settings):
         env = f"`{ENV_PREFIX}{f.name.upper()}`"
         confidential = "no"
         if f.metadata["secret"]:
@@ -120,7 +120,7 @@ def render(settings: type[Any] = Settings) -> str:
             f"| `{f.name}` | {env} | {_kind(f)} | {_default(f)} | {confidential} | "
             f"{_cell(f.metadata['doc'])} |"
         )
-    secrets = ", ".join(f"`{f.name}`" for f in dataclasses.fields(settings) if f.metadata["secret"])
+    secrets = ", ".join(f"`{f.name}`" for f in setting_fields(settings) if f.metadata["secret"])
     body = [
         "## Settings",
         "",
@@ -132,6 +132,15 @@ def render(settings: type[Any] = Settings) -> str:
         "## An example file",
         "",
         *_example_toml(settings),
+        "",
+        "## Many accounts",
+        "",
+        "`[[account]]` tables in the TOML file declare several accounts, each with its `name` and",
+        "its own `base_url`, `api_token_file` and any of "
+        + ", ".join(f"`{k}`" for k in ACCOUNT_KEYS[2:])
+        + "; the settings above are the",
+        "defaults every account inherits. Without a table, the settings above are one account,",
+        '`default` (`account` renames it). See [operations.md](operations.md), "Many accounts".',
         "",
     ]
     return HEADER + "\n".join(body)

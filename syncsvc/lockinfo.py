@@ -1,4 +1,4 @@
-"""Who holds the database's run lock: the run, since when, which process on which host."""
+"""Who holds an account's run lock: the run, since when, which process on which host."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from syncsvc.store.runlock import RUN_LOCK_KEY
+from syncsvc.settings import DEFAULT_ACCOUNT
+from syncsvc.store.runlock import run_lock_key
 from syncsvc.store.schema import runs
 
 
@@ -29,9 +30,10 @@ class Holder:
         return f"run {self.run_id} (started {since}, {where})"
 
 
-async def holder(engine: AsyncEngine) -> Holder | None:
-    """The run holding the lock now, or None when nobody does."""
-    hi, lo = RUN_LOCK_KEY >> 32, RUN_LOCK_KEY & 0xFFFF_FFFF
+async def holder(engine: AsyncEngine, account: str = DEFAULT_ACCOUNT) -> Holder | None:
+    """The run holding `account`'s lock now, or None when nobody does."""
+    key = run_lock_key(account) & 0xFFFF_FFFF_FFFF_FFFF  # pg_locks shows the halves unsigned
+    hi, lo = key >> 32, key & 0xFFFF_FFFF
     async with engine.connect() as conn:
         held = await conn.scalar(
             sa.text(
@@ -46,7 +48,7 @@ async def holder(engine: AsyncEngine) -> Holder | None:
         row = (
             await conn.execute(
                 sa.select(runs.c.id, runs.c.started_at, runs.c.pid, runs.c.hostname)
-                .where(runs.c.status == "running")
+                .where(runs.c.status == "running", runs.c.account == account)
                 .order_by(runs.c.id.desc())
                 .limit(1)
             )

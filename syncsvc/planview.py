@@ -19,25 +19,31 @@ from syncsvc.units import plan, select_events
 
 
 async def describe(settings: Settings, engine: AsyncEngine) -> list[str]:
-    """One line per unit, in run order, and a closing line saying what the plan rests on."""
+    """One line per unit of `settings.account`, in run order, and a closing line saying what the
+    plan rests on."""
+    account = settings.account
     async with engine.connect() as conn:
         guids = [
             str(g)
             for (g,) in await conn.execute(
                 sa.select(events.c.event_guid)
-                .where(events.c.deleted_at.is_(None))
+                .where(events.c.deleted_at.is_(None), events.c.account == account)
                 .order_by(events.c.event_guid)
             )
         ]
         listed = (
             await conn.execute(
                 sa.select(fetches.c.run_id, fetches.c.finished_at)
-                .where(fetches.c.resource == "event.do", fetches.c.status == "applied")
+                .where(
+                    fetches.c.resource == "event.do",
+                    fetches.c.status == "applied",
+                    fetches.c.account == account,
+                )
                 .order_by(fetches.c.id.desc())
                 .limit(1)
             )
         ).first()
-    sizes = await previous_bytes(engine)
+    sizes = await previous_bytes(engine, account)
     by_table = {r.table: r for r in DATA_RESOURCES}
     resources = [by_table[name] for name in settings.resources]
     filtered = bool(settings.events_include or settings.events_exclude)
@@ -55,7 +61,7 @@ async def describe(settings: Settings, engine: AsyncEngine) -> list[str]:
         if last:
             what += f" (last time {last / 1e6:.1f} MB)"
         lines.append(f"{unit.name:<48} {what}")
-    vanished = await cascade.plan(engine)
+    vanished = await cascade.plan(engine, account)
     for unit in vanished:
         lines.append(f"{unit.name:<48} delete every live record: {cascade.REASON}")
     if listed is None:

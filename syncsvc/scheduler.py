@@ -33,7 +33,7 @@ from syncsvc.errors import (
 )
 from syncsvc.metrics import Metrics
 from syncsvc.parse.stream import ParseStage
-from syncsvc.settings import Settings
+from syncsvc.settings import DEFAULT_ACCOUNT, Settings
 from syncsvc.store import jobs, read
 from syncsvc.store import runs as run_rows
 from syncsvc.store.hold import HoldPolicy
@@ -59,12 +59,30 @@ EXIT_CODES = {
 }
 
 
+# Several accounts in one invocation exit with the worst of their codes, in this order (a code
+# not listed, such as an interruption, is worse than all).
+SEVERITY = (
+    ExitCode.FAILED,
+    ExitCode.LOCKED,
+    ExitCode.PARTIAL,
+    ExitCode.HELD,
+    ExitCode.SUCCEEDED,
+)
+
+
+def worst_exit(codes: list[int]) -> int:
+    """The worst of several accounts' exit codes (SEVERITY); no code at all: succeeded."""
+    ranked = [int(c) for c in SEVERITY]
+    return min(codes, key=lambda c: ranked.index(c) if c in ranked else -1, default=0)
+
+
 @dataclass(slots=True)
 class RunResult:
     run_id: int
     status: RunStatus
     outcomes: list[UnitOutcome] = field(default_factory=list)
     error: str | None = None
+    account: str = DEFAULT_ACCOUNT
     # Closed already (a queued run's last unit closes its run on the worker that ran it).
     closed: bool = False
 
@@ -111,6 +129,7 @@ class Runner:
         self.on_plan = on_plan
         self.on_fetch = on_fetch
         self.settings = settings
+        self.account = settings.account  # every row this run writes is this account's
         self.engine = engine
         self.client = client
         # Its workers start with the first dump they parse; a queue worker hands in its own.
@@ -137,7 +156,7 @@ class Runner:
         return self.stop.is_set() or self._halt.is_set()
 
     async def run(self, *, wait_lock: bool = False) -> RunResult:
-        lock = RunLock(self.engine)
+        lock = RunLock(self.engine, self.account)
         await lock.acquire(wait=wait_lock)
         try:
             return await self._locked_run(lock)
@@ -149,11 +168,12 @@ class Runner:
 
     async def _locked_run(self, lock: RunLock) -> RunResult:
         # We hold the run lock: any run still marked running has lost the right to write.
-        stale = await run_rows.abandon_stale_runs(self.engine)
+        stale = await run_rows.abandon_stale_runs(self.engine, self.account)
         if stale:
             log.warning("stale_runs_abandoned", runs=stale)
         self.run_id = await run_rows.create_run(
             self.engine,
+            account=self.account,
             environment=self.settings.environment,
             api_host=urlsplit(self.settings.base_url or "").hostname,
             trigger=self.trigger,
@@ -164,7 +184,7 @@ class Runner:
                 "delete_hold_min_rows": self.settings.delete_hold_min_rows,
             },
         )
-        logs.bind(run_id=self.run_id)
+        logs.bind(run_id=self.run_id, account=self.account)
         self.metrics.running.set(1)
         started = time.monotonic()
         watch = asyncio.create_task(self._watch_lock(lock), name="run-lock-watch")
@@ -196,7 +216,7 @@ class Runner:
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
             self.metrics.running.set(0)
-            logs.unbind("run_id")
+            logs.unbind("run_id", "account")
         if result.closed:
             self._count_run(result.status, started)
             log.info("run_finished", run_id=self.run_id, status=result.status)
@@ -302,7 +322,7 @@ class Runner:
         events_outcome = await self._run_unit(Unit(EVENTS, None))
         if events_outcome.status != UnitStatus.APPLIED:
             return self._result(f"event.do failed: {events_outcome.error}")
-        guids = await read.live_event_guids(self.engine)
+        guids = await read.live_event_guids(self.engine, self.account)
         by_table = {r.table: r for r in DATA_RESOURCES}
         resources = [by_table[name] for name in self.settings.resources]
         # An event=all dump carries every event: with an include/exclude list, per-event units
@@ -313,7 +333,7 @@ class Runner:
             select_events(self.settings, guids),
             use_event_all=self.settings.use_event_all and not filtered,
         )
-        vanished = await cascade.plan(self.engine)
+        vanished = await cascade.plan(self.engine, self.account)
         if self.on_plan is not None:
             self.on_plan(len(units) + len(vanished))
         await self._apply_vanished(vanished)
@@ -380,7 +400,12 @@ class Runner:
             if run is not None and run[0] != RunStatus.RUNNING:
                 # Closed by its last unit's worker (or a unit that met 101/102, which stops all).
                 return RunResult(
-                    self.run_id, RunStatus(run[0]), list(self.outcomes), run[1], closed=True
+                    self.run_id,
+                    RunStatus(run[0]),
+                    list(self.outcomes),
+                    run[1],
+                    self.account,
+                    closed=True,
                 )
             if all(UnitStatus(r.status).final for r in rows):
                 await close_if_done(self.engine, self.run_id)
@@ -623,7 +648,7 @@ class Runner:
 
     def _result(self, error: str | None) -> RunResult:
         status, error = run_status([(o.status, o.unit.name) for o in self.outcomes], error)
-        return RunResult(self.run_id, status, list(self.outcomes), error)
+        return RunResult(self.run_id, status, list(self.outcomes), error, self.account)
 
 
 async def close_if_done(engine: AsyncEngine, run_id: int) -> bool:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -76,7 +76,14 @@ def judge(
     return False, f"the run due at {_iso(due)} has not finished (no run yet)"
 
 
-async def last_run(engine: AsyncEngine) -> LastRun | None:
+async def last_run(engine: AsyncEngine, account: str | None = None) -> LastRun | None:
+    """The last finished run with a verdict (of `account`; None: of any)."""
+    where: list[sa.ColumnElement[bool]] = [
+        runs.c.status.in_(VERDICTS),
+        runs.c.finished_at.is_not(None),
+    ]
+    if account is not None:
+        where.append(runs.c.account == account)
     async with engine.connect() as conn:
         row = (
             await conn.execute(
@@ -86,7 +93,7 @@ async def last_run(engine: AsyncEngine) -> LastRun | None:
                     sa.extract("epoch", runs.c.finished_at),
                     runs.c.error_message,
                 )
-                .where(runs.c.status.in_(VERDICTS), runs.c.finished_at.is_not(None))
+                .where(*where)
                 .order_by(runs.c.id.desc())
                 .limit(1)
             )
@@ -128,16 +135,35 @@ class Health:
     schedule: str
     started_at: float
     grace: float
+    # Several accounts: (name, schedule) each, judged on its own runs; unhealthy when any is.
+    accounts: tuple[tuple[str, str], ...] = ()
 
     async def check(self, now: float | None = None) -> tuple[bool, str]:
+        now = time.time() if now is None else now
         try:
             async with asyncio.timeout(DB_TIMEOUT):
-                last = await last_run(self.engine)
+                if not self.accounts:
+                    last = await last_run(self.engine)
+                    return judge(self.schedule, self.grace, self.started_at, last, now)
+                verdicts = [
+                    (
+                        name,
+                        *judge(
+                            sched,
+                            self.grace,
+                            self.started_at,
+                            await last_run(self.engine, name),
+                            now,
+                        ),
+                    )
+                    for name, sched in self.accounts
+                ]
         except (TimeoutError, OSError, sa.exc.SQLAlchemyError) as exc:
             return False, f"the database does not answer: {type(exc).__name__}"
-        return judge(
-            self.schedule, self.grace, self.started_at, last, time.time() if now is None else now
-        )
+        bad = [f"account {name}: {why}" for name, ok, why in verdicts if not ok]
+        if bad:
+            return False, "; ".join(bad)
+        return True, "; ".join(f"account {name}: {why}" for name, _, why in verdicts)
 
 
 def _iso(ts: float) -> str:
@@ -188,14 +214,30 @@ async def serve(
     pages: Pages | None = None,
     background: Sequence[Background] = (),
     health_detail: Callable[[], dict[str, Any]] | None = None,
+    account_runs: Mapping[str, RunFn] | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code (0 on a signal-driven stop).
+
+    `account_runs` (several accounts): account name -> its run; each account runs on its own
+    schedule (`settings.for_account(name).schedule`), in a loop of its own, so one account's
+    long run never delays another's; `run` is then unused.
 
     `background`: coroutines run beside the schedule until the stop (e.g. webhook delivery);
     `health_detail`: extra keys for /healthz. Raises ConfigError when the port cannot be
     listened on (exit 2)."""
     await prime_metrics(engine, metrics)
-    health = Health(engine, settings.schedule, time.time(), grace)
+    loops: list[tuple[str, RunFn, str | None]] = (
+        [(settings.for_account(name).schedule, fn, name) for name, fn in account_runs.items()]
+        if account_runs
+        else [(settings.schedule, run, None)]
+    )
+    health = Health(
+        engine,
+        settings.schedule,
+        time.time(),
+        grace,
+        tuple((name, sched) for sched, _, name in loops if name is not None),
+    )
     app = make_app(health, metrics, routes, pages, health_detail)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -220,19 +262,12 @@ async def serve(
     exit_code = 0
     services = [asyncio.create_task(b(stop), name="serve-background") for b in background]
     try:
-        fire = croniter(settings.schedule, datetime.now(UTC))
-        next_at = time.time() if run_now else fire.get_next(float)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_at - time.time()))
-            if stop.is_set():
-                break
-            exit_code = await _one_run(run, stop, health, drain_seconds)
-            if exit_code:
-                break
-            next_at = fire.get_next(float)
-            while next_at <= time.time():  # a run longer than the interval skips missed fires
-                next_at = fire.get_next(float)
+        await asyncio.gather(
+            *(
+                _schedule(sched, fn, stop, health, drain_seconds, run_now, name)
+                for sched, fn, name in loops
+            )
+        )
     finally:
         stop.set()
         for service in services:
@@ -243,6 +278,31 @@ async def serve(
         await runner.cleanup()
         log.info("serve_stopped", exit_code=exit_code)
     return exit_code
+
+
+async def _schedule(
+    schedule: str,
+    run: RunFn,
+    stop: asyncio.Event,
+    health: Health,
+    drain: float,
+    run_now: bool,
+    account: str | None,
+) -> None:
+    """One account's runs, on its schedule, until the stop."""
+    fire = croniter(schedule, datetime.now(UTC))
+    next_at = time.time() if run_now else fire.get_next(float)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_at - time.time()))
+        if stop.is_set():
+            break
+        if account is not None:
+            log.info("scheduled_run", account=account)
+        await _one_run(run, stop, health, drain)
+        next_at = fire.get_next(float)
+        while next_at <= time.time():  # a run longer than the interval skips missed fires
+            next_at = fire.get_next(float)
 
 
 async def _one_run(run: RunFn, stop: asyncio.Event, health: Health, drain: float) -> int:

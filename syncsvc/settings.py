@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,28 @@ LOG_FORMATS = ("auto", "json", "console")
 PARSE_IN_WORKER = ("event_all", "always", "never")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EXECUTORS = ("local", "queue")
+
+# The implicit account's name: the single-account deployment (no `[[account]]` table).
+DEFAULT_ACCOUNT = "default"
+ACCOUNT_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+# What an `[[account]]` table may set (api_token_file: the token itself never sits in TOML); every
+# other setting is the deployment's (the database, serve, the feed, logging).
+ACCOUNT_KEYS = (
+    "base_url",
+    "api_token_file",
+    "environment",
+    "schedule",
+    "resources",
+    "events_include",
+    "events_exclude",
+    "use_event_all",
+    "rate_limit",
+    "rate_period",
+    "max_concurrency",
+    "delete_hold_ratio",
+    "delete_hold_min_rows",
+    "run_deadline",
+)
 
 
 def _setting(default: Any, doc: str, *, secret: bool = False, **kw: Any) -> Any:
@@ -43,6 +66,15 @@ def default_data_dir(env: Mapping[str, str]) -> Path:
 @dataclass(frozen=True, slots=True, repr=False)
 class Settings:
     """Every knob of syncsvc. Built by `Settings.load`; never mutated."""
+
+    # --- the account ---------------------------------------------------------------------------
+    account: str = _setting(
+        DEFAULT_ACCOUNT,
+        "The name of the one account the SYNCSVC_* variables describe (a slug: a-z, 0-9, _ and"
+        " -, at most 40). With `[[account]]` tables in the TOML file each table names its own"
+        ' (docs/operations.md, "Many accounts"); every run, fetch, change and state row'
+        " carries it.",
+    )
 
     # --- the API -------------------------------------------------------------------------------
     base_url: str | None = _setting(
@@ -188,9 +220,15 @@ class Settings:
         "auto", "auto (console on a terminal, JSON otherwise), json, console."
     )
 
+    # The `[[account]]` tables, each a whole per-account Settings; empty: one implicit account,
+    # this object itself. No setting: the config reference and `check` list setting_fields() only.
+    declared: tuple[Settings, ...] = field(
+        default=(), metadata={"doc": "", "secret": False, "internal": True}
+    )
+
     def __repr__(self) -> str:
         parts = []
-        for f in dataclasses.fields(self):
+        for f in setting_fields(self):
             value = getattr(self, f.name)
             if f.metadata.get("secret") and value is not None:
                 value = "***"
@@ -202,12 +240,27 @@ class Settings:
         """The secret values in force, for the log redaction (a password inside the URL too)."""
         values = [
             v
-            for f in dataclasses.fields(self)
+            for f in setting_fields(self)
             if f.metadata.get("secret") and isinstance(v := getattr(self, f.name), str) and v
         ]
         if self.database_url and (password := urlsplit(self.database_url).password):
             values.append(password)
+        for account in self.declared:
+            values.extend(v for v in account.secrets if v not in values)
         return tuple(values)
+
+    def accounts(self) -> tuple[Settings, ...]:
+        """Every account this deployment syncs, each a whole Settings with `account` set: the
+        `[[account]]` tables in their order, or the one implicit account (these settings)."""
+        return self.declared or (self,)
+
+    def for_account(self, name: str) -> Settings:
+        """The account named `name`, or a ConfigError listing the names there are."""
+        for account in self.accounts():
+            if account.account == name:
+                return account
+        names = ", ".join(a.account for a in self.accounts())
+        raise ConfigError(f"no account named {name!r} (configured: {names})", setting="account")
 
     def require_api(self) -> tuple[str, str]:
         """The base URL and token, or a ConfigError naming what is missing."""
@@ -249,7 +302,8 @@ class Settings:
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
             file_values = {k.lower(): v for k, v in file_values.items()}
-        fields = dataclasses.fields(cls)
+        tables = file_values.pop("account", None) if _is_tables(file_values.get("account")) else []
+        fields = setting_fields(cls)
         known = {f.name for f in fields}
         unknown = sorted(set(file_values) - known)
         if unknown:
@@ -284,7 +338,93 @@ class Settings:
                 exc.message = exc.message.replace(ENV_PREFIX + exc.setting.upper(), origin)
                 exc.args = (exc.message,)
             raise
+        if tables:
+            if "account" in sources:
+                raise ConfigError(
+                    f"{sources['account']}: the account's name is each [[account]] table's own"
+                    " `name` when the config file declares [[account]] tables",
+                    setting="account",
+                )
+            declared = _accounts(settings, tables, config_file)
+            settings = dataclasses.replace(settings, declared=declared)
         return Loaded(settings, sources, tuple(_unknown_variables(env, fields)))
+
+
+def setting_fields(settings: Any) -> tuple[dataclasses.Field[Any], ...]:
+    """The settings' fields (what a variable, a TOML key and the config reference name)."""
+    return tuple(f for f in dataclasses.fields(settings) if not f.metadata.get("internal"))
+
+
+def _is_tables(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(t, dict) for t in value)
+
+
+def _accounts(
+    base: Settings, tables: list[dict[str, Any]], config_file: Any
+) -> tuple[Settings, ...]:
+    """The `[[account]]` tables as per-account Settings over `base` (the top-level values and
+    the environment, which every account inherits). Errors name the account and the key."""
+    by_name = {f.name: f for f in setting_fields(Settings)}
+    out: list[Settings] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(tables, 1):
+        table = {str(k).lower(): v for k, v in raw.items()}
+        name = table.pop("name", None)
+        where = f"config file {config_file}: [[account]] #{i}"
+        if not isinstance(name, str) or not ACCOUNT_NAME_PATTERN.fullmatch(name):
+            shown = "" if name is None else f" {name!r} is"
+            raise ConfigError(
+                f"{where}:{shown} `name` must be a slug of a-z, 0-9, _ and - (at most 40,"
+                " starting with a letter or digit)",
+                setting="account",
+            )
+        where = f"config file {config_file}: account {name!r}"
+        if name in seen:
+            raise ConfigError(f"{where}: the name is declared twice", setting="account")
+        seen.add(name)
+        values: dict[str, Any] = {"account": name}
+        for key, raw_value in table.items():
+            if key not in ACCOUNT_KEYS:
+                why = (
+                    "give the token as api_token_file (a file holding it)"
+                    if key == "api_token"
+                    else "not a per-account setting (set it at the top level)"
+                    if key in by_name
+                    else "unknown setting" + _did_you_mean(key, set(ACCOUNT_KEYS))
+                )
+                raise ConfigError(f"{where}: {key!r}: {why}", setting=key)
+            if key == "api_token_file":
+                path = Path(str(raw_value)).expanduser()
+                try:
+                    values["api_token"] = path.read_text().strip()
+                except OSError as exc:
+                    raise ConfigError(
+                        f"{where}: api_token_file: cannot read {path}: {exc.strerror}",
+                        setting="api_token_file",
+                    ) from exc
+                continue
+            values[key] = _coerce(by_name[key], raw_value, f"{where}: {key}")
+        account = dataclasses.replace(base, **values)
+        for key, missing in (("base_url", account.base_url), ("api_token", account.api_token)):
+            if not missing:
+                hint = "api_token_file" if key == "api_token" else key
+                raise ConfigError(
+                    f"{where}: no {hint} (set it in the table or at the top level)", setting=key
+                )
+        try:
+            _validate(account)
+        except ConfigError as exc:
+            # _validate speaks of variables: name the account's key instead when it set it.
+            if exc.setting and exc.setting in table:
+                exc.message = exc.message.replace(
+                    ENV_PREFIX + exc.setting.upper(), f"{where}: {exc.setting}"
+                )
+            else:
+                exc.message = f"{where}: {exc.message}"
+            exc.args = (exc.message,)
+            raise
+        out.append(account)
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +520,12 @@ def is_loopback_host(host: str | None) -> bool:
 
 
 def _validate(s: Settings) -> None:
+    if not ACCOUNT_NAME_PATTERN.fullmatch(s.account):
+        raise ConfigError(
+            "SYNCSVC_ACCOUNT must be a slug of a-z, 0-9, _ and - (at most 40, starting with a"
+            f" letter or digit), not {s.account!r}",
+            setting="account",
+        )
     if s.base_url is not None:
         try:
             parts = urlsplit(s.base_url)

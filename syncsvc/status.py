@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import vocab
+from syncsvc.settings import DEFAULT_ACCOUNT
 from syncsvc.store.schema import fetches, runs
 
 # Units that need an operator's eye sort first.
@@ -81,6 +82,7 @@ class UnitStatus:
 @dataclass(frozen=True, slots=True)
 class RunStatus:
     run_id: int
+    account: str
     status: str
     environment: str
     trigger: str
@@ -116,15 +118,18 @@ def _held(details: dict[str, Any] | None) -> tuple[HeldScope, ...]:
     )
 
 
-async def previous_bytes(engine: AsyncEngine) -> dict[tuple[str, str], int]:
-    """(resource path, scope) -> decoded bytes of its last applied fetch: a unit's expected
-    size, for the ETA of a run on a terminal when the server sends no Content-Length."""
+async def previous_bytes(
+    engine: AsyncEngine, account: str = DEFAULT_ACCOUNT
+) -> dict[tuple[str, str], int]:
+    """(resource path, scope) -> decoded bytes of `account`'s last applied fetch of it: a unit's
+    expected size, for the ETA of a run on a terminal when the server sends no Content-Length."""
     latest = (
         sa.select(fetches.c.resource, fetches.c.scope, fetches.c.bytes)
         .distinct(fetches.c.resource, fetches.c.scope)
         .where(
             fetches.c.status.in_((vocab.UnitStatus.APPLIED, vocab.UnitStatus.HELD)),
             fetches.c.bytes > 0,
+            fetches.c.account == account,
         )
         .order_by(fetches.c.resource, fetches.c.scope, fetches.c.id.desc())
     )
@@ -132,14 +137,16 @@ async def previous_bytes(engine: AsyncEngine) -> dict[tuple[str, str], int]:
         return {(str(r), str(s)): int(b) for r, s, b in (await conn.execute(latest)).tuples()}
 
 
-async def last_runs(engine: AsyncEngine, limit: int = 5) -> list[RunStatus]:
-    """The newest `limit` runs, each with its units (failed and held units first)."""
+async def last_runs(
+    engine: AsyncEngine, limit: int = 5, accounts: tuple[str, ...] = ()
+) -> list[RunStatus]:
+    """The newest `limit` runs (of `accounts`; none given: of every account), each with its
+    units (failed and held units first)."""
+    query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
+    if accounts:
+        query = query.where(runs.c.account.in_(accounts))
     async with engine.connect() as conn:
-        run_rows = (
-            (await conn.execute(sa.select(runs).order_by(runs.c.id.desc()).limit(limit)))
-            .mappings()
-            .all()
-        )
+        run_rows = (await conn.execute(query)).mappings().all()
         ids = [r["id"] for r in run_rows]
         unit_rows = (
             (
@@ -163,6 +170,7 @@ async def last_runs(engine: AsyncEngine, limit: int = 5) -> list[RunStatus]:
         out.append(
             RunStatus(
                 run_id=r["id"],
+                account=r["account"],
                 status=r["status"],
                 environment=r["environment"],
                 trigger=r["trigger"],

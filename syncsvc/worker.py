@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
@@ -69,15 +69,29 @@ def psycopg_conninfo(url: URL) -> tuple[str, dict[str, Any]]:
 
 @dataclass(slots=True)
 class Worker:
-    """What one worker process shares between its jobs: the engine, one API client (one budget,
-    one HTTP session) and one parse pool."""
+    """What one worker process shares between its jobs: the engine, one parse pool, and per
+    account one API client (one budget, one HTTP session), opened with the account's first unit."""
 
-    settings: Settings
+    settings: Settings  # the deployment's: every account's, by name
     engine: AsyncEngine
-    client: CventClient
     parse: ParseStage
     metrics: Metrics
     name: str  # host-pid: recorded on the units it runs
+    stack: contextlib.AsyncExitStack
+    clients: dict[str, CventClient] = field(default_factory=dict)
+    opening: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def client_for(self, account: str) -> tuple[Settings, CventClient]:
+        settings = self.settings.for_account(account)
+        async with self.opening:
+            client = self.clients.get(account)
+            if client is None:
+                settings.require_api()
+                client = await self.stack.enter_async_context(
+                    CventClient.open(settings, budget=Budget.from_settings(settings))
+                )
+                self.clients[account] = client
+        return settings, client
 
     async def run_job(self, run_id: int, fetch_id: int) -> None:
         claim = await jobs.claim(self.engine, fetch_id, self.name)
@@ -86,17 +100,27 @@ class Worker:
             log.info("unit_already_closed", run_id=run_id, fetch_id=fetch_id)
             await close_if_done(self.engine, run_id)
             return
+        try:
+            settings, client = await self.client_for(claim.account)
+        except ConfigError as exc:
+            # This worker's configuration lacks the run's account: the unit fails, saying so.
+            await run_rows.finish_fetch(
+                self.engine, fetch_id, status=UnitStatus.FAILED, error_message=str(exc)
+            )
+            log.error("unit_account_unknown", run_id=run_id, account=claim.account, error=str(exc))
+            await close_if_done(self.engine, run_id)
+            return
         unit = Unit.from_queued(claim.unit)
         runner = Runner(
-            self.settings,
+            settings,
             self.engine,
-            self.client,
+            client,
             metrics=self.metrics,
             override_hold=bool(claim.options.get("override_hold")),
             trigger="worker",
             parse=self.parse,
         )
-        logs.bind(run_id=run_id)
+        logs.bind(run_id=run_id, account=claim.account)
         try:
             outcome = await runner.execute(run_id, unit, fetch_id)
         except RunFencedError:
@@ -115,7 +139,7 @@ class Worker:
             log.error("run_stopped_by_unit", run_id=run_id, unit=unit.name, error=str(exc))
             return
         finally:
-            logs.unbind("run_id")
+            logs.unbind("run_id", "account")
         if unit.account_wide and outcome.status == UnitStatus.FAILED and outcome.error:
             replacements = fallback(unit, outcome.error)
             await jobs.supersede(
@@ -123,7 +147,7 @@ class Worker:
                 run_id,
                 fetch_id,
                 [u.queued() for u in replacements],
-                self.client.budget.max_in_flight,
+                client.budget.max_in_flight,
             )
             log.warning(
                 "event_all_fell_back",
@@ -164,16 +188,16 @@ async def recover_stalled(app: procrastinate.App, settings: Settings) -> None:
 async def serve_worker(settings: Settings, *, concurrency: int | None = None) -> None:
     """Take and run queued units until SIGTERM/SIGINT; then finish the running ones and exit."""
     pc = _procrastinate()
-    settings.require_api()
+    for account in settings.accounts():  # a missing base URL or token: now, not at a unit
+        account.require_api()
     async with db.connect(settings) as engine:
         await db.require_current(engine)
         await jobs.require_queue_schema(engine)
-        budget = Budget.from_settings(settings)
         parse = ParseStage(settings)
         try:
-            async with CventClient.open(settings, budget=budget) as client:
+            async with contextlib.AsyncExitStack() as stack:
                 name = f"{socket.gethostname()}-{os.getpid()}"
-                worker = Worker(settings, engine, client, parse, Metrics(), name)
+                worker = Worker(settings, engine, parse, Metrics(), name, stack)
                 app = make_app(engine.url)
 
                 async def unit(run_id: int, fetch_id: int) -> None:

@@ -39,6 +39,7 @@ _COLUMNS = (
     ("run_id", "c.run_id", "int64"),
     ("fetch_id", "c.fetch_id", "int64"),
     ("environment", "r.environment", "string"),
+    ("account", "c.account", "string"),
     ("entity", "c.entity", "string"),
     ("event_guid", "c.event_guid", "string"),
     ("record_key", "c.record_key", "string"),
@@ -55,6 +56,7 @@ _FILTER_COLUMNS = {
     "op": "c.op",
     "event": "c.event_guid",
     "environment": "r.environment",
+    "account": "c.account",
     "client_id": "c.client_id",
 }
 
@@ -69,7 +71,16 @@ def arrow_schema() -> Any:
         "json": pa.json_(pa.string()),
         "timestamp": pa.timestamp("us", tz="UTC"),
     }
-    not_null = {"seq", "run_id", "entity", "event_guid", "record_key", "op", "captured_at"}
+    not_null = {
+        "seq",
+        "run_id",
+        "account",
+        "entity",
+        "event_guid",
+        "record_key",
+        "op",
+        "captured_at",
+    }
     return pa.schema(
         [pa.field(name, types[kind], nullable=name not in not_null) for name, _, kind in _COLUMNS]
     )

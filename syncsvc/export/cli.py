@@ -56,6 +56,10 @@ def export_changes_cmd(
     max_file_rows: MaxRows = 1_000_000,
     max_file_mb: MaxMb = 256.0,
     batch_mb: BatchMb = 4.0,
+    account: Annotated[
+        list[str] | None,
+        typer.Option("--account", help="Only this account's changes (repeatable; with --since)."),
+    ] = None,
 ) -> None:
     """Write the change log as Parquet parts and a manifest (written last) into a new directory
     named after the seq range; with --consumer, advance its cursor once the manifest exists."""
@@ -67,6 +71,11 @@ def export_changes_cmd(
         raise fail("give exactly one of --consumer NAME or --since SEQ", EXIT_CONFIG)
     if since is not None and since < 0:
         raise fail("--since must be >= 0", EXIT_CONFIG)
+    if account and consumer is not None:
+        raise fail(
+            "--account cannot be combined with --consumer: the consumer's own filters apply",
+            EXIT_CONFIG,
+        )
     limits = _limits(max_file_rows, max_file_mb, batch_mb)
     settings = settings_of(ctx)
 
@@ -75,7 +84,13 @@ def export_changes_cmd(
         async with db.connect(settings) as engine:
             await db.require_current(engine)
             return await changes.export_changes(
-                engine, dest, since=since, until=until, consumer=consumer, limits=limits
+                engine,
+                dest,
+                since=since,
+                until=until,
+                consumer=consumer,
+                limits=limits,
+                filters={"account": list(account)} if account else None,
             )
 
     result = run_async(go)
@@ -103,6 +118,10 @@ def export_snapshot_cmd(
     max_file_rows: MaxRows = 1_000_000,
     max_file_mb: MaxMb = 256.0,
     batch_mb: BatchMb = 4.0,
+    account: Annotated[
+        list[str] | None,
+        typer.Option("--account", help="Only this account's rows (repeatable; default all)."),
+    ] = None,
 ) -> None:
     """Write the live current state as typed Parquet, all entities from one repeatable-read
     snapshot; each manifest records the change-log seq the state is consistent with."""
@@ -122,7 +141,9 @@ def export_snapshot_cmd(
         dest = Destination.open(to)
         async with db.connect(settings) as engine:
             await db.require_current(engine)
-            return await snapshot.export_snapshot(engine, dest, chosen, limits)
+            return await snapshot.export_snapshot(
+                engine, dest, chosen, limits, accounts=tuple(account or ())
+            )
 
     for r in run_async(go):
         typer.echo(

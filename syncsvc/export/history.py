@@ -1,8 +1,9 @@
 """SCD2 history per entity, derived from the change log: one view per entity, `<table>_history`.
 
-Each row is one version of a record: the catalog's fields typed from the change's `after`
-image (custom fields and extras as jsonb), `valid_from` (the change's `captured_at`), `valid_to`
-(the `captured_at` of the record's next change, null while current) and `is_current`. A delete
+Each row is one version of one account's record: `account`, the catalog's fields typed from the
+change's `after` image (custom fields and extras as jsonb), `valid_from` (the change's
+`captured_at`), `valid_to` (the `captured_at` of the record's next change, null while current)
+and `is_current`. A delete
 ends a version and starts none; a record that comes back starts a new version under its key.
 
 A rekey (the same `clientID` re-created under a new key, one `rekey` change) ends the old key's
@@ -71,17 +72,17 @@ def view_sql(resource: Resource) -> str:
     """
     entity, key = resource.entity, resource.key_field
     marks = (
-        "    SELECT seq, event_guid, record_key, op, captured_at\n"
+        "    SELECT seq, account, event_guid, record_key, op, captured_at\n"
         f"    FROM changes WHERE entity = '{entity}'"
     )
     if resource.has_client_id:
         marks += (
             "\n    UNION ALL\n"
             "    -- a rekey also ends the version of the key it replaced\n"
-            f"    SELECT seq, event_guid, before ->> '{key.api}', 'rekeyed', captured_at\n"
+            f"    SELECT seq, account, event_guid, before ->> '{key.api}', 'rekeyed', captured_at\n"
             f"    FROM changes WHERE entity = '{entity}' AND op = 'rekey'"
         )
-    fields = ["    v.event_guid"]
+    fields = ["    v.account", "    v.event_guid"]
     fields += [
         f"    {_typed(f)} AS {f.column}" for f in resource.fields if f.column != "event_guid"
     ]
@@ -105,7 +106,7 @@ def view_sql(resource: Resource) -> str:
         f"WITH marks AS (\n{marks}\n), versions AS (\n"
         "    SELECT m.*, lead(captured_at) OVER w AS valid_to, lead(seq) OVER w AS ended_by_seq\n"
         "    FROM marks m\n"
-        "    WINDOW w AS (PARTITION BY event_guid, record_key ORDER BY seq)\n"
+        "    WINDOW w AS (PARTITION BY account, event_guid, record_key ORDER BY seq)\n"
         ")\n"
         "SELECT\n" + ",\n".join(fields) + "\n"
         "FROM versions v JOIN changes c ON c.seq = v.seq\n"

@@ -19,10 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import __version__
 from syncsvc.catalog import BY_ENTITY, FieldKind, Resource
+from syncsvc.export.changes import quote_filters
 from syncsvc.export.dest import Destination
 from syncsvc.export.parquet import Limits, PartFile, PartWriter, snapshot_session
 from syncsvc.logs import get_logger
-from syncsvc.store.db import libpq_url
+from syncsvc.store.db import libpq_url, raw_connection
 
 log = get_logger(__name__)
 
@@ -48,7 +49,8 @@ def arrow_schema(resource: Resource) -> Any:
     import pyarrow as pa
 
     key = {"event_guid", resource.key_field.column}
-    fields = [
+    fields = [pa.field("account", pa.string(), nullable=False)]
+    fields += [
         pa.field(f.column, _arrow_type(f.kind), nullable=f.column not in key)
         for f in resource.fields
     ]
@@ -57,16 +59,19 @@ def arrow_schema(resource: Resource) -> Any:
     return pa.schema(fields)
 
 
-def snapshot_query(resource: Resource) -> str:
-    cols = [
+def snapshot_query(resource: Resource, accounts: Sequence[str] = ()) -> str:
+    """The live rows (of `accounts`, quoted literals; none: of every account), in key order."""
+    cols = ["account"]
+    cols += [
         f"{f.column}::text" if f.kind is FieldKind.CUSTOM else f.column for f in resource.fields
     ]
     cols += ["extras::text", *_RUN_MARKS]
     key = resource.key_field.column
-    order = "event_guid" if key == "event_guid" else f"event_guid, {key}"
-    return (
-        f"SELECT {', '.join(cols)} FROM {resource.table} WHERE deleted_at IS NULL ORDER BY {order}"
-    )
+    order = "account, event_guid" if key == "event_guid" else f"account, event_guid, {key}"
+    where = "deleted_at IS NULL"
+    if accounts:
+        where += f" AND account IN ({', '.join(accounts)})"
+    return f"SELECT {', '.join(cols)} FROM {resource.table} WHERE {where} ORDER BY {order}"
 
 
 def directory_name(entity: str, seq: int) -> str:
@@ -83,7 +88,11 @@ class SnapshotResult:
 
 
 def _write_snapshot(
-    url: str, dest: Destination, entities: Sequence[str], limits: Limits
+    url: str,
+    dest: Destination,
+    entities: Sequence[str],
+    limits: Limits,
+    accounts: Sequence[str] = (),
 ) -> tuple[int, dt.datetime, list[tuple[str, str, int, list[PartFile]]]]:
     with snapshot_session(url, limits.batch_bytes) as session:
         seq = int(session.scalar("SELECT coalesce(max(seq), 0) FROM changes"))
@@ -95,7 +104,7 @@ def _write_snapshot(
             dest.makedirs(directory)
             writer = PartWriter(dest, directory, arrow_schema(resource), limits)
             with dest.translating_errors(directory):
-                rows = session.stream(snapshot_query(resource), writer)
+                rows = session.stream(snapshot_query(resource, accounts), writer)
                 written.append((entity, directory, rows, writer.finish()))
     return seq, taken_at, written
 
@@ -105,11 +114,18 @@ async def export_snapshot(
     dest: Destination,
     entities: Sequence[str],
     limits: Limits | None = None,
+    accounts: Sequence[str] = (),
 ) -> list[SnapshotResult]:
-    """One directory per entity, each with its manifest; all from one snapshot."""
+    """One directory per entity, each with its manifest; all from one snapshot; only the rows
+    of `accounts` when given."""
     limits = limits or Limits()
+    literals: list[str] = []
+    if accounts:
+        async with engine.connect() as conn:
+            raw = await raw_connection(conn)
+            literals = (await quote_filters(raw, {"account": list(accounts)}))["account"]
     seq, taken_at, written = await asyncio.to_thread(
-        _write_snapshot, libpq_url(engine.url), dest, entities, limits
+        _write_snapshot, libpq_url(engine.url), dest, entities, limits, literals
     )
     results: list[SnapshotResult] = []
     for entity, directory, rows, parts in written:
@@ -121,6 +137,7 @@ async def export_snapshot(
             "consistent_with_seq": seq,
             "snapshot_taken_at": taken_at.isoformat(),
             "rows": rows,
+            "accounts": list(accounts),  # empty: every account
             "files": [p.as_dict() for p in parts],
             "json_columns": [
                 f.column for f in BY_ENTITY[entity].fields if f.kind is FieldKind.CUSTOM

@@ -67,6 +67,9 @@ def changes_cmd(
     environment: Annotated[
         list[str] | None, typer.Option("--environment", help="uat or production.")
     ] = None,
+    account: Annotated[
+        list[str] | None, typer.Option("--account", help="An account's name.")
+    ] = None,
     captured_after: Annotated[
         str | None, typer.Option("--captured-after", help="captured_at >= this (ISO 8601, UTC).")
     ] = None,
@@ -121,6 +124,7 @@ def changes_cmd(
             ("--run", run),
             ("--client-id", client_id),
             ("--environment", environment),
+            ("--account", account),
             ("--captured-after", captured_after),
             ("--captured-before", captured_before),
         )
@@ -143,6 +147,7 @@ def changes_cmd(
         run=run or (),
         client_id=client_id or (),
         environment=environment or (),
+        account=account or (),
         captured_after=_when(captured_after, "--captured-after"),
         captured_before=_when(captured_before, "--captured-before"),
         limit=limit,
@@ -237,6 +242,9 @@ def consumers_add(
     op: Annotated[list[str] | None, typer.Option("--op")] = None,
     event: Annotated[list[str] | None, typer.Option("--event")] = None,
     environment: Annotated[list[str] | None, typer.Option("--environment")] = None,
+    account: Annotated[
+        list[str] | None, typer.Option("--account", help="Only this account's changes.")
+    ] = None,
     client_id: Annotated[list[str] | None, typer.Option("--client-id")] = None,
     webhook: Annotated[
         str | None, typer.Option("--webhook", help="Deliver to this URL from `serve`.")
@@ -260,6 +268,7 @@ def consumers_add(
         "op": op or [],
         "event": event or [],
         "environment": environment or [],
+        "account": account or [],
         "client_id": client_id or [],
     }
 

@@ -185,7 +185,7 @@ def read_secret(path: str | Path) -> str:
 
 
 def check_filters(filters: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    from syncsvc.settings import ENVIRONMENTS
+    from syncsvc.settings import ACCOUNT_NAME_PATTERN, ENVIRONMENTS
     from syncsvc.store.schema import ENTITIES, OPS
 
     allowed = {"entity": ENTITIES, "op": OPS, "environment": ENVIRONMENTS}
@@ -197,6 +197,10 @@ def check_filters(filters: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
         bad = [v for v in values if key in allowed and v not in allowed[key]]
         if bad:
             raise ConfigError(f"--{key} {bad[0]!r} is not one of {', '.join(allowed[key])}")
+        if key == "account" and (
+            slug := next((v for v in values if not ACCOUNT_NAME_PATTERN.fullmatch(v)), None)
+        ):
+            raise ConfigError(f"--account {slug!r} is not an account name (a-z, 0-9, _, -)")
         if values:
             out[key] = values
     return out

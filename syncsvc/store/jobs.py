@@ -41,10 +41,11 @@ FROM jsonb_to_recordset(CAST(:jobs AS jsonb)) AS j(lock text, args jsonb)
 """
 
 INSERT_UNIT = """
-INSERT INTO fetches (run_id, resource, entity, scope, status, details)
-SELECT :run_id, u.resource, u.entity, u.scope, 'pending', u.details
-FROM jsonb_to_recordset(CAST(:units AS jsonb)) AS u(resource text, entity text, scope text,
-                                                    details jsonb)
+INSERT INTO fetches (run_id, account, resource, entity, scope, status, details)
+SELECT :run_id, r.account, u.resource, u.entity, u.scope, 'pending', u.details
+FROM runs r, jsonb_to_recordset(CAST(:units AS jsonb)) AS u(resource text, entity text,
+                                                           scope text, details jsonb)
+WHERE r.id = :run_id
 RETURNING id, scope, resource
 """
 
@@ -53,7 +54,7 @@ RETURNING id, scope, resource
 CLAIM = """
 WITH unit AS (
     SELECT f.id, f.run_id, f.resource, f.scope, f.status, f.details, r.status AS run_status,
-           r.options
+           r.options, r.account
     FROM fetches f JOIN runs r ON r.id = f.run_id
     WHERE f.id = :fetch_id
 )
@@ -68,7 +69,7 @@ SET status = CASE WHEN unit.run_status = 'running' THEN 'running'
 FROM unit
 WHERE f.id = unit.id AND f.status IN ('pending', 'running')
 RETURNING f.run_id, f.resource, f.entity, f.scope, f.details, unit.run_status, unit.options,
-          unit.status AS was
+          unit.status AS was, unit.account
 """
 
 # The run's units as its close counts them (the close holds the run row's lock meanwhile).
@@ -118,6 +119,7 @@ class Claim:
     """A worker's hold on an open unit, or the news that its run has ended."""
 
     run_id: int
+    account: str  # the run's: which account's settings, token and budget the unit runs with
     unit: QueuedUnit
     run_running: bool  # False: the row was just closed skipped/cancelled; nothing to do
     options: dict[str, Any]
@@ -226,6 +228,7 @@ async def claim(engine: AsyncEngine, fetch_id: int, worker: str) -> Claim | None
     unit = QueuedUnit.from_row(row.resource, row.entity, row.scope, row.details)
     return Claim(
         run_id=int(row.run_id),
+        account=str(row.account),
         unit=unit,
         run_running=row.run_status == "running",
         options=dict(row.options or {}),

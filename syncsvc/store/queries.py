@@ -1,5 +1,9 @@
 """The stage/diff/apply SQL, as named statements generated once per resource from the catalog.
 
+Every statement that reads or writes a state table or the change log is one account's: the
+unit's account is a bound parameter, the state tables' keys lead with it, so a unit's diff,
+deletes, rekeys and holds never reach another account's rows.
+
 Every statement is set-based and takes bound parameters only ($1, $2, ...); identifiers come from
 the catalog, never from data. This module defines them in the order they run inside one unit's
 transaction (syncsvc.store.unit names the steps):
@@ -186,9 +190,11 @@ def _lock_scope(r: _Shape) -> str:
     # against the same old rows: each takes its scope's locks, in one global order, before
     # diffing, and holds them to commit. The next one then diffs against the first's committed
     # result (READ COMMITTED: every statement sees the latest commits).
+    # The account is part of the key: two accounts' units over the same event GUID are two
+    # scopes and never wait for each other.
     return (
         "SELECT count(pg_advisory_xact_lock(hashtextextended("
-        f"'syncsvc:{r.resource.entity}:' || e, 0))) "
+        f"'syncsvc:' || $2::text || ':{r.resource.entity}:' || e, 0))) "
         "FROM (SELECT DISTINCT unnest($1::text[]) AS e ORDER BY 1) AS scope"
     )
 
@@ -205,7 +211,11 @@ def _diff_keys(r: _Shape) -> str:
     per_event = r.resource.per_event
     key_cols = f"event_guid, {r.key}" if per_event else "event_guid"
     current = f"(SELECT ctid AS tid, {key_cols}, row_hash, deleted_at FROM {r.table}"
-    current += " WHERE event_guid = ANY($1::text[]))" if per_event else ")"
+    current += (
+        " WHERE account = $2 AND event_guid = ANY($1::text[]))"
+        if per_event
+        else " WHERE account = $1)"
+    )
     too_long = _too_long(r, "s")
     return f"""
 CREATE TEMP TABLE {KEYS} ON COMMIT DROP AS
@@ -357,11 +367,12 @@ def _upsert_state(r: _Shape) -> str:
     )
     return f"""
 INSERT INTO {r.table} ({", ".join(r.data_cols)},
-                 first_seen_run, last_stored_run, last_changed_run, deleted_at, deleted_run)
-SELECT {values}, $1, $1, $1, NULL, NULL
+                 first_seen_run, last_stored_run, last_changed_run, deleted_at, deleted_run,
+                 account)
+SELECT {values}, $1, $1, $1, NULL, NULL, $2
 FROM {DIFF} d
 WHERE d.op IN ('insert', 'update', 'rekey')
-ON CONFLICT ({", ".join(r.keys)}) DO UPDATE SET
+ON CONFLICT (account, {", ".join(r.keys)}) DO UPDATE SET
     {", ".join(f"{c} = EXCLUDED.{c}" for c in r.data_cols if c not in r.keys)},
     last_stored_run = EXCLUDED.last_stored_run,
     last_changed_run = EXCLUDED.last_changed_run,
@@ -377,11 +388,11 @@ def _insert_changes(r: _Shape) -> str:
     return f"""
 WITH inserted AS (
     INSERT INTO changes (seq, run_id, fetch_id, entity, event_guid, record_key, client_id, op,
-                         changed_fields, before, after, source_modified_at)
+                         changed_fields, before, after, source_modified_at, account)
     SELECT (SELECT coalesce(max(seq), 0) FROM changes)
                + row_number() OVER (ORDER BY event_guid, record_key),
            $1, $2, '{r.resource.entity}', event_guid, record_key, client_id, op,
-           changed_fields, before, after, source_modified_at
+           changed_fields, before, after, source_modified_at, $3
     FROM {DIFF}
     WHERE {_EMITTED}
     RETURNING seq
@@ -403,7 +414,11 @@ SEQSCAN_ON = "SET LOCAL enable_seqscan = on"
 def _scope_has_rows(r: _Shape) -> str:
     # Any row, deleted ones too: a deleted row's key coming back is an insert the upsert must
     # merge into that row (its first_seen_run stays), which the first-load path does not do.
-    where = " WHERE event_guid = ANY($1::text[])" if r.resource.per_event else ""
+    where = (
+        " WHERE account = $2 AND event_guid = ANY($1::text[])"
+        if r.resource.per_event
+        else " WHERE account = $1"
+    )
     return f"SELECT EXISTS (SELECT FROM {r.table}{where}) AS found"
 
 
@@ -413,8 +428,9 @@ def _load_state(r: _Shape) -> str:
     # nothing conflicts. A key too long to store is left out, as the diff rejects it.
     return f"""
 INSERT INTO {r.table} ({", ".join(r.data_cols)},
-                 first_seen_run, last_stored_run, last_changed_run, deleted_at, deleted_run)
-SELECT {", ".join(f"s.{c}" for c in r.data_cols)}, $1, $1, $1, NULL, NULL
+                 first_seen_run, last_stored_run, last_changed_run, deleted_at, deleted_run,
+                 account)
+SELECT {", ".join(f"s.{c}" for c in r.data_cols)}, $1, $1, $1, NULL, NULL, $2
 FROM {STAGE} s
 WHERE ({_too_long(r, "s")}) IS NOT TRUE
 """
@@ -438,11 +454,11 @@ def _load_changes(r: _Shape) -> str:
     return f"""
 WITH inserted AS (
     INSERT INTO changes (seq, run_id, fetch_id, entity, event_guid, record_key, client_id, op,
-                         changed_fields, before, after, source_modified_at)
+                         changed_fields, before, after, source_modified_at, account)
     SELECT (SELECT coalesce(max(seq), 0) FROM changes)
                + row_number() OVER (ORDER BY s.event_guid, s.{r.key}),
            $1, $2, '{r.resource.entity}', s.event_guid, s.{r.key}, {client_id}, 'insert',
-           '{{}}'::text[], NULL::jsonb, {image}, {modified}
+           '{{}}'::text[], NULL::jsonb, {image}, {modified}, $3
     FROM {STAGE} s
     {lateral}
     WHERE ({_too_long(r, "s")}) IS NOT TRUE
@@ -490,8 +506,8 @@ class Statements:
     create_stage: str
     truncate_stage: str
     dedupe_stage: str  # -> (event_guid, duplicates)
-    lock_scope: str  # $1 scope names (event GUIDs, '*' for event.do)
-    diff_keys: str  # $1 scope event GUIDs (data entities only)
+    lock_scope: str  # $1 scope names (event GUIDs, '*' for event.do), $2 account
+    diff_keys: str  # $1 scope event GUIDs, $2 account (event.do: $1 account)
     take_rejects: str  # -> (event_guid, rejected): staged rows whose keys are too long to store
     diff: str
     suppress_deletes: str  # -> status "DELETE n"
@@ -501,15 +517,15 @@ class Statements:
     drop_held: str  # $1 held event GUIDs ('*' for event.do)
     count_changes: str  # -> (op, count)
     soft_delete_state: str  # $1 run_id
-    upsert_state: str  # $1 run_id
+    upsert_state: str  # $1 run_id, $2 account
     lock_seq: str  # $1 lock key
-    insert_changes: str  # $1 run_id, $2 fetch_id -> (first_seq, last_seq)
+    insert_changes: str  # $1 run_id, $2 fetch_id, $3 account -> (first_seq, last_seq)
     check_fence: str  # $1 run_id -> (status, newer)
     record_fetch: str  # $1 fetch_id, $2.. the unit's figures (see UnitWriter)
     # The first load (after lock_scope; then lock_seq, load_changes, check_fence, record_fetch):
-    scope_has_rows: str  # $1 scope event GUIDs (data entities only) -> (found); SEQSCAN_OFF
-    load_state: str  # $1 run_id -> status "INSERT 0 n"
-    load_changes: str  # $1 run_id, $2 fetch_id -> (first_seq, last_seq)
+    scope_has_rows: str  # $1 scope event GUIDs, $2 account (event.do: $1 account) -> (found)
+    load_state: str  # $1 run_id, $2 account -> status "INSERT 0 n"
+    load_changes: str  # $1 run_id, $2 fetch_id, $3 account -> (first_seq, last_seq)
 
 
 @functools.cache

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc.catalog import BY_ENTITY, DATA_RESOURCES, FieldKind, Resource
 from syncsvc.records import EXTRAS
+from syncsvc.settings import DEFAULT_ACCOUNT
 from syncsvc.store.boundary import guarded
 from syncsvc.store.schema import changes, events, metadata, state_tables
 
@@ -58,12 +59,17 @@ def record_key_of(resource: Resource, typed: dict[str, Any]) -> Key:
 
 
 async def live_records(
-    engine: AsyncEngine, entity: str, event_guid: str | None = None
+    engine: AsyncEngine,
+    entity: str,
+    event_guid: str | None = None,
+    *,
+    account: str = DEFAULT_ACCOUNT,
 ) -> dict[Key, dict[str, Any]]:
-    """(eventGUID, key) -> typed record, for the live (not soft-deleted) rows of `entity`."""
+    """(eventGUID, key) -> typed record, for `account`'s live (not soft-deleted) rows of
+    `entity`."""
     resource = BY_ENTITY[entity]
     table = state_tables[entity]
-    query = sa.select(table).where(table.c.deleted_at.is_(None))
+    query = sa.select(table).where(table.c.deleted_at.is_(None), table.c.account == account)
     if event_guid is not None:
         query = query.where(table.c.event_guid == event_guid)
     async with engine.connect() as conn:
@@ -91,15 +97,23 @@ class ChangeRow:
     before: dict[str, Any] | None
     after: dict[str, Any] | None
     source_modified_at: dt.datetime | None
+    account: str = DEFAULT_ACCOUNT
 
 
 async def read_changes(
-    engine: AsyncEngine, after_seq: int = 0, run_id: int | None = None
+    engine: AsyncEngine,
+    after_seq: int = 0,
+    run_id: int | None = None,
+    *,
+    account: str | None = None,
 ) -> list[ChangeRow]:
-    """Change records with seq > after_seq (optionally of one run), in seq order."""
+    """Change records with seq > after_seq (optionally of one run, of one account), in seq
+    order."""
     query = sa.select(changes).where(changes.c.seq > after_seq).order_by(changes.c.seq)
     if run_id is not None:
         query = query.where(changes.c.run_id == run_id)
+    if account is not None:
+        query = query.where(changes.c.account == account)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).mappings().all()
     return [
@@ -116,26 +130,30 @@ async def read_changes(
             before=typed_from_image(r["entity"], r["before"]),
             after=typed_from_image(r["entity"], r["after"]),
             source_modified_at=r["source_modified_at"],
+            account=r["account"],
         )
         for r in rows
     ]
 
 
 @guarded("could not read the live events")
-async def live_event_guids(engine: AsyncEngine) -> list[str]:
-    """The GUIDs of the events not deleted, in order (a run plans its units over them)."""
+async def live_event_guids(engine: AsyncEngine, account: str = DEFAULT_ACCOUNT) -> list[str]:
+    """`account`'s events not deleted, in order (a run plans its units over them)."""
     async with engine.connect() as conn:
         rows = await conn.execute(
             sa.select(events.c.event_guid)
-            .where(events.c.deleted_at.is_(None))
+            .where(events.c.deleted_at.is_(None), events.c.account == account)
             .order_by(events.c.event_guid)
         )
         return [r[0] for r in rows]
 
 
 @guarded("could not read the deleted events' live records")
-async def orphaned_scopes(engine: AsyncEngine) -> list[tuple[Resource, str]]:
-    """(resource, event GUID) for every deleted event that still has live records of it."""
+async def orphaned_scopes(
+    engine: AsyncEngine, account: str = DEFAULT_ACCOUNT
+) -> list[tuple[Resource, str]]:
+    """(resource, event GUID) for every deleted event of `account` that still has live records
+    of it (another account's event of the same GUID is another event)."""
     found: list[tuple[Resource, str]] = []
     async with engine.connect() as conn:
         for resource in DATA_RESOURCES:
@@ -143,8 +161,18 @@ async def orphaned_scopes(engine: AsyncEngine) -> list[tuple[Resource, str]]:
             rows = await conn.execute(
                 sa.select(table.c.event_guid)
                 .distinct()
-                .join(events, events.c.event_guid == table.c.event_guid)
-                .where(table.c.deleted_at.is_(None), events.c.deleted_at.is_not(None))
+                .join(
+                    events,
+                    sa.and_(
+                        events.c.account == table.c.account,
+                        events.c.event_guid == table.c.event_guid,
+                    ),
+                )
+                .where(
+                    table.c.account == account,
+                    table.c.deleted_at.is_(None),
+                    events.c.deleted_at.is_not(None),
+                )
                 .order_by(table.c.event_guid)
             )
             found.extend((resource, str(guid)) for (guid,) in rows)

@@ -19,7 +19,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncsvc.catalog import Resource, resolve
+from syncsvc.errors import StoreError
 from syncsvc.scope import Scope
+from syncsvc.settings import DEFAULT_ACCOUNT
 from syncsvc.store.boundary import guarded
 from syncsvc.store.schema import fetches, runs
 
@@ -63,6 +65,7 @@ def _totals(run_id: Any) -> dict[str, Any]:
 async def create_run(
     engine: AsyncEngine,
     *,
+    account: str = DEFAULT_ACCOUNT,
     environment: str = "uat",
     api_host: str | None = None,
     trigger: str = "run",
@@ -73,6 +76,7 @@ async def create_run(
         run_id = await conn.scalar(
             sa.insert(runs)
             .values(
+                account=account,
                 environment=environment,
                 api_host=api_host,
                 trigger=trigger,
@@ -154,9 +158,10 @@ async def close_open_units(engine: AsyncEngine, run_id: int, *, message: str) ->
 
 
 @guarded("could not close the stale runs")
-async def abandon_stale_runs(engine: AsyncEngine) -> list[int]:
-    """Mark every `running` run `abandoned` (call it holding the run lock: none of them can
-    still hold the right to write) and close the units dead runs left open.
+async def abandon_stale_runs(engine: AsyncEngine, account: str = DEFAULT_ACCOUNT) -> list[int]:
+    """Mark every `running` run of `account` `abandoned` (call it holding the account's run
+    lock: none of them can still hold the right to write) and close the units dead runs left
+    open. Another account's runs hold their own lock and are left alone.
 
     The UPDATE takes each run row's lock, so it waits for any unit of that run committing at this
     moment (a unit locks its run row FOR SHARE and checks it is `running` before it commits, see
@@ -168,7 +173,7 @@ async def abandon_stale_runs(engine: AsyncEngine) -> list[int]:
             int(r[0])
             for r in await conn.execute(
                 sa.update(runs)
-                .where(runs.c.status == "running")
+                .where(runs.c.status == "running", runs.c.account == account)
                 .values(
                     status="abandoned",
                     finished_at=sa.func.now(),
@@ -183,6 +188,7 @@ async def abandon_stale_runs(engine: AsyncEngine) -> list[int]:
             sa.update(fetches)
             .where(
                 fetches.c.status.in_(OPEN_UNIT),
+                fetches.c.account == account,
                 fetches.c.run_id.in_(sa.select(runs.c.id).where(runs.c.status != "running")),
             )
             .values(status="abandoned", finished_at=sa.func.now())
@@ -201,22 +207,28 @@ async def create_fetch(
     scope: Scope | str,
     status: str = "running",
 ) -> int:
-    """Insert a `fetches` row for one unit (resource, scope) of a run and return its id."""
+    """Insert a `fetches` row for one unit (resource, scope) of a run and return its id; its
+    account is the run's."""
     res = resolve(resource)
+    row = sa.select(
+        sa.literal(run_id, sa.BigInteger),
+        sa.literal(res.path),
+        sa.literal(res.entity),
+        sa.literal(str(scope)),
+        sa.literal(status),
+        sa.func.now(),
+        runs.c.account,
+    ).where(runs.c.id == run_id)
     async with engine.begin() as conn:
         fetch_id = await conn.scalar(
             sa.insert(fetches)
-            .values(
-                run_id=run_id,
-                resource=res.path,
-                entity=res.entity,
-                scope=str(scope),
-                status=status,
-                started_at=sa.func.now(),
+            .from_select(
+                ["run_id", "resource", "entity", "scope", "status", "started_at", "account"], row
             )
             .returning(fetches.c.id)
         )
-    assert fetch_id is not None
+    if fetch_id is None:
+        raise StoreError(f"run {run_id} does not exist", resource=res.path)
     return int(fetch_id)
 
 

@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 
 from syncsvc.catalog import RESOURCES, FieldKind, Resource
+from syncsvc.settings import DEFAULT_ACCOUNT
 from syncsvc.vocab import Op, RunStatus, UnitStatus
 
 metadata = MetaData(
@@ -56,6 +57,19 @@ def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
+def _account() -> Column[Any]:
+    # Migration 0007 (many accounts). The server default is the implicit account's name: rows
+    # from before the migration (and a hand-written row) belong to it; syncsvc's own writers
+    # always name the account.
+    return Column(
+        "account",
+        Text,
+        nullable=False,
+        server_default=DEFAULT_ACCOUNT,
+        comment="the account (settings: [[account]] name) the row belongs to",
+    )
+
+
 runs = Table(
     "runs",
     metadata,
@@ -80,6 +94,7 @@ runs = Table(
     Column("error_message", Text),
     Column("hostname", Text),
     Column("pid", Integer),
+    _account(),
     CheckConstraint(_in("status", RUN_STATUSES), name="status"),
     CheckConstraint(_in("environment", ("uat", "production")), name="environment"),
 )
@@ -117,6 +132,7 @@ fetches = Table(
     Column("error_code", Integer),
     Column("error_message", Text),
     Column("details", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    _account(),
     CheckConstraint(_in("status", FETCH_STATUSES), name="status"),
     Index(None, "run_id"),
 )
@@ -161,12 +177,15 @@ def _state_table(resource: Resource) -> Table:
         Column("last_changed_run", BigInteger, nullable=False),
         Column("deleted_at", TZ, comment="soft delete: set when a complete dump lacks the record"),
         Column("deleted_run", BigInteger),
-        # eventGUID first: a per-event unit reads its event's rows through the key's prefix.
-        PrimaryKeyConstraint(*key_columns),
+        _account(),
+        # The account, then eventGUID first: a per-event unit reads its event's rows through the
+        # key's prefix, and two accounts may hold the same event GUID without meeting.
+        PrimaryKeyConstraint("account", *key_columns),
     )
     if resource.has_client_id:
         Index(
             None,
+            table.c.account,
             table.c.event_guid,
             table.c.client_id,
             postgresql_where=table.c.client_id.isnot(None),
@@ -196,7 +215,7 @@ consumers = Table(
         JSONB,
         nullable=False,
         server_default=text("'{}'::jsonb"),
-        comment="entity, op, event, environment: each a list; absent means all",
+        comment="entity, op, event, environment, account: each a list; absent means all",
     ),
     Column("webhook_url", Text, comment="null for a pull consumer"),
     Column("status", Text, nullable=False, server_default="active"),
@@ -246,17 +265,27 @@ changes = Table(
     Column("after", JSONB),
     Column("source_modified_at", TZ),
     Column("captured_at", TZ, nullable=False, server_default=text("now()")),
+    _account(),
     CheckConstraint(_in("op", OPS), name="op"),
     CheckConstraint(_in("entity", ENTITIES), name="entity"),
     Index(None, "run_id"),
     # Covering (migration 0005): the history views bound each version from this index alone.
+    # The entity leads (each view reads one), then the record's identity, account first
+    # (migration 0007): a version is one account's.
     Index(
         None,
         "entity",
+        "account",
         "event_guid",
         "record_key",
         "seq",
         postgresql_include=["op", "captured_at"],
     ),
-    Index("ix_changes_rekeys", "entity", "event_guid", postgresql_where=text("op = 'rekey'")),
+    Index(
+        "ix_changes_rekeys",
+        "entity",
+        "account",
+        "event_guid",
+        postgresql_where=text("op = 'rekey'"),
+    ),
 )

@@ -16,9 +16,11 @@ The scheduler's API::
     await finish_fetch(engine, fetch_id, status=result.status, attempts=fetched.attempts, ...)
     # result: inserted/updated/deleted/rekeyed, held (per event), rejected, duplicates, seqs
 
-- `UnitWriter.__aenter__` checks a connection out of the engine and opens the unit's
-  transaction on its asyncpg driver connection; `__aexit__` rolls back anything not applied
-  (an exception, a cancelled task, a fetch that never completed).
+- `UnitWriter.__aenter__` checks a connection out of the engine, opens the unit's transaction on
+  its asyncpg driver connection and reads the unit's account: its run's (`runs.account`); every
+  statement of the unit is that account's (the diff's scope, deletes, rekeys, holds, changes).
+  `__aexit__` rolls back anything not applied (an exception, a cancelled task, a fetch that never
+  completed).
 - `stage(batches)` is the parse's sink (batches: an async iterable of EncodedBatch staging rows,
   or of lists of records as `unit.normalize` returns them). It (re)creates the temporary staging
   table (ON COMMIT DROP), truncates it when called again (a retried fetch starts over) and streams
@@ -79,6 +81,8 @@ from syncsvc.store.hold import HoldDecision, ScopeDiff, decide_holds
 from syncsvc.store.hold import HoldPolicy as HoldPolicy  # part of this module's API (apply)
 
 log = get_logger(__name__)
+
+RUN_ACCOUNT = "SELECT account FROM runs WHERE id = $1"
 
 DEFAULT_BATCH_ROWS = 10_000
 
@@ -180,6 +184,7 @@ class UnitWriter:
         self.normalize: Normalizer = normalizer(self.resource)
         self._sql = queries.statements(self.resource)
         self._checkpoint = checkpoint
+        self.account = ""  # the run's, read when the unit begins
         self._conn: AsyncConnection | None = None
         self._raw: Any = None
         self._tx: Any = None
@@ -224,6 +229,15 @@ class UnitWriter:
                     await self._conn.invalidate()
                     await self._conn.close()
                     raise
+        # The unit's account is its run's: no caller can write one account's unit into another's.
+        try:
+            account = await self._fetch(RUN_ACCOUNT, self.run_id)
+            if not account:
+                raise StoreError(f"run {self.run_id} does not exist", resource=self.resource.path)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        self.account = str(account[0]["account"])
         await self._step("begun")
         return self
 
@@ -513,12 +527,12 @@ class UnitWriter:
         return dups
 
     async def _lock_scope(self, scope_events: list[str]) -> None:
-        await self._execute(self._sql.lock_scope, scope_events or [ACCOUNT_NAME])
+        await self._execute(self._sql.lock_scope, scope_events or [ACCOUNT_NAME], self.account)
         await self._step("scope_locked")
 
     async def _scope_has_rows(self, scope_events: list[str]) -> bool:
         """Whether the scope holds any row, deleted ones too (exact: under the scope's locks)."""
-        args = (scope_events,) if self.resource.per_event else ()
+        args = (scope_events, self.account) if self.resource.per_event else (self.account,)
         await self._execute(queries.SEQSCAN_OFF)
         (row,) = await self._fetch(self._sql.scope_has_rows, *args)
         await self._execute(queries.SEQSCAN_ON)
@@ -533,7 +547,7 @@ class UnitWriter:
         for step in ("diffed", "rekeys_paired", "hold_checked", "state_deleted"):
             if step != "rekeys_paired" or self.resource.has_client_id:
                 await self._step(step)
-        status = await self._execute(self._sql.load_state, self.run_id)
+        status = await self._execute(self._sql.load_state, self.run_id, self.account)
         inserted = int(status.split()[-1])
         # The rows left out are those whose keys are too long to store (counted like the diff's).
         oversized = self._records - duplicates - inserted
@@ -555,7 +569,8 @@ class UnitWriter:
     async def _diff(self, scope_events: list[str]) -> tuple[dict[str, int], int]:
         """Fill the diff table; (keys too long to store, per event; deletes suppressed)."""
         sql = self._sql
-        await self._execute(sql.diff_keys, *((scope_events,) if self.resource.per_event else ()))
+        args = (scope_events, self.account) if self.resource.per_event else (self.account,)
+        await self._execute(sql.diff_keys, *args)
         self._mark("diff_keys")
         oversized = {
             r["event_guid"]: int(r["rejected"]) for r in await self._fetch(sql.take_rejects)
@@ -625,7 +640,7 @@ class UnitWriter:
         self._mark("counted")
         await self._execute(sql.soft_delete_state, self.run_id)
         await self._step("state_deleted")
-        await self._execute(sql.upsert_state, self.run_id)
+        await self._execute(sql.upsert_state, self.run_id, self.account)
         await self._step("state_upserted")
         return counts
 
@@ -635,7 +650,7 @@ class UnitWriter:
         # Only now take the seq lock: it is held until commit, so seq order is commit order.
         await self._execute(self._sql.lock_seq, queries.SEQ_LOCK_KEY)
         await self._step("seq_locked")
-        (seqs,) = await self._fetch(insert_changes, self.run_id, self.fetch_id)
+        (seqs,) = await self._fetch(insert_changes, self.run_id, self.fetch_id, self.account)
         await self._step("changes_inserted")
         # The change feed: wake followers and webhook deliveries when (and only if) this commits.
         # The payload is the new high seq, never data (docs/change-feed.md).

@@ -45,6 +45,7 @@ class RunRow:
     id: int
     status: str
     environment: str
+    account: str
     trigger: str
     started_at: datetime
     finished_at: datetime | None
@@ -160,7 +161,7 @@ class UnitProgress:
 
 
 _RUN_COLUMNS = """
-    r.id, r.status, r.environment, r.trigger, r.started_at, r.finished_at,
+    r.id, r.status, r.environment, r.account, r.trigger, r.started_at, r.finished_at,
     extract(epoch FROM coalesce(r.finished_at, now()) - r.started_at)::float8 AS seconds,
     r.units_total, r.units_failed, r.units_held, r.records, r.bytes,
     r.inserted, r.updated, r.deleted, r.rekeyed, r.error_code, r.error_message, r.options
@@ -272,7 +273,7 @@ LIMIT :limit
     guids = sorted(
         {h["event_guid"] for r in rows for h in (r["held"] or []) + (r["overridden"] or [])}
     )
-    titles = await _event_titles(conn, guids)
+    titles = await _event_titles(conn, guids, run_id)
     units = [_unit(r, titles) for r in rows]
     with_changes = [u for u in units if u.first_seq is not None and u.changes][:UNITS_WITH_SAMPLES]
     samples = await _samples(conn, [(u.first_seq, u.last_seq) for u in with_changes])  # type: ignore[misc]
@@ -304,12 +305,17 @@ def _unit(r: Any, titles: dict[str, str]) -> UnitRow:
     )
 
 
-async def _event_titles(conn: AsyncConnection, guids: list[str]) -> dict[str, str]:
+async def _event_titles(conn: AsyncConnection, guids: list[str], run_id: int) -> dict[str, str]:
+    """The events' names, as the run's account holds them (another account may hold the same
+    GUID under another name)."""
     if not guids:
         return {}
     rows = await conn.execute(
-        sa.text("SELECT event_guid, event_name AS title FROM events WHERE event_guid = ANY(:g)"),
-        {"g": guids},
+        sa.text(
+            "SELECT event_guid, event_name AS title FROM events WHERE event_guid = ANY(:g)"
+            " AND account = (SELECT account FROM runs WHERE id = :run)"
+        ),
+        {"g": guids, "run": run_id},
     )
     return {r.event_guid: r.title for r in rows if r.title}
 

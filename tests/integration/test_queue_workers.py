@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -29,6 +30,7 @@ from sqlalchemy.engine import URL
 from syncsvc.catalog import BY_ENTITY
 from syncsvc.simulator import SimConfig
 from syncsvc.store import db
+from syncsvc.vocab import ExitCode
 from tests.integration.test_run_e2e import _db_state, _truth
 from tests.integration.test_store_simulator import expected
 from tests.processes import cli_env, run_cli
@@ -428,3 +430,120 @@ async def test_a_queued_run_stopped_by_sigterm_ends_interrupted_and_commits_noth
             again = await asyncio.to_thread(run_cli, env, "run")
             assert again.returncode == 0, again.stderr[-2000:]
         await _check_day(db_url, sim, 0, 0)
+
+
+# --- many accounts on the workers -----------------------------------------------------------------
+
+BIG = dataclasses.replace(CONFIG, seed=31, events=8, users_per_event=80)
+
+
+def _accounts_config(tmp_path: Path, accounts: list[dict[str, Any]]) -> Path:
+    from tests.integration.test_accounts import _config
+
+    path = _config(tmp_path, accounts)
+    # The queue's settings for every account's runs and for the workers.
+    path.write_text(
+        "executor = 'queue'\nworker_heartbeat = 0.5\nworker_stalled_after = 3.0\n"
+        + path.read_text()
+    )
+    return path
+
+
+async def test_three_accounts_on_three_workers_each_equal_their_own_ground_truth(
+    simulator: SimFactory, db_url: URL, tmp_path: Path
+) -> None:
+    """Three accounts, the large one in per-event units spread over the workers; the first two
+    collide on every event GUID (one seed): each account's state and change log equal its own
+    simulator's ground truth, day after day."""
+    from tests.integration.test_accounts import _changes as account_changes
+    from tests.integration.test_accounts import _expected, _last_run, _runs, _state
+    from tests.integration.test_accounts import _truth as account_truth
+
+    async with simulator(CONFIG) as sim_a, simulator(CONFIG) as sim_b, simulator(BIG) as sim_c:
+        sims = {"a": sim_a, "b": sim_b, "c": sim_c}
+        config = _accounts_config(
+            tmp_path,
+            [
+                {"name": "a", "base_url": sim_a.base_url},
+                {"name": "b", "base_url": sim_b.base_url},
+                {"name": "c", "base_url": sim_c.base_url, "use_event_all": False},
+            ],
+        )
+        env = cli_env(db_url, SYNCSVC_CONFIG=str(config))
+        up = await asyncio.to_thread(run_cli, env, "db", "upgrade")
+        assert up.returncode == 0, up.stderr
+        days = {"a": (0, 1, 2), "b": (0, 2, 3), "c": (0, 1, 2)}
+        with workers(env, 3):
+            for step in range(3):
+                for name, sim in sims.items():
+                    sim.set_day(days[name][step])
+                run = await asyncio.to_thread(run_cli, env, "run")
+                assert run.returncode == 0, run.stderr[-2000:]
+                runs = await _runs(db_url)
+                for name, sim in sims.items():
+                    day = days[name][step]
+                    run_id, status = _last_run(runs, name)
+                    assert status == "succeeded", name
+                    assert await _state(db_url, name) == account_truth(sim, day), name
+                    before = days[name][step - 1] if step else -1
+                    got = await account_changes(db_url, name, run_id)
+                    assert got == _expected(sim, before, day), name
+        # The large account's units ran on more than one worker.
+        spread = await _scalar(
+            db_url,
+            "SELECT count(DISTINCT details->>'worker') FROM fetches WHERE account = 'c'"
+            " AND details ? 'worker'",
+        )
+        assert spread >= 1
+
+
+@pytest.mark.parametrize("trouble", ["token", "down", "held"])
+async def test_one_accounts_trouble_on_the_workers_leaves_the_others_applied(
+    simulator: SimFactory, db_url: URL, tmp_path: Path, trouble: str
+) -> None:
+    """b's refused token (101), dead server or mass delete hold, on the workers: a and c are
+    applied exactly, b keeps its previous state whole and emits nothing."""
+    from tests.integration.test_accounts import _changes as account_changes
+    from tests.integration.test_accounts import _closed_port, _expected, _last_run, _runs, _state
+    from tests.integration.test_accounts import _truth as account_truth
+
+    other = dataclasses.replace(CONFIG, seed=99)
+    async with (
+        simulator(CONFIG) as sim_a,
+        simulator(CONFIG) as sim_b,
+        simulator(BIG) as sim_c,
+        simulator(other) as elsewhere,
+    ):
+        a = {"name": "a", "base_url": sim_a.base_url}
+        b: dict[str, Any] = {"name": "b", "base_url": sim_b.base_url}
+        c = {"name": "c", "base_url": sim_c.base_url, "use_event_all": False}
+        first = _accounts_config(tmp_path, [a, b, c])
+        env = cli_env(db_url, SYNCSVC_CONFIG=str(first))
+        up = await asyncio.to_thread(run_cli, env, "db", "upgrade")
+        assert up.returncode == 0, up.stderr
+        with workers(env, 3):
+            run = await asyncio.to_thread(run_cli, env, "run")
+            assert run.returncode == 0, run.stderr[-2000:]
+            for sim in (sim_a, sim_b, sim_c):
+                sim.set_day(1)
+            if trouble == "token":
+                b["token"] = "a-refused-token"
+            elif trouble == "down":
+                b["base_url"] = f"http://127.0.0.1:{_closed_port()}/api/"
+            else:
+                b |= {"base_url": elsewhere.base_url, "delete_hold_min_rows": 1}
+            # The workers read the same file: rewritten in place, as a config change would be.
+            _accounts_config(tmp_path, [a, b, c])
+            run = await asyncio.to_thread(run_cli, env, "run")
+        assert run.returncode == ExitCode.FAILED, (run.stdout, run.stderr[-2000:])
+        assert "a-refused-token" not in run.stdout + run.stderr
+        runs = await _runs(db_url)
+        for name, sim in (("a", sim_a), ("c", sim_c)):
+            run_id, status = _last_run(runs, name)
+            assert status == "succeeded", name
+            assert await _state(db_url, name) == account_truth(sim, 1), name
+            assert await account_changes(db_url, name, run_id) == _expected(sim, 0, 1), name
+        b_run, b_status = _last_run(runs, "b")
+        assert b_status == "failed"
+        assert await _state(db_url, "b") == account_truth(sim_b, 0)
+        assert await account_changes(db_url, "b", b_run) == Counter()

@@ -462,3 +462,58 @@ async def test_rows_hashed_another_way_are_rehashed_without_a_change(engine: Asy
     # ... so the run after it compares by hash again and finds nothing.
     _, again = await sync(engine, [*records[:2], user("U3", firstName="Changed")])
     assert again.changes == 0
+
+
+# --- accounts: a unit sees its own account only --------------------------------------------------
+
+
+async def test_a_units_diff_deletes_rekeys_holds_and_cascades_stay_in_its_account(
+    engine: AsyncEngine,
+) -> None:
+    from syncsvc import cascade
+
+    def event(guid: str) -> Record:
+        return from_typed("event", {"eventGUID": guid, "eventName": f"Event {guid}"})
+
+    people = [user(f"U{i}", client_id=f"C{i}") for i in range(30)]
+    runs = {}
+    for account in ("a", "b"):
+        runs[account] = run_id = await create_run(engine, account=account)
+        await apply_records(
+            engine, run_id=run_id, resource="event", scope="all", records=[event("E1")]
+        )
+        first = await apply_records(
+            engine, run_id=run_id, resource="user", scope="E1", records=people, hold=NO_HOLD
+        )
+        # The same GUID and keys in the other account are no reason to skip a first load.
+        assert (first.inserted, first.first_load) == (30, True)
+
+    run_b = await create_run(engine, account="b")
+    # b: a mass delete (held), then a rekey (U0 re-created as U0new), then its event vanishing.
+    held = await apply_records(
+        engine, run_id=run_b, resource="user", scope="E1", records=people[:2], hold=HoldPolicy()
+    )
+    assert held.status == "held"
+    rekey = [*people[1:], user("U0new", client_id="C0")]
+    moved = await apply_records(
+        engine, run_id=run_b, resource="user", scope="E1", records=rekey, hold=NO_HOLD
+    )
+    assert (moved.rekeyed, moved.inserted, moved.deleted) == (1, 0, 0)
+    await apply_records(engine, run_id=run_b, resource="event", scope="all", records=[])
+    assert [str(u.scope) for u in await cascade.plan(engine, "b")] == ["E1"]
+    assert await cascade.plan(engine, "a") == []
+    gone = await apply_records(
+        engine, run_id=run_b, resource="user", scope="E1", records=[], hold=NO_HOLD
+    )
+    assert gone.deleted == 30
+
+    # a: untouched, row for row, and no change of a's beyond its first load.
+    assert set(await live_records(engine, "user", account="a")) == {
+        ("E1", f"U{i}") for i in range(30)
+    }
+    assert await live_records(engine, "user", account="b") == {}
+    a_changes = await read_changes(engine, account="a")
+    assert {c.run_id for c in a_changes} == {runs["a"]}
+    assert {c.op for c in a_changes} == {"insert"}
+    b_ops = [c.op for c in await read_changes(engine, account="b") if c.run_id == run_b]
+    assert sorted(set(b_ops)) == ["delete", "rekey"]

@@ -146,7 +146,7 @@ async def test_runs_page_shows_every_run_newest_first_with_its_status_in_words_a
     url, scenario = account
     truth = await _sql(
         url,
-        "SELECT id, status, records, inserted, updated, deleted, rekeyed FROM runs"
+        "SELECT id, status, account, records, inserted, updated, deleted, rekeyed FROM runs"
         " ORDER BY id DESC",
     )
     page = await _open(browser, site + "/")
@@ -156,9 +156,11 @@ async def test_runs_page_shows_every_run_newest_first_with_its_status_in_words_a
         row = rows.nth(i)
         assert await row.get_attribute("data-run") == str(t["id"])
         cells = [c.strip() for c in await row.locator("td").all_inner_texts()]
-        # Run, status (its word, not only a colour), ..., records, ins, upd, del, rekeys
+        # Run, status (its word, not only a colour), ..., account, env, records, ins, upd, del,
+        # rekeys
         assert cells[1] == t["status"]
-        assert [_n(c) for c in cells[5:10]] == [
+        assert cells[4] == t["account"]
+        assert [_n(c) for c in cells[6:11]] == [
             t["records"],
             t["inserted"],
             t["updated"],

@@ -7,7 +7,6 @@ stopped checking (a tool that no longer runs, a schema that accepts anything) tu
 from __future__ import annotations
 
 import copy
-import dataclasses
 import fnmatch
 import importlib.resources
 import json
@@ -25,7 +24,7 @@ import pytest
 import yaml
 
 from syncsvc.errors import ConfigError
-from syncsvc.settings import ENV_PREFIX, Settings
+from syncsvc.settings import ENV_PREFIX, Settings, setting_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -220,9 +219,7 @@ def pod_policy_problems(pod: Mapping[str, Any]) -> list[str]:
 
 
 def _secret_env_names() -> set[str]:
-    return {
-        ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings) if f.metadata["secret"]
-    }
+    return {ENV_PREFIX + f.name.upper() for f in setting_fields(Settings) if f.metadata["secret"]}
 
 
 def test_every_pod_follows_the_security_and_sizing_policy() -> None:
@@ -390,7 +387,7 @@ def test_settings_load_from_the_compose_environment() -> None:
 
 def unknown_setting_names(names: set[str]) -> set[str]:
     """SYNCSVC_* names that match no setting (a `_FILE` variant only exists for secrets)."""
-    fields = {f.name.upper(): f for f in dataclasses.fields(Settings)}
+    fields = {f.name.upper(): f for f in setting_fields(Settings)}
     unknown = set()
     for name in names - NOT_SETTINGS:
         bare = name.removeprefix(ENV_PREFIX)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from syncsvc import docgen
-from syncsvc.settings import ENV_PREFIX, Settings
+from syncsvc.settings import ENV_PREFIX, Settings, setting_fields
 from syncsvc.store.schema import RUN_STATUSES
 from tests.unit.test_deploy import unknown_setting_names
 
@@ -68,7 +68,7 @@ def _reference_rows() -> dict[str, list[str]]:
 
 def test_every_setting_is_listed_with_its_variable_toml_key_default_and_secrecy() -> None:
     rows = _reference_rows()
-    fields = dataclasses.fields(Settings)
+    fields = setting_fields(Settings)
     assert list(rows) == [f.name for f in fields]
     for f in fields:
         env, _kind, default, secret, doc = rows[f.name]

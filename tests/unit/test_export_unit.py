@@ -25,7 +25,7 @@ NOW = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
 
 
 def test_the_migration_holds_the_history_sql_this_code_generates() -> None:
-    migration = importlib.import_module("syncsvc.migrations.versions.0005_history_views")
+    migration = importlib.import_module("syncsvc.migrations.versions.0007_accounts")
     assert history.all_views() == {k: v.strip() for k, v in migration.VIEWS.items()}
 
 
@@ -57,8 +57,8 @@ def test_parts_hold_at_most_max_rows_and_record_their_checksums(tmp_path: Path) 
                        else f for f in schema])  # fmt: skip
     for start in range(1, 13, 4):  # 12 rows in batches of 4, as a driver hands them over
         rows = [
-            dict(zip(schema.names, (s, 1, None, "uat", "user", "E", f"U{s}", None, "insert", [],
-                                    None, "{}", None, NOW), strict=True))
+            dict(zip(schema.names, (s, 1, None, "uat", "default", "user", "E", f"U{s}", None,
+                                    "insert", [], None, "{}", None, NOW), strict=True))
             for s in range(start, start + 4)
         ]  # fmt: skip
         writer.write(conform(pa.RecordBatch.from_pylist(rows, schema=plain), schema))

@@ -90,6 +90,7 @@ def _row(op: str) -> dict[str, object]:
         "seq": 7,
         "run_id": 3,
         "environment": "production",
+        "account": "default",
         "entity": "user",
         "event_guid": "E1",
         "record_key": "U2",
@@ -109,6 +110,7 @@ def test_debezium_envelope_maps_ops_and_splits_a_rekey() -> None:
         assert [o["op"] for o in out] == dops
         assert out[0]["source"]["seq"] == 7
         assert out[0]["source"]["environment"] == "production"
+        assert out[0]["source"]["account"] == "default"
         assert out[0]["ts_ms"] == 1_796_040_000_000
     delete, create = (json.loads(x) for x in render_debezium(_row("rekey")))
     assert (delete["op"], create["op"]) == ("d", "c")

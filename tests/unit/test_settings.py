@@ -94,3 +94,136 @@ def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
     assert len(lines) == 1, proc.stderr
     assert "SYNCSVC_BASE_URL" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+# --- many accounts: [[account]] tables ------------------------------------------------------------
+
+
+def _accounts_file(tmp_path: Path, body: str) -> Path:
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.token").write_text(f"tok-{name}-secret\n")
+    cfg = tmp_path / "accounts.toml"
+    cfg.write_text(body.replace("DIR", str(tmp_path)))
+    return cfg
+
+
+TWO_ACCOUNTS = """
+rate_limit = 3.0
+resources = ["users"]
+delete_hold_ratio = 0.4
+
+[[account]]
+name = "a"
+base_url = "https://a.example.com/api/"
+api_token_file = "DIR/a.token"
+
+[[account]]
+name = "b-2"
+base_url = "https://b.example.com/api/"
+api_token_file = "DIR/b.token"
+environment = "production"
+resources = ["users", "sessions"]
+rate_limit = 7
+schedule = "0 5 * * *"
+"""
+
+
+def test_accounts_inherit_the_top_level_and_override_it(tmp_path: Path) -> None:
+    s = Settings.load({"HOME": str(tmp_path)}, config_file=_accounts_file(tmp_path, TWO_ACCOUNTS))
+    a, b = s.accounts()
+    assert (a.account, b.account) == ("a", "b-2")
+    assert a.base_url == "https://a.example.com/api/"
+    assert a.api_token == "tok-a-secret"
+    assert (a.rate_limit, a.resources, a.environment, a.schedule) == (
+        3.0,
+        ("users",),
+        "uat",
+        "0 2 * * *",
+    )
+    assert (b.rate_limit, b.resources, b.environment, b.schedule) == (
+        7.0,
+        ("users", "sessions"),
+        "production",
+        "0 5 * * *",
+    )
+    assert a.delete_hold_ratio == b.delete_hold_ratio == 0.4
+    assert s.for_account("b-2") is b
+    assert not a.declared
+    assert not b.declared
+    # Every account's token is a secret of the whole, and none reaches a repr.
+    assert set(s.secrets) >= {"tok-a-secret", "tok-b-secret"}
+    for text in (repr(s), repr(a), repr(b)):
+        assert "tok-a-secret" not in text
+        assert "tok-b-secret" not in text
+
+
+def test_environment_sets_the_defaults_an_account_table_overrides(tmp_path: Path) -> None:
+    cfg = _accounts_file(tmp_path, TWO_ACCOUNTS)
+    s = Settings.load({"HOME": str(tmp_path), "SYNCSVC_RATE_LIMIT": "2"}, config_file=cfg)
+    assert [x.rate_limit for x in s.accounts()] == [2.0, 7.0]
+
+
+def test_without_account_tables_the_variables_are_one_implicit_account(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path), "SYNCSVC_BASE_URL": "https://x.example.com/api/"}
+    s = Settings.load(env)
+    assert s.accounts() == (s,)
+    assert s.account == "default"
+    named = Settings.load({**env, "SYNCSVC_ACCOUNT": "acme"})
+    assert named.accounts() == (named,)
+    assert named.account == "acme"
+    assert named.for_account("acme") is named
+
+
+def test_an_unknown_account_name_is_one_line_listing_the_names(tmp_path: Path) -> None:
+    s = Settings.load({"HOME": str(tmp_path)}, config_file=_accounts_file(tmp_path, TWO_ACCOUNTS))
+    with pytest.raises(ConfigError, match=r"^no account named 'c' \(configured: a, b-2\)$"):
+        s.for_account("c")
+
+
+ONE = (
+    '[[account]]\nname = "a"\nbase_url = "https://a.example.com/api/"\n'
+    'api_token_file = "DIR/a.token"\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (ONE + ONE, "account 'a': the name is declared twice"),
+        (ONE.replace('name = "a"\n', ""), "[[account]] #1: `name` must be a slug"),
+        (ONE.replace('"a"', '"Bad Name"', 1), "'Bad Name' is `name` must be a slug"),
+        (ONE + 'database_url = "postgresql://x/y"\n', "'database_url': not a per-account"),
+        (ONE + "rate_limt = 3\n", "'rate_limt': unknown setting (did you mean rate_limit?)"),
+        (
+            ONE + 'api_token = "tok-literal-secret"\n',
+            "'api_token': give the token as api_token_file",
+        ),
+        (ONE.replace('base_url = "https://a.example.com/api/"\n', ""), "account 'a': no base_url"),
+        (ONE.replace('api_token_file = "DIR/a.token"\n', ""), "account 'a': no api_token_file"),
+        (ONE.replace("a.token", "missing.token"), "account 'a': api_token_file: cannot read"),
+        (ONE + 'environment = "staging"\n', "account 'a': environment must be one of"),
+        (ONE + 'rate_limit = "fast"\n', "account 'a': rate_limit is not a valid float"),
+        (ONE.replace("https://a", "http://a"), "account 'a': base_url must use https"),
+    ],
+)
+def test_a_bad_account_table_is_one_line_naming_the_account_and_key(
+    tmp_path: Path, body: str, says: str
+) -> None:
+    cfg = _accounts_file(tmp_path, body)
+    with pytest.raises(ConfigError) as info:
+        Settings.load({"HOME": str(tmp_path)}, config_file=cfg)
+    message = str(info.value)
+    assert says in message
+    assert "\n" not in message
+    assert "secret" not in message  # neither token's value
+
+
+def test_a_bad_implicit_account_name_is_refused() -> None:
+    with pytest.raises(ConfigError, match="SYNCSVC_ACCOUNT must be a slug"):
+        Settings.load({"SYNCSVC_ACCOUNT": "Not/A/Slug"})
+
+
+def test_syncsvc_account_beside_account_tables_is_refused(tmp_path: Path) -> None:
+    cfg = _accounts_file(tmp_path, ONE)
+    with pytest.raises(ConfigError, match="is each \\[\\[account\\]\\] table's own `name`"):
+        Settings.load({"HOME": str(tmp_path), "SYNCSVC_ACCOUNT": "x"}, config_file=cfg)
