@@ -20,9 +20,10 @@ How the rules are kept across processes (the SQL functions are migration 0008's)
   counted in granted start times. A caller that wakes for its start later than LATE_SHARE of the
   window's stretch (`(safety - 1) * period`) gives it up and asks again: grants `rate` apart are
   `safety` periods apart, so a late start could otherwise put `rate + 1` arrivals into one of the
-  server's windows; the other share is left for network jitter, as in `Budget`. Lateness is
-  measured from when the call was sent, which is earlier than the database's grant: the
-  database's clock is never compared with ours.
+  server's windows; the other share is left for network jitter, as in `Budget`. The caller
+  sleeps until `wait` seconds after the answer came (never early) and counts its lateness from
+  `wait` seconds after the call was sent (never too little): the database's clock is never
+  compared with ours, so the round trip counts as lateness.
 - **Back off.** `back_off` pauses this process at once, then `rate_budget_backoff` pauses every
   process (the row's `paused_until`, so no start is granted inside the pause) and halves the
   rate once per pause; its NOTIFY makes each process drop a grant it holds for a start inside the
@@ -88,7 +89,7 @@ class SharedBudget:
 
     Made by `SharedBudget.open` (one pool, one listening connection, one heartbeat per budget).
     The counters are this process's, for statistics: grants taken, grants given up for a late
-    wake-up or a pause, calls of `rate_budget_take`.
+    wake-up or a pause, calls of `rate_budget_take`, and the last grant's time.
     """
 
     def __init__(
@@ -110,8 +111,8 @@ class SharedBudget:
         self.ttl = ttl
         self.safety = safety
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._horizon = min(HORIZON, period / 4)
-        self._late = late_limit(period, safety)
+        self.horizon = min(HORIZON, period / 4)
+        self.late_limit = late_limit(period, safety)
         self._places = asyncio.Semaphore(max_in_flight)
         self._next = asyncio.Lock()  # the one caller of this process asking the database
         self._freed = asyncio.Event()  # a `free` notification since the last refusal
@@ -124,6 +125,7 @@ class SharedBudget:
         self.given_up_late = 0
         self.given_up_paused = 0
         self.take_calls = 0
+        self.last_grant = 0.0  # the database's clock (epoch seconds): the last start granted here
 
     @classmethod
     @asynccontextmanager
@@ -214,11 +216,12 @@ class SharedBudget:
                     "SELECT * FROM rate_budget_take($1, $2, $3, $4, $5, $6)",
                     self._key,
                     self.holder,
-                    self._horizon,
+                    self.horizon,
                     self.ttl,
                     self.safety,
                     successes,
                 )
+            answered = time.monotonic()
             self.take_calls += 1
             lease, wait = row["lease_id"], row["wait"]
             if lease is None and wait is None:
@@ -229,15 +232,18 @@ class SharedBudget:
                 await asyncio.sleep(wait)
                 continue
             self._live.add(lease)
-            due = sent + wait  # no later than the database's granted time, in our clock
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            # The database granted the start `wait` seconds after some instant between the call
+            # and the answer: never start before the latest it can be, and count lateness from
+            # the earliest.
+            await asyncio.sleep(max(0.0, answered + wait - time.monotonic()))
             now = time.monotonic()
             if now < self._paused_until:
                 self.given_up_paused += 1
-            elif now - due > self._late:
+            elif now - (sent + wait) > self.late_limit:
                 self.given_up_late += 1
             else:
                 self.grants += 1
+                self.last_grant = row["start_at"]
                 return int(lease)
             # Given up: the grant stays counted in the window (that costs rate, never a refusal).
             await self._release(lease)

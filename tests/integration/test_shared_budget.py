@@ -1,0 +1,232 @@
+"""The shared rate budget on a real PostgreSQL: `Budget`'s rules across processes.
+
+The processes are benchmarks/budget_driver.py, each with its own `SharedBudget` on one token.
+Every test synchronizes on state (a line a process prints, rows of the lease table, the
+simulator's request count), never on a sleep. The drivers and the database run on this machine,
+so the database's clock (grants) and time.time() (the drivers' starts) are one clock here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import URL
+
+from benchmarks.budget_driver import most_in_window, peak_in_flight
+from syncsvc.budget import RATE_SAFETY, Budget
+from syncsvc.settings import Settings
+from syncsvc.store import db
+from syncsvc.store.ratebudget import SharedBudget
+
+pytestmark = pytest.mark.db
+
+TOKEN = "sim-account-token"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def drivers(dsn: str, tmp: Path, argsets: list[list[str]]) -> Iterator[list[subprocess.Popen[str]]]:
+    """Start one driver per argument list, each in its own session; wait until every one has
+    opened its budget (`ready`); kill the groups and wait for them when the block ends."""
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for i, args in enumerate(argsets):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        *(sys.executable, "-m", "benchmarks.budget_driver", "--dsn", dsn),
+                        *("--token", TOKEN, "--out", str(tmp / f"w{i}.json"), *args),
+                    ],
+                    cwd=REPO,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    start_new_session=True,
+                )
+            )
+        for p in procs:
+            assert p.stdout is not None
+            assert p.stdout.readline().strip() == "ready"
+        yield procs
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+
+
+def finish(procs: list[subprocess.Popen[str]], tmp: Path) -> list[dict[str, Any]]:
+    """Wait for every driver to end by itself and read what each wrote."""
+    for p in procs:
+        p.communicate(timeout=300)
+        assert p.returncode == 0
+    return [json.loads((tmp / f"w{i}.json").read_text()) for i in range(len(procs))]
+
+
+def starts_per_window_ok(times: list[float], rate: int, length: float) -> bool:
+    return most_in_window(times, length) <= rate
+
+
+async def wait_for(conn: asyncpg.Connection, sql: str, predicate: Any, *args: Any) -> Any:
+    """Poll one value from the database until `predicate` holds (the state, not a sleep)."""
+    for _ in range(1200):
+        value = await conn.fetchval(sql, *args)
+        if predicate(value):
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never reached: {sql}")
+
+
+def shared(url: URL, **kw: Any) -> tuple[Settings, str]:
+    settings = Settings().replace(
+        base_url="http://127.0.0.1:9/api/", api_token=TOKEN, rate_budget="shared", **kw
+    )
+    return settings, db.libpq_url(url)
+
+
+# --- the window, the places ----------------------------------------------------------------------
+
+
+async def test_four_processes_keep_the_window_and_the_in_flight_places(
+    db_url: URL, tmp_path: Path
+) -> None:
+    rate, period, places = 10, 2.0, 3
+    args = ["--rate", str(rate), "--period", str(period), "--in-flight", str(places)]
+    args += ["--tasks", "3", "--work", "0.05", "--starts", "8"]
+    dsn = db.libpq_url(db_url)
+    with drivers(dsn, tmp_path, [args] * 4) as procs:
+        out = finish(procs, tmp_path)
+    events = [tuple(e) for o in out for e in o["events"]]
+    assert len(events) >= 32  # 8 a process, and the requests in flight when it stopped
+    grants = [e[0] for e in events]
+    starts = [e[1] for e in events]
+    # The algorithm's own guarantee, in the database's clock: R grants per stretched window.
+    assert most_in_window(grants, period * RATE_SAFETY - 1e-6) <= rate
+    # What a server counting arrivals per period sees: never more than R.
+    assert most_in_window(starts, period) <= rate
+    # Measured inside each place, so never wider than the place itself.
+    assert peak_in_flight(events) <= places
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM rate_budget_lease") == 0  # clean close
+        key = await conn.fetchval("SELECT token_key FROM rate_budget")
+    finally:
+        await conn.close()
+    assert TOKEN not in key
+    assert len(key) == 64
+    print(
+        "most grants in a stretched window",
+        most_in_window(grants, period * RATE_SAFETY - 1e-6),
+        "peak in flight",
+        peak_in_flight(events),
+        "given up late",
+        sum(o["given_up_late"] for o in out),
+    )
+
+
+# --- the back-off --------------------------------------------------------------------------------
+
+
+async def test_a_back_off_in_one_process_pauses_every_process(db_url: URL, tmp_path: Path) -> None:
+    rate, period, delay = 10, 1.0, 1.5
+    args = ["--rate", str(rate), "--period", str(period), "--in-flight", "4"]
+    args += ["--tasks", "3", "--work", "0.02", "--starts", "15"]
+    backer = [*args, "--backoff-after", "4", "--backoff-delay", str(delay)]
+    dsn = db.libpq_url(db_url)
+    with drivers(dsn, tmp_path, [backer, args, args, args]) as procs:
+        out = finish(procs, tmp_path)
+    conn = await asyncpg.connect(dsn)
+    try:
+        paused_until = await conn.fetchval("SELECT paused_until FROM rate_budget")
+    finally:
+        await conn.close()
+    pause_begin = paused_until - max(delay, period)
+    horizon = out[0]["horizon"]
+    grants = [e[0] for o in out for e in o["events"]]
+    # No start is granted inside the pause; a start granted just before it lies at most a
+    # horizon ahead (and a process that hears the pause in time gives it up).
+    assert [g for g in grants if pause_begin + horizon < g < paused_until] == []
+    assert any(g >= paused_until for g in grants)  # the processes went on after it
+    # The process that backed off starts nothing until its pause has passed.
+    backoff_at = out[0]["backoff_at"]
+    own = [e[1] for e in out[0]["events"] if e[1] > backoff_at]
+    assert own
+    assert min(own) >= backoff_at + max(delay, period) - 0.01
+    others = [e[1] for o in out[1:] for e in o["events"]]
+    print(
+        "other processes' starts inside the pause:",
+        len([s for s in others if pause_begin <= s < paused_until]),
+        "grants given up for the pause:",
+        sum(o["given_up_paused"] for o in out),
+    )
+
+
+async def test_the_rate_halves_once_per_pause_and_climbs_back_as_the_budget_does(
+    db_url: URL,
+) -> None:
+    rate = 12
+    settings, dsn = shared(db_url, rate_limit=rate, rate_period=1.0, max_concurrency=2)
+    reference = Budget(rate, 1.0, 2, clock=lambda: 0.0)  # a clock that stands still: one pause
+    read_rate = "SELECT rate_limit FROM rate_budget"
+    read_pause = "SELECT paused_until FROM rate_budget"
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with SharedBudget.open(settings, dsn) as budget:
+            budget.back_off(60.0)  # a pause far longer than this test
+            reference.back_off(60.0)
+            await wait_for(conn, read_rate, lambda r: r == rate // 2)
+            first = await conn.fetchval(read_pause)
+            budget.back_off(60.0)  # a refusal of a request already in flight: no news
+            reference.back_off(60.0)
+            await wait_for(conn, read_pause, lambda p: p > first)
+            assert await conn.fetchval(read_rate) == reference.rate == rate // 2
+        # The pause is over (as if 60 s had passed); another process reports successes, which
+        # go with its next call: one step up per `rate` of them, as the Budget climbs.
+        await conn.execute("UPDATE rate_budget SET paused_until = 0")
+        async with SharedBudget.open(settings, dsn) as other:
+            for _ in range(rate // 2 + rate // 2 + 1 + 3):
+                other.succeeded()
+                reference.succeeded()
+            async with other.request():
+                pass
+            assert await conn.fetchval(read_rate) == reference.rate == rate // 2 + 2
+            assert await conn.fetchval("SELECT count(*) FROM rate_budget_lease") == 0
+    finally:
+        await conn.close()
+
+
+async def test_the_climb_in_sql_matches_the_budgets_for_any_batch(db_url: URL) -> None:
+    dsn = db.libpq_url(db_url)
+    conn = await asyncpg.connect(dsn)
+    try:
+        for configured in (1, 2, 5, 10, 33):
+            for lowered in {max(1, configured // 2), max(1, configured // 4), 1}:
+                for batch in (1, 2, 3, 7, 40, 400):
+                    reference = Budget(configured, 1.0, 1)
+                    reference.rate = lowered
+                    for _ in range(batch):
+                        reference.succeeded()
+                    await conn.execute(
+                        "INSERT INTO rate_budget (token_key, configured, rate_limit,"
+                        " rate_period, max_in_flight) VALUES ('k', $1, $2, 1, 1)"
+                        " ON CONFLICT (token_key) DO UPDATE SET configured = $1,"
+                        " rate_limit = $2, successes = 0",
+                        configured,
+                        lowered,
+                    )
+                    await conn.execute("SELECT rate_budget_climb('k', $1)", batch)
+                    got = await conn.fetchval("SELECT rate_limit FROM rate_budget")
+                    assert got == reference.rate, (configured, lowered, batch)
+    finally:
+        await conn.close()
