@@ -31,7 +31,8 @@ How the rules are kept across processes (the SQL functions are migration 0008's)
   round trip of its own.
 
 Only one caller per process asks the database at a time (arrival order, as in `Budget`), so the
-row's lock sees at most one caller per process.
+row's lock sees at most one caller per process; it lets the next caller ask once it holds its
+grant, and sleeps until the grant's time on its own.
 
 The row is keyed by an HMAC-SHA256 of the token with a random salt kept in the database
 (`rate_budget_salt`): never the token, and not a plain digest a table of likely tokens could be
@@ -182,8 +183,7 @@ class SharedBudget:
         """
         async with self._places:
             started = time.monotonic()
-            async with self._next:
-                lease = await self._start()
+            lease = await self._start()
             try:
                 yield time.monotonic() - started
             finally:
@@ -203,6 +203,31 @@ class SharedBudget:
 
     async def _start(self) -> int:
         """Wait for a place and a start, and return the lease once the start is due."""
+        while True:
+            # One caller of this process asks at a time; it lets the next one ask as soon as it
+            # holds a grant, so grants close together are taken one round trip apart.
+            async with self._next:
+                lease, due, earliest, granted = await self._grant()
+            try:
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            except BaseException:
+                await self._release(lease)
+                raise
+            now = time.monotonic()
+            if now < self._paused_until:
+                self.given_up_paused += 1
+            elif now - earliest > self.late_limit:
+                self.given_up_late += 1
+            else:
+                self.grants += 1
+                self.last_grant = granted
+                return lease
+            # Given up: the grant stays counted in the window (that costs rate, never a refusal).
+            await self._release(lease)
+
+    async def _grant(self) -> tuple[int, float, float, float]:
+        """(lease, when to start, the earliest the grant can be, the grant in the database's
+        clock), once the database grants a start and a place."""
         while True:
             pause = self._paused_until - time.monotonic()
             if pause > 0:
@@ -235,18 +260,7 @@ class SharedBudget:
             # The database granted the start `wait` seconds after some instant between the call
             # and the answer: never start before the latest it can be, and count lateness from
             # the earliest.
-            await asyncio.sleep(max(0.0, answered + wait - time.monotonic()))
-            now = time.monotonic()
-            if now < self._paused_until:
-                self.given_up_paused += 1
-            elif now - (sent + wait) > self.late_limit:
-                self.given_up_late += 1
-            else:
-                self.grants += 1
-                self.last_grant = row["start_at"]
-                return int(lease)
-            # Given up: the grant stays counted in the window (that costs rate, never a refusal).
-            await self._release(lease)
+            return int(lease), answered + wait, sent + wait, float(row["start_at"])
 
     async def _release(self, lease: int) -> None:
         """Give the place back; on a database error it frees itself after the lease's ttl."""
