@@ -102,13 +102,26 @@ BEGIN
     RETURN QUERY SELECT lid, t - now_, t;
 END $$;
 
--- The request ended (or its grant was given up): the place goes back, waiting processes hear.
-CREATE FUNCTION rate_budget_done(_key text, _lease_id bigint, _successes int) RETURNS void
+-- The request ended: the place goes back, waiting processes hear. `_unused`: the grant's start
+-- time when the start was given up (never made), so it leaves the window for someone else.
+CREATE FUNCTION rate_budget_done(
+    _key text, _lease_id bigint, _successes int, _unused float8
+) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    i int;
 BEGIN
     DELETE FROM rate_budget_lease WHERE id = _lease_id;
     IF FOUND THEN
         PERFORM pg_notify('rate_budget', 'free ' || _key);
+    END IF;
+    IF _unused IS NOT NULL THEN
+        SELECT array_position(starts, _unused) INTO i FROM rate_budget
+         WHERE token_key = _key FOR UPDATE;
+        IF i IS NOT NULL THEN  -- one entry: two grants may share a time
+            UPDATE rate_budget SET starts = starts[1:i - 1] || starts[i + 1:]
+             WHERE token_key = _key;
+        END IF;
     END IF;
     PERFORM rate_budget_climb(_key, _successes);
 END $$;
@@ -152,7 +165,7 @@ $$;
 FUNCTION_NAMES = (
     "rate_budget_renew(bigint[], float8)",
     "rate_budget_backoff(text, float8)",
-    "rate_budget_done(text, bigint, int)",
+    "rate_budget_done(text, bigint, int, float8)",
     "rate_budget_take(text, text, float8, float8, float8, int)",
     "rate_budget_climb(text, int)",
 )

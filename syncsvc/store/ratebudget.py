@@ -18,9 +18,9 @@ How the rules are kept across processes (the SQL functions are migration 0008's)
   before the last grant (first come, first served), and only if it is at most `horizon` ahead;
   else it says when to ask again. The grant is recorded in the row at once, so the window is
   counted in granted start times. A caller that wakes for its start later than LATE_SHARE of the
-  window's stretch (`(safety - 1) * period`) gives it up and asks again: grants `rate` apart are
-  `safety` periods apart, so a late start could otherwise put `rate + 1` arrivals into one of the
-  server's windows; the other share is left for network jitter, as in `Budget`. The caller
+  window's stretch (`(safety - 1) * period`) gives it up (its start leaves the window: it was
+  never made) and asks again: grants `rate` apart are `safety` periods apart, so a late start
+  could otherwise put `rate + 1` arrivals into one of the server's windows; the other share is left for network jitter, as in `Budget`. The caller
   sleeps until `wait` seconds after the answer came (never early) and counts its lateness from
   `wait` seconds after the call was sent (never too little): the database's clock is never
   compared with ours, so the round trip counts as lateness.
@@ -211,7 +211,7 @@ class SharedBudget:
             try:
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
             except BaseException:
-                await self._release(lease)
+                await self._release(lease, unused=granted)
                 raise
             now = time.monotonic()
             if now < self._paused_until:
@@ -222,8 +222,8 @@ class SharedBudget:
                 self.grants += 1
                 self.last_grant = granted
                 return lease
-            # Given up: the grant stays counted in the window (that costs rate, never a refusal).
-            await self._release(lease)
+            # Given up: the start was never made, so it leaves the window for the next caller.
+            await self._release(lease, unused=granted)
 
     async def _grant(self) -> tuple[int, float, float, float]:
         """(lease, when to start, the earliest the grant can be, the grant in the database's
@@ -262,15 +262,16 @@ class SharedBudget:
             # the earliest.
             return int(lease), answered + wait, sent + wait, float(row["start_at"])
 
-    async def _release(self, lease: int) -> None:
-        """Give the place back; on a database error it frees itself after the lease's ttl."""
+    async def _release(self, lease: int, unused: float | None = None) -> None:
+        """Give the place back (and an `unused` grant's start); on a database error the place
+        frees itself after the lease's ttl, and an unused start only costs rate."""
         self._live.discard(lease)
         successes, self._successes = self._successes, 0
         try:
             # Shielded: a cancelled request still returns its place at once.
             await asyncio.shield(
                 self._pool.execute(
-                    "SELECT rate_budget_done($1, $2, $3)", self._key, lease, successes
+                    "SELECT rate_budget_done($1, $2, $3, $4)", self._key, lease, successes, unused
                 )
             )
         except DB_ERRORS as exc:
