@@ -21,9 +21,10 @@ How the rules are kept across processes (the SQL functions are migration 0008's)
   window's stretch (`(safety - 1) * period`) gives it up (its start leaves the window: it was
   never made) and asks again: grants `rate` apart are `safety` periods apart, so a late start
   could otherwise put `rate + 1` arrivals into one of the server's windows; the other share is
-  left for network jitter, as in `Budget`. The caller sleeps until `wait` seconds after the answer came (never early) and counts its lateness from
-  `wait` seconds after the call was sent (never too little): the database's clock is never
-  compared with ours, so the round trip counts as lateness.
+  left for network jitter, as in `Budget`. The caller sleeps until `wait` seconds after the answer
+  came (never early) and counts its lateness from `wait` seconds after the call was sent (never
+  too little): the database's clock is never compared with ours, so the round trip counts as
+  lateness.
 - **Back off.** `back_off` pauses this process at once, then `rate_budget_backoff` pauses every
   process (the row's `paused_until`, so no start is granted inside the pause) and halves the
   rate once per pause; its NOTIFY makes each process drop a grant it holds for a start inside the
