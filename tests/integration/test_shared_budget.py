@@ -336,3 +336,35 @@ async def test_four_clients_use_the_tokens_rate_without_one_refusal(
         f" 0 refused, peak in flight {stats['peak_concurrency']}/{places},"
         f" take calls per start {sum(o['take_calls'] for o in out) / stats['total_requests']:.2f}"
     )
+
+
+# --- a run under the shared budget ---------------------------------------------------------------
+
+
+async def test_a_run_takes_its_starts_from_the_tokens_shared_budget(
+    engine: Any, db_url: URL, simulator: Any
+) -> None:
+    from syncsvc import scheduler
+
+    async with simulator(SIM, rate_limit={"starts_per_second": 200, "max_concurrent": 3}) as sim:
+        settings = Settings().replace(
+            base_url=sim.base_url,
+            api_token=TOKEN,
+            rate_budget="shared",
+            rate_limit=200.0,
+            max_concurrency=3,
+        )
+        result = await scheduler.run_once(settings, engine)
+        stats = await sim.stats()
+    assert result.status == "succeeded"
+    assert stats["rejections"] == {}
+    conn = await asyncpg.connect(db.libpq_url(db_url))
+    try:
+        row = await conn.fetchrow("SELECT configured, max_in_flight, starts FROM rate_budget")
+        leases = await conn.fetchval("SELECT count(*) FROM rate_budget_lease")
+    finally:
+        await conn.close()
+    assert (row["configured"], row["max_in_flight"]) == (200, 3)
+    # Every request of the run was granted here (the row keeps the last `configured` grants).
+    assert len(row["starts"]) == min(200, stats["total_requests"])
+    assert leases == 0  # every place given back when the run ended
