@@ -33,7 +33,8 @@ import asyncio
 import collections
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
 
 from syncsvc import logs
 from syncsvc.settings import Settings
@@ -42,6 +43,21 @@ log = logs.get_logger(__name__)
 
 # The start window is this much longer than the configured period (see the module docstring).
 RATE_SAFETY = 1.05
+
+
+class RateBudget(Protocol):
+    """What the client and the scheduler use of a budget: this module's `Budget` (one process),
+    or the one shared through PostgreSQL by every process of a token (syncsvc/store/ratebudget.py),
+    which keeps the same rules."""
+
+    @property
+    def max_in_flight(self) -> int: ...
+
+    def request(self) -> AbstractAsyncContextManager[float]: ...
+
+    def back_off(self, seconds: float) -> None: ...
+
+    def succeeded(self) -> None: ...
 
 
 class StartWindow:

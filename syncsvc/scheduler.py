@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import cascade, logs
-from syncsvc.budget import Budget
+from syncsvc.budget import RateBudget
 from syncsvc.catalog import DATA_RESOURCES, EVENTS
 from syncsvc.cvent.client import CventClient, FetchProgress
 from syncsvc.errors import (
@@ -37,6 +37,7 @@ from syncsvc.settings import DEFAULT_ACCOUNT, Settings
 from syncsvc.store import jobs, read
 from syncsvc.store import runs as run_rows
 from syncsvc.store.hold import HoldPolicy
+from syncsvc.store.ratebudget import open_budget
 from syncsvc.store.runlock import RUN_LOCK_KEY as RUN_LOCK_KEY  # where tests and tools look
 from syncsvc.store.runlock import RunLock
 from syncsvc.store.unit import ApplyResult, UnitWriter
@@ -123,7 +124,7 @@ class Runner:
         on_plan: OnPlan | None = None,
         trigger: str = "run",
         on_fetch: OnFetch | None = None,
-        budget: Budget | None = None,
+        budget: RateBudget | None = None,
         parse: ParseStage | None = None,
     ) -> None:
         self.on_plan = on_plan
@@ -722,8 +723,10 @@ async def run_once(
     """One whole run with its own API client."""
     settings.require_api()
     metrics = metrics or Metrics()
-    budget = Budget.from_settings(settings)
-    async with CventClient.open(settings, budget=budget) as client:
+    async with (
+        open_budget(settings, engine) as budget,
+        CventClient.open(settings, budget=budget) as client,
+    ):
         runner = Runner(
             settings,
             engine,

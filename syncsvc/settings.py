@@ -25,6 +25,7 @@ ENV_PREFIX = "SYNCSVC_"
 ENVIRONMENTS = ("uat", "production")
 LOG_FORMATS = ("auto", "json", "console")
 PARSE_IN_WORKER = ("event_all", "always", "never")
+RATE_BUDGETS = ("local", "shared")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EXECUTORS = ("local", "queue")
 
@@ -89,6 +90,16 @@ class Settings:
     rate_limit: float = _setting(10.0, "Request starts allowed per rate_period seconds.")
     rate_period: float = _setting(1.0, "The window, in seconds, of rate_limit.")
     max_concurrency: int = _setting(4, "Requests in flight at once (all units of a run share it).")
+    rate_budget: str = _setting(
+        "local",
+        "Who keeps rate_limit and max_concurrency: local (this process alone) or shared (one"
+        " budget per API token in the database, shared by every process that uses the token).",
+    )
+    rate_budget_lease_ttl: float = _setting(
+        15.0,
+        "With rate_budget = shared: seconds after which a request place held by a process that"
+        " stopped renewing it (killed, frozen) counts as free again.",
+    )
     connect_timeout: float = _setting(15.0, "Seconds to open a connection.")
     read_timeout: float = _setting(120.0, "Seconds of silence tolerated while a dump streams.")
     fetch_deadline: float = _setting(3600.0, "Seconds one fetch attempt may take in all.")
@@ -582,6 +593,10 @@ def _validate(s: Settings) -> None:
             "SYNCSVC_WORKER_STALLED_AFTER must be longer than SYNCSVC_WORKER_HEARTBEAT (> 0)",
             setting="worker_stalled_after",
         )
+    if s.rate_budget not in RATE_BUDGETS:
+        raise ConfigError(
+            f"SYNCSVC_RATE_BUDGET must be one of {', '.join(RATE_BUDGETS)}", setting="rate_budget"
+        )
     if s.log_format not in LOG_FORMATS:
         raise ConfigError(
             f"SYNCSVC_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}", setting="log_format"
@@ -603,6 +618,7 @@ def _validate(s: Settings) -> None:
         "rate_limit",
         "rate_period",
         "max_concurrency",
+        "rate_budget_lease_ttl",
         "parse_workers",
         "connect_timeout",
         "read_timeout",

@@ -24,7 +24,6 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import logs
-from syncsvc.budget import Budget
 from syncsvc.cvent.client import CventClient
 from syncsvc.errors import ConfigError, RunFencedError, RunStoppingError
 from syncsvc.metrics import Metrics
@@ -33,6 +32,7 @@ from syncsvc.scheduler import Runner, close_if_done
 from syncsvc.settings import Settings
 from syncsvc.store import db, jobs
 from syncsvc.store import runs as run_rows
+from syncsvc.store.ratebudget import open_budget
 from syncsvc.units import Unit, fallback
 from syncsvc.vocab import RunStatus, UnitStatus
 
@@ -87,8 +87,11 @@ class Worker:
             client = self.clients.get(account)
             if client is None:
                 settings.require_api()
+                # The token's budget: this process's own, or shared by every worker in the
+                # database (rate_budget = shared; docs/task-queue.md).
+                budget = await self.stack.enter_async_context(open_budget(settings, self.engine))
                 client = await self.stack.enter_async_context(
-                    CventClient.open(settings, budget=Budget.from_settings(settings))
+                    CventClient.open(settings, budget=budget)
                 )
                 self.clients[account] = client
         return settings, client

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from syncsvc import catalog, logs
-from syncsvc.budget import Budget
+from syncsvc.budget import Budget, RateBudget
 from syncsvc.catalog import Resource
 from syncsvc.cvent.body import BodyConsumer, Consumed, FetchProgress, Response
 from syncsvc.cvent.responses import classify
@@ -253,7 +253,7 @@ class CventClient:
         session: aiohttp.ClientSession,
         settings: Settings,
         policy: RetryPolicy,
-        budget: Budget | None = None,
+        budget: RateBudget | None = None,
     ) -> None:
         base_url, token = settings.require_api()
         self._base_url = _check_base_url(base_url)
@@ -265,7 +265,7 @@ class CventClient:
         self.settings = settings
         self.policy = policy
         self.stats = ClientStats()
-        self.budget = budget or Budget.from_settings(settings)
+        self.budget: RateBudget = budget or Budget.from_settings(settings)
 
     def __repr__(self) -> str:
         return f"CventClient(base_url={self._base_url!r})"
@@ -277,7 +277,7 @@ class CventClient:
         settings: Settings,
         *,
         policy: RetryPolicy | None = None,
-        budget: Budget | None = None,
+        budget: RateBudget | None = None,
     ) -> AsyncIterator[CventClient]:
         """One client (one session) for the length of a run, under `budget` (by default one
         made from `settings`; a run hands the one its scheduler shares)."""

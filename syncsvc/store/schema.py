@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Date,
@@ -288,4 +289,59 @@ changes = Table(
         "event_guid",
         postgresql_where=text("op = 'rekey'"),
     ),
+)
+
+# The shared rate budget (migration 0008; syncsvc/store/ratebudget.py, whose SQL functions the
+# migration creates): one row per API token, one lease per request in flight.
+rate_budget = Table(
+    "rate_budget",
+    metadata,
+    Column(
+        "token_key",
+        Text,
+        primary_key=True,
+        comment="HMAC-SHA256 of the API token keyed by rate_budget_salt; never the token",
+    ),
+    Column("configured", Integer, nullable=False, comment="request starts per period, as set"),
+    Column("rate_limit", Integer, nullable=False, comment="starts per period now (halved on 429)"),
+    Column("rate_period", Double, nullable=False, comment="seconds"),
+    Column("max_in_flight", Integer, nullable=False),
+    Column(
+        "starts",
+        ARRAY(Double),
+        nullable=False,
+        server_default=text("'{}'::double precision[]"),
+        comment="the last `configured` granted start times (epoch seconds), sorted",
+    ),
+    Column("paused_until", Double, nullable=False, server_default="0", comment="epoch seconds"),
+    Column("successes", Integer, nullable=False, server_default="0"),
+    CheckConstraint("configured >= 1 AND rate_limit >= 1 AND max_in_flight >= 1", name="positive"),
+)
+
+rate_budget_lease = Table(
+    "rate_budget_lease",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column(
+        "token_key",
+        Text,
+        ForeignKey("rate_budget.token_key", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("holder", Text, nullable=False, comment="host:pid:random of the process holding it"),
+    Column(
+        "expires",
+        Double,
+        nullable=False,
+        comment="epoch seconds; the holder's heartbeat pushes it on while the request runs",
+    ),
+    Index(None, "token_key", "expires"),
+)
+
+rate_budget_salt = Table(
+    "rate_budget_salt",
+    metadata,
+    Column("one", Boolean, primary_key=True, server_default=text("true")),
+    Column("salt", Text, nullable=False, comment="random, made by the first process to need it"),
+    CheckConstraint("one", name="one_row"),
 )

@@ -45,6 +45,8 @@ def test_list_settings_parse_from_comma_separated_env() -> None:
         ({"SYNCSVC_ENVIRONMENT": "staging"}, "environment"),
         ({"SYNCSVC_RATE_LIMIT": "fast"}, "rate_limit"),
         ({"SYNCSVC_MAX_CONCURRENCY": "0"}, "max_concurrency"),
+        ({"SYNCSVC_RATE_BUDGET": "redis"}, "rate_budget"),
+        ({"SYNCSVC_RATE_BUDGET_LEASE_TTL": "0"}, "rate_budget_lease_ttl"),
         ({"SYNCSVC_RESOURCES": "users,speakers"}, "resources"),
         ({"SYNCSVC_DATABASE_URL": "mysql://x/y"}, "database_url"),
         ({"SYNCSVC_SCHEDULE": "every night"}, "schedule"),
