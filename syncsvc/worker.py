@@ -45,6 +45,9 @@ log = logs.get_logger(__name__)
 # the unit's own failures are recorded on its row and never raise.
 JOB_ATTEMPTS = 5
 
+# How often an idle worker looks for jobs besides the notifications of new ones: one small query.
+JOB_POLL_SECONDS = 0.5
+
 
 def _procrastinate() -> Any:
     try:
@@ -220,6 +223,9 @@ async def serve_worker(settings: Settings, *, concurrency: int | None = None) ->
                             name=name,
                             concurrency=concurrency or settings.worker_concurrency,
                             update_heartbeat_interval=settings.worker_heartbeat,
+                            # A job freed by its lane's previous one (store/jobs.py, job_lock)
+                            # sends no notification: without a short poll it would wait 5 s.
+                            fetch_job_polling_interval=JOB_POLL_SECONDS,
                             stalled_worker_timeout=settings.worker_stalled_after,
                             # No shutdown_graceful_timeout: on SIGTERM no new unit starts and
                             # the running ones finish (a unit cut short by a SIGKILL commits
