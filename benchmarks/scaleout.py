@@ -69,7 +69,11 @@ async def serve_simulators(args: argparse.Namespace) -> None:
                 big_event_every=0,
                 new_event_every=0,
             )
-            sims.append(await stack.enter_async_context(run_simulator(config, **opts)))
+            # Each account its own token: the API's limits, and the shared budget, are per token.
+            tokens = {f"{TOKEN}-{i:02d}": {"account_access": True}}
+            sims.append(
+                await stack.enter_async_context(run_simulator(config, tokens=tokens, **opts))
+            )
         urls = json.dumps([s.base_url for s in sims])
         await asyncio.to_thread(Path(args.port_file).write_text, urls)
         stop = asyncio.Event()
@@ -81,9 +85,11 @@ async def serve_simulators(args: argparse.Namespace) -> None:
 # --- the orchestration ---------------------------------------------------------------------------
 
 
-def _config(base_urls: list[str], token_file: Path, path: Path) -> None:
+def _config(base_urls: list[str], tmp: Path, path: Path) -> None:
     lines = []
     for i, url in enumerate(base_urls):
+        token_file = tmp / f"token-{i:02d}"
+        token_file.write_text(f"{TOKEN}-{i:02d}")
         lines += [
             "[[account]]",
             f'name = "acct-{i:02d}"',
@@ -147,7 +153,7 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--database-url", required=True, help="a server where databases may be created")
+    p.add_argument("--database-url", help="a server where databases may be created (required)")
     p.add_argument("--accounts", type=int, default=20)
     p.add_argument("--workers", default="1,2,4")
     p.add_argument("--concurrency", type=int, default=10, help="units per worker at once")
@@ -163,14 +169,14 @@ def main() -> None:
     if args.serve_simulators:
         asyncio.run(serve_simulators(args))
         return
+    if not args.database_url:
+        p.error("--database-url is required")
     run_bench(args)
 
 
 def run_bench(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="scaleout-"))
     port_file = tmp / "sims.json"
-    token_file = tmp / "token"
-    token_file.write_text(TOKEN)
     sim_cmd = [sys.executable, __file__, "--serve-simulators", "--port-file", str(port_file)]
     for name in (
         "accounts",
@@ -190,7 +196,7 @@ def run_bench(args: argparse.Namespace) -> None:
             time.sleep(0.1)
         base_urls = json.loads(port_file.read_text())
         config = tmp / "accounts.toml"
-        _config(base_urls, token_file, config)
+        _config(base_urls, tmp, config)
         rows = []
         for w in [int(x) for x in args.workers.split(",")]:
             rows.append(_one(args, w, base_urls, config, tmp))
@@ -243,7 +249,9 @@ def _one(
     if run.returncode:
         print(run.stderr[-3000:], file=sys.stderr)
     stats = asyncio.run(_stats(base_urls))
-    asyncio.run(_admin(server, f"DROP DATABASE IF EXISTS {name}"))
+    phases = asyncio.run(_phases(url))
+    if not os.environ.get("SCALEOUT_KEEP"):
+        asyncio.run(_admin(server, f"DROP DATABASE IF EXISTS {name}"))
     return {
         "workers": workers,
         "exit": run.returncode,
@@ -253,7 +261,33 @@ def _one(
         "rejections": sum(sum(s["rejections"].values()) for s in stats),
         "peak_in_flight": max(s["peak_concurrency"] for s in stats),
         "mb": sum(s["bytes_sent"] for s in stats) / 1e6,
+        **phases,
     }
+
+
+async def _phases(url: str) -> dict[str, float]:
+    """Where the run's time went, from its own rows: the runs' span (first start to last end),
+    planning (a run's start to its first unit's claim, the slowest account's), units (first
+    claim to last unit's end)."""
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(
+            """
+            WITH r AS (SELECT min(started_at) s, max(finished_at) f FROM runs),
+                 p AS (SELECT max(u.first - runs.started_at) plan
+                       FROM runs JOIN (SELECT run_id, min(started_at) first FROM fetches
+                                       WHERE details ? 'worker' GROUP BY run_id) u
+                       ON u.run_id = runs.id),
+                 u AS (SELECT min(started_at) s, max(finished_at) f FROM fetches
+                       WHERE details ? 'worker')
+            SELECT extract(epoch FROM r.f - r.s) span, extract(epoch FROM p.plan) plan,
+                   extract(epoch FROM u.f - u.s) units
+            FROM r, p, u
+            """
+        )
+    finally:
+        await conn.close()
+    return {k: float(row[k] or 0) for k in ("span", "plan", "units")}
 
 
 def _print(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
@@ -266,15 +300,16 @@ def _print(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     )
     print(
         "| workers | places (workers x concurrency) vs accounts x in-flight | wall s |"
-        " bound s | wall / bound | requests | MB | rate-limit rejections | peak in flight"
-        " (one token) | exit |"
+        " runs' span s (planning, units) | bound s | span / bound | requests | MB |"
+        " rate-limit rejections | peak in flight (one token) | exit |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         places = r["workers"] * args.concurrency
         print(
-            f"| {r['workers']} | {places} vs {demand} | {r['wall']:.1f} | {r['bound']:.1f} |"
-            f" {r['wall'] / r['bound']:.2f}x | {r['requests']} | {r['mb']:.1f} |"
+            f"| {r['workers']} | {places} vs {demand} | {r['wall']:.1f} |"
+            f" {r['span']:.1f} ({r['plan']:.1f}, {r['units']:.1f}) | {r['bound']:.1f} |"
+            f" {r['span'] / r['bound']:.2f}x | {r['requests']} | {r['mb']:.1f} |"
             f" {r['rejections']} | {r['peak_in_flight']} | {r['exit']} |"
         )
 
