@@ -433,15 +433,20 @@ async def _run_accounts_queued(
     from syncsvc import scheduler
     from syncsvc.store import db
 
-    async def one(settings: Settings) -> Any:
-        async with db.connect(settings) as engine:
-            await db.require_current(engine)
-            return await scheduler.run_once(
-                settings, engine, override_hold=override_hold, wait_lock=wait
-            )
-
-    async with scheduler.cancel_on_sigterm():
-        got = await asyncio.gather(*(one(a) for a in accounts), return_exceptions=True)
+    async with (
+        # One engine: each run holds one connection for its lock, and its unit transactions
+        # take turns on a few more (docs/task-queue.md, sizing).
+        db.connect(accounts[0], pool_size=len(accounts) + 3, max_overflow=2) as engine,
+        scheduler.cancel_on_sigterm(),
+    ):
+        await db.require_current(engine)
+        got = await asyncio.gather(
+            *(
+                scheduler.run_once(a, engine, override_hold=override_hold, wait_lock=wait)
+                for a in accounts
+            ),
+            return_exceptions=True,
+        )
     for g in got:
         if isinstance(g, BaseException) and not isinstance(g, SyncError):
             raise g

@@ -167,7 +167,8 @@ class Worker:
 def make_app(url: URL) -> procrastinate.App:
     pc = _procrastinate()
     conninfo, kwargs = psycopg_conninfo(url)
-    connector = pc.PsycopgConnector(conninfo=conninfo, kwargs=kwargs)
+    # procrastinate's own connections: its LISTEN, job fetches and status writes.
+    connector = pc.PsycopgConnector(conninfo=conninfo, kwargs=kwargs, min_size=1, max_size=3)
     app: procrastinate.App = pc.App(connector=connector)
     return app
 
@@ -196,7 +197,10 @@ async def serve_worker(settings: Settings, *, concurrency: int | None = None) ->
     pc = _procrastinate()
     for account in settings.accounts():  # a missing base URL or token: now, not at a unit
         account.require_api()
-    async with db.connect(settings) as engine:
+    places = concurrency or settings.worker_concurrency
+    # A unit holds one connection for its transaction; its claim and its run's close take one
+    # briefly besides.
+    async with db.connect(settings, pool_size=places + 1, max_overflow=2) as engine:
         await db.require_current(engine)
         await jobs.require_queue_schema(engine)
         parse = ParseStage(settings)
@@ -214,14 +218,14 @@ async def serve_worker(settings: Settings, *, concurrency: int | None = None) ->
                     queue=jobs.QUEUE,
                     retry=pc.RetryStrategy(max_attempts=JOB_ATTEMPTS, exponential_wait=2),
                 )(unit)
-                log.info("worker_started", name=name, concurrency=concurrency)
+                log.info("worker_started", name=name, concurrency=places)
                 async with app.open_async():
                     recovery = asyncio.create_task(recover_stalled(app, settings))
                     try:
                         await app.run_worker_async(
                             queues=[jobs.QUEUE],
                             name=name,
-                            concurrency=concurrency or settings.worker_concurrency,
+                            concurrency=places,
                             update_heartbeat_interval=settings.worker_heartbeat,
                             # A job freed by its lane's previous one (store/jobs.py, job_lock)
                             # sends no notification: without a short poll it would wait 5 s.

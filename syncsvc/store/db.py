@@ -239,10 +239,10 @@ async def require_current(engine: AsyncEngine) -> None:
 
 
 @contextlib.asynccontextmanager
-async def connect(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    """An engine on the database in force, disposed on exit."""
+async def connect(settings: Settings, **pool: int) -> AsyncIterator[AsyncEngine]:
+    """An engine on the database in force, disposed on exit (`pool`: pool_size, max_overflow)."""
     url = await asyncio.to_thread(resolve_url, settings)
-    engine = make_engine(url)
+    engine = make_engine(url, **pool)
     try:
         host = url.host or url.query.get("host")
         with boundary(f"cannot connect to the database at {host}"):

@@ -70,6 +70,8 @@ CHANNEL = "rate_budget"
 # A start is granted at most this far ahead (and at most a quarter period): the caller sleeps
 # until it, so a short horizon keeps grants that a pause must cancel few.
 HORIZON = 0.25
+# Connections of the pool every budget of a process shares (one call at a time per token).
+POOL_SIZE = 3
 # A caller refused for want of a place waits this long at most for a `free` notification.
 FREE_WAIT = 0.25
 # The share of the window's stretch a start may be late by; the rest absorbs network jitter.
@@ -137,10 +139,9 @@ class SharedBudget:
         rate = max(1, int(settings.rate_limit))  # as Budget.from_settings
         async with AsyncExitStack() as stack:
             with boundary("cannot open the shared rate budget"):
-                pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3)
-                stack.push_async_callback(pool.close)
-                listener = await asyncpg.connect(dsn)
-                stack.push_async_callback(listener.close)
+                # One pool and one listening connection per process and database, whatever
+                # the number of tokens (a worker serving 20 accounts would hold 80 otherwise).
+                pool, listener = await stack.enter_async_context(_connections(dsn))
                 await pool.execute(
                     "INSERT INTO rate_budget_salt (salt) VALUES ($1) ON CONFLICT (one) DO NOTHING",
                     secrets.token_hex(32),
@@ -170,6 +171,7 @@ class SharedBudget:
             )
             with boundary("cannot open the shared rate budget"):
                 await listener.add_listener(CHANNEL, budget._heard)
+            stack.push_async_callback(_quietly, listener.remove_listener(CHANNEL, budget._heard))
             stack.push_async_callback(budget._close)
             budget._beat = asyncio.get_running_loop().create_task(budget._heartbeat())
             yield budget
@@ -332,6 +334,46 @@ class SharedBudget:
         with contextlib.suppress(*DB_ERRORS):
             # Places still held (a request that outlived its client) go back now, not at expiry.
             await self._pool.execute("DELETE FROM rate_budget_lease WHERE holder = $1", self.holder)
+
+
+# dsn and event loop -> [pool, listener, users]: the connections every budget of the process
+# on that database shares.
+_SHARED: dict[tuple[str, int], list[Any]] = {}
+
+
+@asynccontextmanager
+async def _connections(dsn: str) -> AsyncIterator[tuple[Any, Any]]:
+    key = (dsn, id(asyncio.get_running_loop()))
+    entry = _SHARED.get(key)
+    if entry is None:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=POOL_SIZE)
+        try:
+            listener = await asyncpg.connect(dsn)
+        except BaseException:
+            await pool.close()
+            raise
+        entry = _SHARED.get(key)
+        if entry is None:  # no other budget opened them meanwhile
+            entry = _SHARED[key] = [pool, listener, 0]
+        else:
+            await listener.close()
+            await pool.close()
+    entry[2] += 1
+    try:
+        yield entry[0], entry[1]
+    finally:
+        entry[2] -= 1
+        if entry[2] == 0 and _SHARED.get(key) is entry:
+            del _SHARED[key]
+            with contextlib.suppress(*DB_ERRORS):
+                await entry[1].close()
+            with contextlib.suppress(*DB_ERRORS):
+                await entry[0].close()
+
+
+async def _quietly(awaitable: Any) -> None:
+    with contextlib.suppress(*DB_ERRORS):
+        await awaitable
 
 
 @asynccontextmanager
