@@ -436,7 +436,7 @@ async def _run_accounts_queued(
     async with (
         # One engine: each run holds one connection for its lock, and its unit transactions
         # take turns on a few more (docs/task-queue.md, sizing).
-        db.connect(accounts[0], pool_size=len(accounts) + 3, max_overflow=2) as engine,
+        db.connect(accounts[0], pool_size=len(accounts) + 2, max_overflow=1) as engine,
         scheduler.cancel_on_sigterm(),
     ):
         await db.require_current(engine)

@@ -168,7 +168,7 @@ def make_app(url: URL) -> procrastinate.App:
     pc = _procrastinate()
     conninfo, kwargs = psycopg_conninfo(url)
     # procrastinate's own connections: its LISTEN, job fetches and status writes.
-    connector = pc.PsycopgConnector(conninfo=conninfo, kwargs=kwargs, min_size=1, max_size=3)
+    connector = pc.PsycopgConnector(conninfo=conninfo, kwargs=kwargs, min_size=1, max_size=2)
     app: procrastinate.App = pc.App(connector=connector)
     return app
 
@@ -200,7 +200,7 @@ async def serve_worker(settings: Settings, *, concurrency: int | None = None) ->
     places = concurrency or settings.worker_concurrency
     # A unit holds one connection for its transaction; its claim and its run's close take one
     # briefly besides.
-    async with db.connect(settings, pool_size=places + 1, max_overflow=2) as engine:
+    async with db.connect(settings, pool_size=places, max_overflow=1) as engine:
         await db.require_current(engine)
         await jobs.require_queue_schema(engine)
         parse = ParseStage(settings)

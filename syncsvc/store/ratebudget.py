@@ -71,7 +71,7 @@ CHANNEL = "rate_budget"
 # until it, so a short horizon keeps grants that a pause must cancel few.
 HORIZON = 0.25
 # Connections of the pool every budget of a process shares (one call at a time per token).
-POOL_SIZE = 3
+POOL_SIZE = 2
 # A caller refused for want of a place waits this long at most for a `free` notification.
 FREE_WAIT = 0.25
 # The share of the window's stretch a start may be late by; the rest absorbs network jitter.
