@@ -169,7 +169,7 @@ EXIT_CODE_WORDS: dict[ExitCode, tuple[str, str]] = {
         'see "Held deletes" below',
     ),
     ExitCode.LOCKED: (
-        "another run holds this database (the advisory lock)",
+        "another run of the account holds its run lock (an advisory lock)",
         "nothing ran; `syncsvc status` shows the running one; `syncsvc run --wait` waits for it"
         " instead",
     ),

@@ -44,7 +44,11 @@ class Metrics:
         self.last_duration = Gauge(
             "syncsvc_last_run_duration_seconds", "Wall seconds of the last run.", registry=r
         )
-        self.running = Gauge("syncsvc_run_in_progress", "1 while a run is in progress.", registry=r)
+        self.running = Gauge(
+            "syncsvc_run_in_progress",
+            "Runs in progress (1 while a run is; several accounts may run at once).",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

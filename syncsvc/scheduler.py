@@ -186,7 +186,8 @@ class Runner:
             },
         )
         logs.bind(run_id=self.run_id, account=self.account)
-        self.metrics.running.set(1)
+        # inc/dec, not set: serve may run several accounts at once in one process.
+        self.metrics.running.inc()
         started = time.monotonic()
         watch = asyncio.create_task(self._watch_lock(lock), name="run-lock-watch")
         try:
@@ -216,7 +217,7 @@ class Runner:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
-            self.metrics.running.set(0)
+            self.metrics.running.dec()
             logs.unbind("run_id", "account")
         if result.closed:
             self._count_run(result.status, started)

@@ -64,6 +64,6 @@ class ExitCode(IntEnum):
     CONFIG = 2
     PARTIAL = 3
     HELD = 4
-    LOCKED = 5  # another run holds the database's run lock
+    LOCKED = 5  # another run of the account holds its run lock
     INTERRUPTED = 130  # SIGINT (128 + 2), as a shell reports it
     TERMINATED = 143  # SIGTERM (128 + 15)

@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy.engine import URL
 
@@ -240,6 +241,42 @@ async def test_two_accounts_with_colliding_guids_each_equal_their_own_ground_tru
         assert sources
         assert {s["account"] for s in sources} == {"a"}
 
+        # The exports: an account column, and --account picks one.
+        out = tmp_path / "exports"
+        snap = await asyncio.to_thread(
+            run_cli,
+            env,
+            "export",
+            "snapshot",
+            "--to",
+            str(out),
+            "--entity",
+            "user",
+            "--account",
+            "a",
+        )
+        assert snap.returncode == 0, snap.stderr
+        (snapshot,) = [json.loads(line) for line in snap.stdout.splitlines()]
+        users = _parquet_rows(out / snapshot["directory"])
+        assert {u["account"] for u in users} == {"a"}
+        assert {(u["event_guid"], u["user_ref"]) for u in users} == set(_truth(sim_a, 1)["user"])
+        log = await asyncio.to_thread(
+            run_cli, env, "export", "changes", "--to", str(out), "--since", "0", "--account", "b"
+        )
+        assert log.returncode == 0, log.stderr
+        exported = _parquet_rows(out / json.loads(log.stdout)["directory"])
+        assert [c["seq"] for c in exported] == b_seqs
+        assert {c["account"] for c in exported} == {"b"}
+
+
+def _parquet_rows(directory: Path) -> list[dict[str, Any]]:
+    """Every row of an export directory's Parquet parts, in part order."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    rows: list[dict[str, Any]] = []
+    for part in manifest["files"]:
+        rows += pq.read_table(directory / part["path"]).to_pylist()
+    return rows
+
 
 def _closed_port() -> int:
     with socket.socket() as s:
@@ -376,3 +413,25 @@ async def test_serve_runs_each_account_on_its_schedule_and_judges_health_per_acc
         for name, sim in (("a", sim_a), ("b", sim_b)):
             assert await _state(db_url, name) == _truth(sim, 0)
         assert sorted(r[1] for r in await _runs(db_url)) == ["a", "b"]
+
+
+async def test_check_tests_each_accounts_api_on_its_own_line(
+    simulator: SimFactory, db_url: URL, tmp_path: Path
+) -> None:
+    async with simulator(CONFIG) as sim_a, simulator(CONFIG) as sim_b:
+        config = _config(
+            tmp_path,
+            [
+                {"name": "a", "base_url": sim_a.base_url},
+                {"name": "b", "base_url": sim_b.base_url, "token": "a-refused-token"},
+            ],
+        )
+        proc = await asyncio.to_thread(run_cli, cli_env(db_url), "--config", str(config), "check")
+        assert proc.returncode == ExitCode.FAILED, proc.stderr
+        api = [line for line in proc.stdout.splitlines() if " api " in line]
+        assert len(api) == 2, proc.stdout
+        assert api[0].startswith("PASS")
+        assert " api a " in api[0]
+        assert api[1].startswith("FAIL")
+        assert " api b " in api[1]
+        assert "a-refused-token" not in proc.stdout + proc.stderr
