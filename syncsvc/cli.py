@@ -558,7 +558,10 @@ def serve_cmd(
     settings = api_settings_of(ctx)
 
     async def go() -> int:
-        async with db.connect(settings) as engine:
+        # Accounts due at once each hold a connection for their run lock while their units
+        # take turns on the rest.
+        accounts = len(settings.accounts())
+        async with db.connect(settings, pool_size=accounts + 4, max_overflow=10) as engine:
             await db.require_current(engine)
             metrics = Metrics()
 
