@@ -15,7 +15,6 @@ with local variables (tokens live in locals).
 
 from __future__ import annotations
 
-import html
 import logging
 import re
 import sys
@@ -64,6 +63,8 @@ MIN_SECRET_CHARS = 4  # shorter values would redact ordinary words; no real secr
 
 def spellings(secret: str) -> set[str]:
     """`secret` as a server may echo it back: as sent, URL-encoded, XML-escaped."""
+    import html  # here: the parse workers import this module and never register a secret
+
     out = {secret, html.escape(secret), html.escape(secret, quote=False)}
     for encoded in (quote(secret, safe=""), quote(secret), quote_plus(secret)):
         out.add(encoded)
