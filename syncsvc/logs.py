@@ -15,7 +15,6 @@ with local variables (tokens live in locals).
 
 from __future__ import annotations
 
-import html
 import logging
 import re
 import sys
@@ -31,6 +30,28 @@ if TYPE_CHECKING:
 # SyncError redacts itself) and start from a clean interpreter, where importing structlog costs
 # more than the rest of the parse (measured: 0.75 s of a loaded machine's 1 s).
 
+# What structlog imports only to offer rich's tracebacks and pretty-printed locals (with pygments
+# for their colours), which these logs never use: tracebacks are plain text (format_exc_info,
+# and plain_traceback for the console). Measured: 1.3 MB of a run's process.
+_RICH_EXTRAS = ("rich.traceback", "rich.pretty")
+
+
+def _import_structlog() -> None:
+    """Import structlog (once) as if rich had no traceback or pretty-printer: its own fallbacks
+    are taken. A module someone else already imported is left for structlog to use."""
+    if "structlog" in sys.modules:
+        return
+    masked = [name for name in _RICH_EXTRAS if name not in sys.modules]
+    for name in masked:
+        sys.modules[name] = None  # type: ignore[assignment]  # an import of it raises ImportError
+    try:
+        import structlog  # noqa: F401
+    finally:
+        for name in masked:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]
+
+
 REDACTED = "***"
 
 _secrets: tuple[str, ...] = ()
@@ -42,6 +63,8 @@ MIN_SECRET_CHARS = 4  # shorter values would redact ordinary words; no real secr
 
 def spellings(secret: str) -> set[str]:
     """`secret` as a server may echo it back: as sent, URL-encoded, XML-escaped."""
+    import html  # here: the parse workers import this module and never register a secret
+
     out = {secret, html.escape(secret), html.escape(secret, quote=False)}
     for encoded in (quote(secret, safe=""), quote(secret), quote_plus(secret)):
         out.add(encoded)
@@ -105,6 +128,7 @@ def redact_processor(_: WrappedLogger, __: str, event_dict: EventDict) -> EventD
 
 
 def _shared_processors() -> list[Processor]:
+    _import_structlog()
     import structlog
 
     return [
@@ -122,6 +146,7 @@ def _shared_processors() -> list[Processor]:
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog and route stdlib logging through the same chain. Idempotent."""
+    _import_structlog()
     import structlog
 
     stream = stream or sys.stderr
@@ -164,6 +189,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
 
 
 def get_logger(name: str | None = None) -> Any:
+    _import_structlog()
     import structlog
 
     return structlog.stdlib.get_logger(name)
@@ -171,12 +197,14 @@ def get_logger(name: str | None = None) -> Any:
 
 def bind(**values: Any) -> None:
     """Bind values (run_id, unit, event) to every log line of the current task."""
+    _import_structlog()
     import structlog
 
     structlog.contextvars.bind_contextvars(**values)
 
 
 def unbind(*keys: str) -> None:
+    _import_structlog()
     import structlog
 
     structlog.contextvars.unbind_contextvars(*keys)

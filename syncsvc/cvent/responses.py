@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import email.utils
 import re
 import time
 from collections.abc import Mapping
@@ -71,6 +70,10 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     value = value.strip()
     if _DELTA_SECONDS.fullmatch(value):
         return float(value)
+    # Imported here: the parse workers import this module (for the response codes), and
+    # email.utils is a package's worth of imports a worker never uses.
+    import email.utils
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -42,8 +42,9 @@ log = logs.get_logger(__name__)
 BATCH_SIZE = 2000  # records per batch handed to the sink
 # Bytes of whole records per segment parsed in a worker. Each worker holds a segment's tree and
 # rows, and the loop SEGMENTS_AHEAD of them per worker: 256 KiB rather than 512 took ~8 MB off the
-# whole tree (cgroup peak, `benchmarks/run.py --scenario small`) at the same speed.
-SEGMENT_BYTES = 256 * 1024
+# whole tree (cgroup peak, `benchmarks/run.py --scenario small`) at the same speed; 128 KiB rather
+# than 256 another 3-4 MB (`--scenario mid`) for ~2% more CPU (more segments, each a round trip).
+SEGMENT_BYTES = 128 * 1024
 SEGMENTS_AHEAD = 2  # segments queued per worker: enough to keep it busy while COPY writes
 
 

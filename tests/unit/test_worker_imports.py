@@ -8,6 +8,7 @@ budget. Checked in a fresh interpreter, as the forkserver and its workers start.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import tomllib
 from pathlib import Path
 
 from syncsvc.parse import pool, worker
+from syncsvc.vocab import ExitCode
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,3 +94,30 @@ def test_the_commands_script_imports_no_cli_in_a_worker() -> None:
     loaded = _imported_by(f"from {module} import {function}")
     assert module in loaded  # the check sees what it should
     assert sorted(m for m in loaded if m in ("syncsvc.cli", "typer", "click", "rich")) == []
+
+
+def test_the_run_command_imports_no_pydantic_and_no_rich_tracebacks(tmp_path: Path) -> None:
+    # The `run` process is most of the container's memory, its imports most of that: typer 0.29
+    # imports pydantic for any option but a flag, structlog rich's traceback and pretty-printer
+    # (and pygments) unless told not to. Without an API token the command stops at its settings,
+    # after its imports (the structlog one comes with them: a module-level logger).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCSVC_")}
+    env["SYNCSVC_DATA_DIR"] = str(tmp_path)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom syncsvc.cli import main\ntry:\n    main(['run'])\n"
+            "except SystemExit as exc:\n    print('exit', exc.code)\n"
+            "print('\\n'.join(sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout.split()
+    assert "syncsvc.scheduler" in out  # the check sees what it should
+    assert "structlog" in out
+    assert out[out.index("exit") + 1] == str(ExitCode.CONFIG)
+    banned = ("pydantic", "pygments", "rich.traceback", "rich.pretty")
+    assert sorted(m for m in out if any(m == n or m.startswith(f"{n}.") for n in banned)) == []
