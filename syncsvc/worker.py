@@ -41,9 +41,12 @@ if TYPE_CHECKING:
 
 log = logs.get_logger(__name__)
 
-# Attempts of a job whose unit could not even be claimed or closed (the database unreachable):
-# the unit's own failures are recorded on its row and never raise.
-JOB_ATTEMPTS = 5
+# A job whose unit could not even be claimed or closed (the database unreachable or out of
+# connections) is tried again every JOB_RETRY_SECONDS, for about an hour: given up earlier, its
+# unit would stay open and its run wait for it until the run's deadline. The unit's own failures
+# are recorded on its row and never raise.
+JOB_ATTEMPTS = 720
+JOB_RETRY_SECONDS = 5
 
 # How often an idle worker looks for jobs besides the notifications of new ones: one small query.
 JOB_POLL_SECONDS = 0.5
@@ -216,7 +219,7 @@ async def serve_worker(settings: Settings, *, concurrency: int | None = None) ->
                 app.task(
                     name=jobs.TASK,
                     queue=jobs.QUEUE,
-                    retry=pc.RetryStrategy(max_attempts=JOB_ATTEMPTS, exponential_wait=2),
+                    retry=pc.RetryStrategy(max_attempts=JOB_ATTEMPTS, wait=JOB_RETRY_SECONDS),
                 )(unit)
                 log.info("worker_started", name=name, concurrency=places)
                 async with app.open_async():
