@@ -432,21 +432,28 @@ async def _run_accounts_queued(
     (one account's failure never stops another's run)."""
     from syncsvc import scheduler
     from syncsvc.store import db
+    from syncsvc.store.runlock import LockSession
 
     async with (
-        # One engine: each run holds one connection for its lock, and its unit transactions
-        # take turns on a few more (docs/task-queue.md, sizing).
-        db.connect(accounts[0], pool_size=len(accounts) + 2, max_overflow=1) as engine,
+        # One engine: every run's lock on one connection, and their units' short transactions
+        # (event.do, the plan, the polling) taking turns on a few more (docs/task-queue.md).
+        db.connect(accounts[0], pool_size=min(len(accounts), 8) + 2, max_overflow=2) as engine,
         scheduler.cancel_on_sigterm(),
     ):
         await db.require_current(engine)
-        got = await asyncio.gather(
-            *(
-                scheduler.run_once(a, engine, override_hold=override_hold, wait_lock=wait)
-                for a in accounts
-            ),
-            return_exceptions=True,
-        )
+        locks = LockSession(engine)
+        try:
+            got = await asyncio.gather(
+                *(
+                    scheduler.run_once(
+                        a, engine, override_hold=override_hold, wait_lock=wait, lock_session=locks
+                    )
+                    for a in accounts
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            await locks.close()
     for g in got:
         if isinstance(g, BaseException) and not isinstance(g, SyncError):
             raise g

@@ -285,4 +285,4 @@ def print_summary(out: Console, result: RunResult, *, label: str = "") -> None:
     if result.error and result.status == RunStatus.FAILED:
         print(f"syncsvc: {label}run {result.run_id} failed: {result.error}", file=sys.stderr)
     elif result.error:
-        out.print(f"[yellow]{result.error}[/yellow]")
+        out.print(f"{label}{result.error}", style="yellow", markup=False, highlight=False)

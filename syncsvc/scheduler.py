@@ -39,7 +39,7 @@ from syncsvc.store import runs as run_rows
 from syncsvc.store.hold import HoldPolicy
 from syncsvc.store.ratebudget import open_budget
 from syncsvc.store.runlock import RUN_LOCK_KEY as RUN_LOCK_KEY  # where tests and tools look
-from syncsvc.store.runlock import RunLock
+from syncsvc.store.runlock import LockSession, RunLock
 from syncsvc.store.unit import ApplyResult, UnitWriter
 from syncsvc.units import Unit, UnitOutcome, fallback, plan, run_status, select_events
 from syncsvc.vocab import ExitCode, Op, RunStatus, UnitStatus
@@ -126,8 +126,10 @@ class Runner:
         on_fetch: OnFetch | None = None,
         budget: RateBudget | None = None,
         parse: ParseStage | None = None,
+        lock_session: LockSession | None = None,
     ) -> None:
         self.on_plan = on_plan
+        self.lock_session = lock_session
         self.on_fetch = on_fetch
         self.settings = settings
         self.account = settings.account  # every row this run writes is this account's
@@ -157,7 +159,7 @@ class Runner:
         return self.stop.is_set() or self._halt.is_set()
 
     async def run(self, *, wait_lock: bool = False) -> RunResult:
-        lock = RunLock(self.engine, self.account)
+        lock = RunLock(self.engine, self.account, self.lock_session)
         await lock.acquire(wait=wait_lock)
         try:
             return await self._locked_run(lock)
@@ -322,6 +324,20 @@ class Runner:
 
     async def _run(self) -> RunResult:
         events_outcome = await self._run_unit(Unit(EVENTS, None))
+        if events_outcome.status == UnitStatus.HELD:
+            # The event list would lose more than the hold allows (a token pointed at another
+            # account, an outage upstream): nothing of it is stored, not even the events it
+            # adds, so a data unit now would sync against a list nobody has confirmed (an
+            # event=all dump would store records of events that are not stored). The run ends
+            # here, held, for an operator to look at and re-run with the override.
+            return RunResult(
+                self.run_id,
+                RunStatus.HELD,
+                list(self.outcomes),
+                "event.do held: it would delete more of the account's events than the hold"
+                " allows; no other unit ran (re-run with --override-hold)",
+                self.account,
+            )
         if events_outcome.status != UnitStatus.APPLIED:
             return self._result(f"event.do failed: {events_outcome.error}")
         guids = await read.live_event_guids(self.engine, self.account)
@@ -720,8 +736,10 @@ async def run_once(
     on_plan: OnPlan | None = None,
     trigger: str = "run",
     on_fetch: OnFetch | None = None,
+    lock_session: LockSession | None = None,
 ) -> RunResult:
-    """One whole run with its own API client."""
+    """One whole run with its own API client (its run lock on `lock_session` when given: many
+    accounts' runs at once on one connection)."""
     settings.require_api()
     metrics = metrics or Metrics()
     async with (
@@ -740,6 +758,7 @@ async def run_once(
             trigger=trigger,
             on_fetch=on_fetch,
             budget=budget,
+            lock_session=lock_session,
         )
         try:
             return await runner.run(wait_lock=wait_lock)

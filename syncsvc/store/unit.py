@@ -16,9 +16,11 @@ The scheduler's API::
     await finish_fetch(engine, fetch_id, status=result.status, attempts=fetched.attempts, ...)
     # result: inserted/updated/deleted/rekeyed, held (per event), rejected, duplicates, seqs
 
-- `UnitWriter.__aenter__` checks a connection out of the engine, opens the unit's transaction on
-  its asyncpg driver connection and reads the unit's account: its run's (`runs.account`); every
-  statement of the unit is that account's (the diff's scope, deletes, rekeys, holds, changes).
+- `UnitWriter.begin()` (called by the first `stage` or `apply`, so a unit holds no connection
+  while it waits for its budget or its server's first bytes) checks a connection out of the
+  engine, opens the unit's transaction on its asyncpg driver connection and reads the unit's
+  account: its run's (`runs.account`); every statement of the unit is that account's (the
+  diff's scope, deletes, rekeys, holds, changes).
   `__aexit__` rolls back anything not applied (an exception, a cancelled task, a fetch that never
   completed).
 - `stage(batches)` is the parse's sink (batches: an async iterable of EncodedBatch staging rows,
@@ -205,6 +207,16 @@ class UnitWriter:
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> UnitWriter:
+        # Nothing yet: the transaction begins with the dump's first bytes (`begin`), so a unit
+        # waiting for its token's budget or for a slow server holds no connection (a planner of
+        # many accounts, or a worker with many units in flight, would run out of them).
+        return self
+
+    async def begin(self) -> None:
+        """Check a connection out and open the unit's transaction (idempotent; `stage` and
+        `apply` call it)."""
+        if self._tx is not None:
+            return
         with boundary(f"{self.resource.entity} unit could not begin", resource=self.resource.path):
             for attempt in (1, 2):
                 self._conn = await self.engine.connect()
@@ -212,14 +224,16 @@ class UnitWriter:
                     self._raw = await raw_connection(self._conn)
                     # READ COMMITTED whatever the server's default: the seq and scope locks rely
                     # on each statement seeing what committed before the lock was granted.
-                    self._tx = self._raw.transaction(isolation="read_committed")
-                    await self._tx.start()
+                    tx = self._raw.transaction(isolation="read_committed")
+                    await tx.start()
+                    self._tx = tx
                     break
                 except (asyncpg.InterfaceError, OSError):
                     # A pooled connection whose backend died (terminated, restarted, a
                     # failover): drop it and take a fresh one, once.
                     await self._conn.invalidate()
                     await self._conn.close()
+                    self._conn = None
                     if attempt == 2:
                         raise
                 except BaseException:
@@ -228,18 +242,14 @@ class UnitWriter:
                     # it, so every later user's transaction would nest in it, never committed.
                     await self._conn.invalidate()
                     await self._conn.close()
+                    self._conn = None
                     raise
         # The unit's account is its run's: no caller can write one account's unit into another's.
-        try:
-            account = await self._fetch(RUN_ACCOUNT, self.run_id)
-            if not account:
-                raise StoreError(f"run {self.run_id} does not exist", resource=self.resource.path)
-        except BaseException:
-            await self.__aexit__(None, None, None)
-            raise
+        account = await self._fetch(RUN_ACCOUNT, self.run_id)
+        if not account:
+            raise StoreError(f"run {self.run_id} does not exist", resource=self.resource.path)
         self.account = str(account[0]["account"])
         await self._step("begun")
-        return self
 
     async def __aexit__(
         self,
@@ -294,6 +304,7 @@ class UnitWriter:
     async def _prepare_staging(self) -> None:
         if self._done:
             raise StoreError("this unit is already applied", resource=self.resource.path)
+        await self.begin()
         await self._execute(self._sql.create_stage)
         if self._staged:
             await self._execute(self._sql.truncate_stage)
@@ -432,6 +443,7 @@ class UnitWriter:
         on the fetch row in this transaction, so a run's totals are exactly its committed units'.
         """
         await self._refuse_unless(complete)
+        await self.begin()
         started = time.perf_counter()
         hold = hold or HoldPolicy()
         if not self._staged:
@@ -496,7 +508,8 @@ class UnitWriter:
         if self._done:
             raise StoreError("this unit is already applied", resource=self.resource.path)
         if not complete:
-            await self._tx.rollback()
+            if self._tx is not None:
+                await self._tx.rollback()
             self._done = True
             raise IncompleteDumpError(
                 "apply refused: the dump is not complete; nothing applied",

@@ -106,7 +106,8 @@ async def test_a_unit_cancelled_while_beginning_leaves_no_transaction_behind(db_
             gate.armed = True
 
             async def unit() -> None:
-                async with UnitWriter(engine, run_id=run_id, resource="user", scope="all"):
+                async with UnitWriter(engine, run_id=run_id, resource="user", scope="all") as w:
+                    await w.begin()
                     raise AssertionError("the unit was to be cancelled while it began")
 
             task = asyncio.create_task(unit())
