@@ -18,6 +18,9 @@ starts per second and C its requests in flight. Workers stop scaling where their
 
     .venv/bin/pip install -e '.[queue]'
     .venv/bin/python benchmarks/scaleout.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
+
+SCALEOUT_KEEP=1 keeps each worker count's database (bench_scaleout_W) and writes the run's
+stdout and log to /tmp/scaleout-run-W.{out,log}, to read its timeline from the fetches rows.
 """
 
 from __future__ import annotations
@@ -247,7 +250,13 @@ def _one(
         for proc in procs:
             _stop(proc)
     if run.returncode:
+        # What the run said about the accounts that did not succeed (stdout), then its log.
+        said = [ln for ln in run.stdout.splitlines() if "acct-" in ln or "exit codes" in ln]
+        print("\n".join(said[-40:]), file=sys.stderr)
         print(run.stderr[-3000:], file=sys.stderr)
+    if os.environ.get("SCALEOUT_KEEP"):  # the run's log too, for a look at its timeline
+        Path(f"/tmp/scaleout-run-{workers}.log").write_text(run.stderr)
+        Path(f"/tmp/scaleout-run-{workers}.out").write_text(run.stdout)
     stats = asyncio.run(_stats(base_urls))
     phases = asyncio.run(_phases(url))
     if not os.environ.get("SCALEOUT_KEEP"):

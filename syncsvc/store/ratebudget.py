@@ -170,8 +170,8 @@ class SharedBudget:
                 ttl=settings.rate_budget_lease_ttl,
             )
             with boundary("cannot open the shared rate budget"):
-                await listener.add_listener(CHANNEL, budget._heard)
-            stack.push_async_callback(_quietly, listener.remove_listener(CHANNEL, budget._heard))
+                await listener.listen(budget._heard)
+            stack.push_async_callback(_quietly, listener.unlisten(budget._heard))
             stack.push_async_callback(budget._close)
             budget._beat = asyncio.get_running_loop().create_task(budget._heartbeat())
             yield budget
@@ -336,13 +336,45 @@ class SharedBudget:
             await self._pool.execute("DELETE FROM rate_budget_lease WHERE holder = $1", self.holder)
 
 
+class _Listener:
+    """The process's listening connection, shared by its budgets. asyncpg runs one operation at a
+    time on a connection: budgets opening or closing at once (a planner of 20 accounts) would
+    send LISTEN and UNLISTEN over each other ("another operation is in progress"), so they take
+    turns."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self._turn = asyncio.Lock()
+        self.waiting = 0  # callers waiting for their turn (a test synchronizes on it)
+
+    @asynccontextmanager
+    async def _turn_taken(self) -> AsyncIterator[None]:
+        self.waiting += 1
+        try:
+            await self._turn.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._turn.release()
+
+    async def listen(self, callback: Any) -> None:
+        async with self._turn_taken():
+            await self.conn.add_listener(CHANNEL, callback)
+
+    async def unlisten(self, callback: Any) -> None:
+        async with self._turn_taken():
+            await self.conn.remove_listener(CHANNEL, callback)
+
+
 # dsn and event loop -> [pool, listener, users]: the connections every budget of the process
 # on that database shares.
 _SHARED: dict[tuple[str, int], list[Any]] = {}
 
 
 @asynccontextmanager
-async def _connections(dsn: str) -> AsyncIterator[tuple[Any, Any]]:
+async def _connections(dsn: str) -> AsyncIterator[tuple[Any, _Listener]]:
     key = (dsn, id(asyncio.get_running_loop()))
     entry = _SHARED.get(key)
     if entry is None:
@@ -354,7 +386,7 @@ async def _connections(dsn: str) -> AsyncIterator[tuple[Any, Any]]:
             raise
         entry = _SHARED.get(key)
         if entry is None:  # no other budget opened them meanwhile
-            entry = _SHARED[key] = [pool, listener, 0]
+            entry = _SHARED[key] = [pool, _Listener(listener), 0]
         else:
             await listener.close()
             await pool.close()
@@ -366,7 +398,7 @@ async def _connections(dsn: str) -> AsyncIterator[tuple[Any, Any]]:
         if entry[2] == 0 and _SHARED.get(key) is entry:
             del _SHARED[key]
             with contextlib.suppress(*DB_ERRORS):
-                await entry[1].close()
+                await entry[1].conn.close()
             with contextlib.suppress(*DB_ERRORS):
                 await entry[0].close()
 

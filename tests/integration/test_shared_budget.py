@@ -368,3 +368,68 @@ async def test_a_run_takes_its_starts_from_the_tokens_shared_budget(
     # Every request of the run was granted here (the row keeps the last `configured` grants).
     assert len(row["starts"]) == min(200, stats["total_requests"])
     assert leases == 0  # every place given back when the run ended
+
+
+# --- many tokens in one process ------------------------------------------------------------------
+
+
+async def test_budgets_opening_at_once_take_turns_on_the_process_listener(db_url: URL) -> None:
+    # A planner of many accounts opens one budget per token at once; they share the process's
+    # listening connection, on which asyncpg runs one operation at a time: a second LISTEN sent
+    # while the first awaits its answer failed ("another operation is in progress"; 20 accounts
+    # lost one in four runs). Forced here: the server's answer to the first LISTEN is held by a
+    # proxy until a second budget waits for its turn.
+    from syncsvc.store import ratebudget
+    from tests.integration.test_store_interrupted_begin import _Gate, _stalling_proxy
+
+    # The listener's LISTEN (a pooled connection's reset sends "UNLISTEN *": not this).
+    gate = _Gate(f'LISTEN "{ratebudget.CHANNEL}"'.encode())
+    gate.armed = True
+    async with _stalling_proxy(db_url, gate) as proxied:
+        dsn = db.libpq_url(proxied)
+
+        async def one(token: str, stack: contextlib.AsyncExitStack) -> SharedBudget:
+            settings = shared(db_url)[0].replace(api_token=token)
+            return await stack.enter_async_context(SharedBudget.open(settings, dsn))
+
+        async with contextlib.AsyncExitStack() as stack:
+            first = asyncio.create_task(one(f"{TOKEN}-1", stack))
+            await gate.answer_held.wait()  # the first LISTEN ran; its answer waits in the proxy
+            second = asyncio.create_task(one(f"{TOKEN}-2", stack))
+            try:
+                while not second.done():
+                    entries = [e for k, e in ratebudget._SHARED.items() if k[0] == dsn]
+                    if entries and getattr(entries[0][1], "waiting", 0):
+                        break  # the second waits for its turn
+                    await asyncio.sleep(0.01)
+                gate.released.set()
+                budgets = [await first, await second]
+            finally:
+                gate.released.set()  # never leave a task waiting on the proxy
+                for task in (first, second):
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+            for budget in budgets:
+                async with budget.request():
+                    pass
+        assert not [k for k in ratebudget._SHARED if k[0] == dsn]  # closed with the last
+
+
+async def test_many_budgets_open_and_close_at_once_in_one_process(db_url: URL) -> None:
+    dsn = db.libpq_url(db_url)
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def one(i: int) -> SharedBudget:
+            settings = shared(db_url)[0].replace(api_token=f"{TOKEN}-{i}")
+            return await stack.enter_async_context(SharedBudget.open(settings, dsn))
+
+        budgets = await asyncio.gather(*(one(i) for i in range(40)))
+        for budget in budgets:  # every one open, holding a place of its own token
+            async with budget.request():
+                pass
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM rate_budget_lease") == 0
+    finally:
+        await conn.close()
