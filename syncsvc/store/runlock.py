@@ -43,6 +43,21 @@ def run_lock_key(account: str = DEFAULT_ACCOUNT) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+async def _drop(conn: AsyncConnection) -> None:
+    """Close a connection whose state is unknown, never handing it back to the pool."""
+    with contextlib.suppress(Exception):
+        await conn.invalidate()
+    with contextlib.suppress(Exception):
+        await conn.close()
+
+
+def _spawn(call: Any) -> asyncio.Future[Any]:
+    # Its outcome is retrieved even when nobody awaits it (a cancelled caller's statement).
+    task: asyncio.Future[Any] = asyncio.ensure_future(call)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return task
+
+
 class LockSession:
     """One connection holding several accounts' run locks: a planner running every account at
     once (executor = queue) holds one connection for all of them, not one each (20 accounts on a
@@ -75,9 +90,7 @@ class LockSession:
         await self._shielded(self._unlock(key, generation))
 
     async def _shielded(self, call: Any) -> Any:
-        task = asyncio.ensure_future(call)
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return await asyncio.shield(task)
+        return await asyncio.shield(_spawn(call))
 
     async def _try_lock(self, key: int) -> int | None:
         async with self._turn:
@@ -122,15 +135,7 @@ class LockSession:
         conn, self.conn = self.conn, None
         self.held.clear()
         if conn is not None:
-            task = asyncio.ensure_future(self._drop(conn))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-    @staticmethod
-    async def _drop(conn: AsyncConnection) -> None:
-        with contextlib.suppress(Exception):
-            await conn.invalidate()
-        with contextlib.suppress(Exception):
-            await conn.close()
+            _spawn(_drop(conn))
 
     async def close(self) -> None:
         """End the session: every lock still on it is released with it."""
@@ -202,10 +207,7 @@ class RunLock:
                 return True
             except DB_ERRORS:
                 log.warning("run_lock_session_lost", run_id=run_id)
-                with contextlib.suppress(Exception):
-                    await conn.invalidate()
-                with contextlib.suppress(Exception):
-                    await conn.close()
+                await _drop(conn)
                 self.conn = None
                 return False
         if self.session is not None and self._generation is not None:
