@@ -8,14 +8,16 @@
 # The base is pinned by tag (Python minor + Debian release); pin a digest in your registry if
 # your policy asks for byte-for-byte rebuilds.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The build stage compiles the parse's walk (setup.py): the full image has gcc, the slim one not.
+ARG BUILD_IMAGE=python:3.11-bookworm
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BUILD_IMAGE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md setup.py ./
 COPY syncsvc ./syncsvc
 COPY migrations ./migrations
-# Every dependency has a binary wheel for CPython 3.11, so the build stage needs no compiler;
-# the migrations ship inside the syncsvc wheel as the syncsvc.migrations package. The webhooks
+# Every dependency has a binary wheel for CPython 3.11; syncsvc's own wheel carries the compiled
+# walk (same Debian release as the runtime image, so the same glibc). The migrations ship inside the syncsvc wheel as the syncsvc.migrations package. The webhooks
 # extra (standardwebhooks) signs webhook consumers' deliveries from `serve`; the queue extra
 # (procrastinate, psycopg) runs `syncsvc worker`.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[webhooks,queue]'

@@ -65,6 +65,21 @@ def parse_date(text: str) -> dt.date:
         return dt.datetime.fromisoformat(text).date()
 
 
+def _to_int(text: str) -> int:
+    value = int(text)
+    if not _INT_MIN <= value <= _INT_MAX:  # the column is a bigint
+        raise ValueError(text)
+    return value
+
+
+# The kinds whose trimmed text converts (or raises ValueError): the walk's and the compiled's.
+CONVERT: dict[FieldKind, Callable[[str], Any]] = {
+    FieldKind.INT: _to_int,
+    FieldKind.DATE: parse_date,
+    FieldKind.DATETIME: parse_datetime,
+}
+
+
 def _convert(kind: FieldKind, elem: etree._Element) -> Any:
     """Slow path for the non-text kinds; raises ValueError for an unparseable value."""
     if kind is _REFS:
@@ -79,16 +94,7 @@ def _convert(kind: FieldKind, elem: etree._Element) -> Any:
     text = elem.text
     if text is None or not (text := text.strip()):
         return None
-    if kind is _DATETIME:
-        return parse_datetime(text)
-    if kind is _DATE:
-        return parse_date(text)
-    if kind is _INT:
-        value = int(text)
-        if not _INT_MIN <= value <= _INT_MAX:  # the column is a bigint
-            raise ValueError(text)
-        return value
-    raise AssertionError(kind)  # pragma: no cover
+    return CONVERT[kind](text)
 
 
 class Walk:

@@ -22,11 +22,46 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from syncsvc import catalog, logs
-from syncsvc.catalog import Resource
+from syncsvc.catalog import FORBIDDEN_ELEMENTS, FieldKind, Resource
 from syncsvc.errors import SegmentRefused, SyncError, UnsafeXmlError
-from syncsvc.normalize import Walk
+from syncsvc.normalize import CONVERT, Walk
 from syncsvc.parse.document import parser_options
-from syncsvc.records import NULL, copy_text
+from syncsvc.records import NULL, RENDER, copy_text, render_json
+
+try:  # built from _walk.pyx at install time when the machine has a C compiler (setup.py)
+    from syncsvc.parse._walk import CompiledWalk as _Compiled
+
+    CompiledWalk: type[_Compiled] | None = _Compiled
+except ImportError:  # pragma: no cover - the pure-Python walk gives the same rows
+    CompiledWalk = None
+
+# The compiled walk's kind codes (_walk.pyx): text, converted, refs, customFields.
+_KIND_CODES = {
+    FieldKind.TEXT: 0,
+    FieldKind.INT: 1,
+    FieldKind.DATE: 1,
+    FieldKind.DATETIME: 1,
+    FieldKind.REFS: 2,
+    FieldKind.CUSTOM: 3,
+}
+
+
+def compiled_walk(resource: Resource) -> _Compiled | None:
+    """The compiled walk for `resource`, or None where it was not built."""
+    if CompiledWalk is None:
+        return None
+    fields = [
+        (
+            f.api,
+            _KIND_CODES[f.kind],
+            CONVERT.get(f.kind),
+            RENDER[f.kind] if f.kind in CONVERT else None,
+        )
+        for f in resource.fields
+    ]
+    return CompiledWalk(
+        resource.record, fields, FORBIDDEN_ELEMENTS, NULL, render_json, RENDER[FieldKind.REFS]
+    )
 
 
 @dataclass(slots=True)
@@ -59,12 +94,14 @@ def staging_line(data_line: str, digest: bytes, ordinal: int, guid: str, key: st
 class SegmentCodec:
     """One resource's segments -> EncodedBatch; see the module docstring."""
 
-    def __init__(self, resource: Resource) -> None:
+    def __init__(self, resource: Resource, *, compiled: bool = True) -> None:
+        """`compiled=False`: the pure-Python walk only (the tests compare both)."""
         self.resource = resource
         self.width = len(resource.fields)
         self.guid_at = resource.fields.index(resource.field("eventGUID"))
         self.key_at = resource.fields.index(resource.key_field)
         self.walk = Walk(resource)
+        self.compiled = compiled_walk(resource) if compiled else None
         container = resource.container.encode()
         self._open, self._close = b"<" + container + b">", b"</" + container + b">"
         self._options = parser_options()
@@ -98,13 +135,22 @@ class SegmentCodec:
             )
         except etree.XMLSyntaxError as exc:
             raise self._refusal(data, exc) from None
+        return self.pack(self.rows(root), ord_base, only)
+
+    def rows(self, root: etree._Element) -> list[list[str]]:
+        """The COPY text parts of every record element among `root`'s children."""
+        if self.compiled is not None:
+            rows: list[list[str]] = self.compiled.rows(root, self.row)
+            return rows
         record = self.resource.record
         walk = self.walk
-        return self.pack([walk(e)[1] for e in root if e.tag == record], ord_base, only)
+        return [walk(e)[1] for e in root if e.tag == record]
 
     def row(self, elem: etree._Element) -> list[str]:
         """A record element's COPY text per field, then extras (the one-document parse's
         `on_record` when it stages rows: `pack` them)."""
+        if self.compiled is not None and (parts := self.compiled.parts(elem)) is not None:
+            return parts
         return self.walk(elem)[1]
 
     def pack(self, rows: Sequence[list[str]], ord_base: int, only: str | None) -> EncodedBatch:

@@ -45,7 +45,9 @@ def one_document_rows(resource: Resource, body: bytes) -> list[str]:
     return rows
 
 
-def segment_rows(resource: Resource, body: bytes, segment_bytes: int) -> tuple[list[str], int]:
+def segment_rows(
+    resource: Resource, body: bytes, segment_bytes: int, compiled: bool = True
+) -> tuple[list[str], int]:
     """The same from the split and the segment codec; also how many segments there were."""
     splitter = Splitter(resource, segment_bytes=segment_bytes, max_record_bytes=1 << 20)
     segments = []
@@ -53,7 +55,7 @@ def segment_rows(resource: Resource, body: bytes, segment_bytes: int) -> tuple[l
         segments += splitter.feed(body[i : i + 4096])
     segments += splitter.finish()
     assert not splitter.classic
-    seg_codec = SegmentCodec(resource)
+    seg_codec = SegmentCodec(resource, compiled=compiled)
     rows = []
     ordinals = []
     for n, segment in enumerate(segments, 1):
@@ -67,10 +69,15 @@ def segment_rows(resource: Resource, body: bytes, segment_bytes: int) -> tuple[l
     return rows, len(segments)
 
 
+# Both walks: the compiled one (syncsvc/parse/_walk.pyx) and the pure-Python one it stands in for.
+WALKS = pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+
+
+@WALKS
 @pytest.mark.parametrize("style", STYLES, ids=[s.name for s in STYLES])
 @pytest.mark.parametrize("resource", DATA, ids=[r.entity for r in DATA])
 def test_simulator_documents_give_the_same_rows_in_every_style(
-    resource: Resource, style: object
+    resource: Resource, style: object, compiled: bool
 ) -> None:
     universe = Universe(SimConfig(seed=5, events=3, users_per_event=150))
     faults = DocFaults(duplicates=3, unknown_element="newField")
@@ -78,7 +85,7 @@ def test_simulator_documents_give_the_same_rows_in_every_style(
         iter_document(resource, universe.raw_records(resource.entity, 2), style, faults)  # type: ignore[arg-type]
     )
     expected = one_document_rows(resource, body)
-    rows, segments = segment_rows(resource, body, segment_bytes=len(body) // 8)
+    rows, segments = segment_rows(resource, body, len(body) // 8, compiled)
     assert segments >= 6
     assert rows == expected
     assert len(rows) > 20
@@ -109,14 +116,31 @@ TRICKY = [
     "<eventGUID>E</eventGUID><firstName>no key</firstName>",
     "<userRef>U18</userRef>",
     "<userRef>U19</userRef><eventGUID>E</eventGUID><registrationDate>99999-01-01</registrationDate>",
+    # What the compiled walk leaves to the Python walk, and what it reads itself:
+    '<userRef>U20</userRef><eventGUID>E</eventGUID><x:city xmlns:x="urn:x">Paris</x:city>',
+    '<userRef xmlns="urn:d">U21</userRef><eventGUID>E</eventGUID>',
+    '<userRef>U22</userRef><eventGUID>E</eventGUID><customFields><x:c xmlns:x="urn:x">1</x:c>'
+    "</customFields>",
+    "<userRef>U23</userRef><eventGUID>E</eventGUID><title>a<![CDATA[ b ]]>c</title>",
+    "<userRef>U24</userRef><eventGUID>E</eventGUID><title><![CDATA[  ]]></title><new/><n2>"
+    "<![CDATA[kept]]></n2>",
+    "<userRef>U25</userRef><eventGUID>E</eventGUID><extra>first</extra><extra>  </extra>",
+    "<userRef>U26</userRef><eventGUID>E</eventGUID><lastModified>bad</lastModified>"
+    "<lastModified>2026-01-01T00:00:00Z</lastModified>",
+    "<userRef>U27</userRef><eventGUID>E</eventGUID><customFields><userKey>k</userKey>"
+    "<d>v<i>x</i></d></customFields>",
+    "<userRef>U28</userRef><eventGUID>E</eventGUID><ñame>v</ñame><city>\u00a0x\u2003</city>",
+    "<userRef>U29</userRef><eventGUID>E</eventGUID><registrationDate>  2026-02-30  "
+    "</registrationDate><lastModified>2026-05-01</lastModified>",
 ]
 
 
+@WALKS
 @pytest.mark.parametrize("record", TRICKY)
-def test_tricky_records_give_the_same_rows(record: str) -> None:
+def test_tricky_records_give_the_same_rows(record: str, compiled: bool) -> None:
     body = (f"<user>{record}</user>\n<other>ignored</other><user>{record}</user>").encode()
     expected = one_document_rows(catalog.USERS, HEAD + body + TAIL)
-    batch = SegmentCodec(catalog.USERS).encode(body, 0)
+    batch = SegmentCodec(catalog.USERS, compiled=compiled).encode(body, 0)
     rows = []
     for line in batch.data.decode().splitlines():
         *data, digest, _ordinal, kh = line.split("\t")
@@ -126,22 +150,27 @@ def test_tricky_records_give_the_same_rows(record: str) -> None:
     assert batch.staged + batch.rejected == 2
 
 
-def test_sessions_refs_and_ints() -> None:
+@WALKS
+def test_sessions_refs_and_ints(compiled: bool) -> None:
     body = (
         b"<session><sessionID>S1</sessionID><eventGUID>E</eventGUID><capacity> 12 </capacity>"
         b'<speakers><userRef>U"1</userRef><userRef/><userRef> U\\2 </userRef></speakers></session>'
         b"<session><sessionID>S2</sessionID><eventGUID>E</eventGUID>"
         b"<capacity>99999999999999999999</capacity><speakers></speakers></session>"
+        b"<session><sessionID>S3</sessionID><eventGUID>E</eventGUID><capacity>x</capacity>"
+        b"<speakers> <userRef>A</userRef>text<userRef><![CDATA[B]]></userRef></speakers></session>"
+        b"<session><sessionID>S4</sessionID><eventGUID>E</eventGUID>"
+        b"<speakers><userRef>A<b/>B</userRef></speakers></session>"
     )
     head = HEAD.replace(b"<users>", b"<sessions>")
     expected = one_document_rows(catalog.SESSIONS, head + body + b"</sessions></response>")
-    batch = SegmentCodec(catalog.SESSIONS).encode(body, 0)
+    batch = SegmentCodec(catalog.SESSIONS, compiled=compiled).encode(body, 0)
     rows = []
     for line in batch.data.decode().splitlines():
         *data, digest, _ordinal, kh = line.split("\t")
         rows.append("\t".join([*data, digest, kh]))
     assert rows == expected
-    assert len(rows) == 2
+    assert len(rows) == 4
 
 
 def test_only_keeps_the_units_event_and_counts_the_rest() -> None:

@@ -1,0 +1,19 @@
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from lxml import etree
+
+class CompiledWalk:
+    def __init__(
+        self,
+        record: str,
+        fields: Sequence[tuple[str, int, Callable[[str], Any] | None, Callable[[Any], str] | None]],
+        forbidden: Iterable[str],
+        null: str,
+        render_json: Callable[[dict[str, str]], str],
+        render_refs: Callable[[list[str]], str],
+    ) -> None: ...
+    def parts(self, elem: etree._Element) -> list[str] | None: ...
+    def rows(
+        self, root: etree._Element, fallback: Callable[[etree._Element], list[str]]
+    ) -> list[list[str]]: ...

@@ -1,0 +1,251 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The segment codec's walk over libxml2's nodes, compiled: the COPY text of each record.
+
+`syncsvc.normalize.Walk` visits a record's children through lxml's Python API, and two thirds of
+a record's parse went there (an element proxy, its tag and its text per child: 16-21 us per user
+against libxml2's own 3.5 us). This module reads the same tree libxml2 built (the document lxml
+parsed, with the same options) through lxml's public C API and gives, for the records it can
+read, the very list `Walk(resource)(elem)[1]` gives: the fields' COPY text in catalog order, then
+extras (records.NULL for no value). Conversions and renderings of the typed kinds (datetimes,
+dates, integers, refs, customFields, extras) are `syncsvc.normalize`'s and `syncsvc.records`'
+own Python functions, passed in, so the rules live in one place.
+
+It reads only what is plain: a record in no namespace whose children are elements in no
+namespace holding text (refs and customFields: elements holding text), with text or CDATA
+between them. Anything else (an entity reference, a field with markup inside, a namespaced
+element) is left to the Python walk for that record (`rows` calls `fallback(element)`), so the
+output is the Python walk's on every input; tests/unit/test_parse_compiled.py compares both on
+every simulator style and on hostile documents.
+"""
+
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.string cimport strcmp, strlen
+
+from lxml.includes cimport tree
+from lxml.includes.etreepublic cimport _Element, elementFactory, import_lxml__etree
+
+import_lxml__etree()
+
+# Field kinds, as SegmentCodec passes them (the order of its KIND_CODES).
+cdef enum:
+    K_TEXT = 0
+    K_CONVERT = 1  # int, date, datetime: a converter that may raise ValueError
+    K_REFS = 2
+    K_CUSTOM = 3
+    MAX_FIELDS = 64
+    SEEN_MAX = 4096
+
+cdef object _PLAIN_FAILED = object()  # a node this module does not read
+
+
+cdef inline bint _plain_ends(const char* s, Py_ssize_t n) noexcept:
+    """Whether a non-empty UTF-8 text starts and ends with printable ASCII: str.strip() would
+    not change it (every character it strips is a space, a control or not ASCII)."""
+    cdef unsigned char first = <unsigned char>s[0]
+    cdef unsigned char last = <unsigned char>s[n - 1]
+    return 0x20 < first < 0x7F and 0x20 < last < 0x7F
+
+
+cdef object _trimmed(const char* s):
+    """A text node's text as str.strip() leaves it, None when nothing is left."""
+    cdef Py_ssize_t n = strlen(s)
+    if n == 0:
+        return None
+    text = PyUnicode_DecodeUTF8(s, n, NULL)
+    if _plain_ends(s, n):
+        return text
+    return text.strip() or None
+
+
+cdef object _text_only(tree.xmlNode* elem):
+    """The element's text trimmed (None: none left) when it holds only text or CDATA;
+    _PLAIN_FAILED when it holds anything else."""
+    cdef tree.xmlNode* c = elem.children
+    if c is NULL:
+        return None
+    if c.next is NULL and (c.type == tree.XML_TEXT_NODE or c.type == tree.XML_CDATA_SECTION_NODE):
+        return _trimmed(<const char*>c.content)
+    pieces = []
+    while c is not NULL:
+        if c.type != tree.XML_TEXT_NODE and c.type != tree.XML_CDATA_SECTION_NODE:
+            return _PLAIN_FAILED
+        pieces.append(PyUnicode_DecodeUTF8(<const char*>c.content, strlen(<const char*>c.content), NULL))
+        c = c.next
+    return "".join(pieces).strip() or None
+
+
+cdef class CompiledWalk:
+    """One resource's plain records -> their COPY text parts (see the module docstring)."""
+
+    cdef bytes record  # the record element's name
+    cdef Py_ssize_t width
+    cdef list names  # the fields' element names (bytes, kept alive for `_name`)
+    cdef const char* _name[MAX_FIELDS]
+    cdef int _kind[MAX_FIELDS]
+    cdef list apis  # per field: its API name (str), converter, renderer
+    cdef list converts
+    cdef list renders
+    cdef list seen  # per field: text -> its rendering (converted kinds), at most SEEN_MAX
+    cdef list forbidden  # element names (bytes) never kept
+    cdef object null
+    cdef object render_json
+    cdef object render_refs
+
+    def __init__(self, str record, list fields, forbidden, null, render_json, render_refs):
+        """`fields`: (api name, kind code, convert or None, render or None) in catalog order."""
+        if len(fields) > MAX_FIELDS:
+            raise ValueError("too many fields for the compiled walk")
+        self.record = record.encode()
+        self.width = len(fields)
+        self.names = [api.encode() for api, _, _, _ in fields]
+        self.apis = [api for api, _, _, _ in fields]
+        self.converts = [convert for _, _, convert, _ in fields]
+        self.renders = [render for _, _, _, render in fields]
+        self.seen = [{} for _ in fields]
+        for slot, (_, kind, _, _) in enumerate(fields):
+            self._name[slot] = <const char*>(<bytes>self.names[slot])
+            self._kind[slot] = kind
+        self.forbidden = [name.encode() for name in forbidden]
+        self.null = null
+        self.render_json = render_json
+        self.render_refs = render_refs
+
+    cdef Py_ssize_t _slot(self, const char* name, Py_ssize_t guess) noexcept:
+        """The field slot of an element name, -1 for none; children mostly come in catalog
+        order, so the slot after the previous child's is tried first."""
+        cdef Py_ssize_t i
+        if guess < self.width and strcmp(name, self._name[guess]) == 0:
+            return guess
+        # ... or in reverse catalog order (one of the simulator's styles, and some exports)
+        if guess >= 2 and strcmp(name, self._name[guess - 2]) == 0:
+            return guess - 2
+        for i in range(self.width):
+            if strcmp(name, self._name[i]) == 0:
+                return i
+        return -1
+
+    cdef bint _forbidden(self, const char* name):
+        for f in self.forbidden:
+            if strcmp(name, <const char*>(<bytes>f)) == 0:
+                return True
+        return False
+
+    cdef object _parts(self, tree.xmlNode* elem):
+        """The record's parts, or None when it is not plain (the Python walk reads it)."""
+        cdef tree.xmlNode* c = elem.children
+        cdef tree.xmlNode* g
+        cdef Py_ssize_t slot
+        cdef Py_ssize_t guess = 0
+        cdef int kind
+        cdef const char* name
+        null = self.null
+        parts = [null] * (self.width + 1)
+        extras = None
+        while c is not NULL:
+            if c.type == tree.XML_ELEMENT_NODE:
+                if c.ns is not NULL:
+                    return None
+                name = <const char*>c.name
+                slot = self._slot(name, guess)
+                if slot < 0:
+                    if self._forbidden(name):
+                        c = c.next
+                        continue
+                    # An unknown element: kept in extras under its name, trimmed.
+                    text = _text_only(c)
+                    if text is _PLAIN_FAILED:
+                        return None
+                    if text is not None:
+                        if extras is None:
+                            extras = {}
+                        extras[PyUnicode_DecodeUTF8(name, strlen(name), NULL)] = text
+                    c = c.next
+                    continue
+                guess = slot + 1
+                kind = self._kind[slot]
+                if kind == K_TEXT or kind == K_CONVERT:
+                    text = _text_only(c)
+                    if text is _PLAIN_FAILED:
+                        return None
+                    if text is None:
+                        parts[slot] = null
+                    elif kind == K_TEXT:
+                        parts[slot] = text
+                    else:
+                        # Dumps repeat their timestamps (a record's registrationDate is often
+                        # its lastModified): each slot remembers what its texts rendered as.
+                        seen = <dict>self.seen[slot]
+                        rendered = seen.get(text)
+                        if rendered is not None:
+                            parts[slot] = rendered
+                            c = c.next
+                            continue
+                        try:
+                            rendered = self.renders[slot](self.converts[slot](text))
+                            if len(seen) >= SEEN_MAX:
+                                seen.clear()
+                            seen[text] = rendered
+                            parts[slot] = rendered
+                        except (ValueError, OverflowError):
+                            # Not lost: the raw text goes to extras under the field's name.
+                            parts[slot] = null
+                            if extras is None:
+                                extras = {}
+                            extras[self.apis[slot]] = text
+                else:  # refs, customFields: element children holding text
+                    values = [] if kind == K_REFS else {}
+                    g = c.children
+                    while g is not NULL:
+                        if g.type == tree.XML_ELEMENT_NODE:
+                            if g.ns is not NULL:
+                                return None
+                            text = _text_only(g)
+                            if text is _PLAIN_FAILED:
+                                return None
+                            if text is not None:
+                                if kind == K_REFS:
+                                    values.append(text)
+                                else:
+                                    values[
+                                        PyUnicode_DecodeUTF8(
+                                            <const char*>g.name, strlen(<const char*>g.name), NULL
+                                        )
+                                    ] = text
+                        elif g.type != tree.XML_TEXT_NODE and g.type != tree.XML_CDATA_SECTION_NODE:
+                            return None
+                        g = g.next
+                    if not values:
+                        parts[slot] = null
+                    elif kind == K_REFS:
+                        parts[slot] = self.render_refs(values)
+                    else:
+                        parts[slot] = self.render_json(values)
+            elif c.type != tree.XML_TEXT_NODE and c.type != tree.XML_CDATA_SECTION_NODE:
+                return None
+            c = c.next
+        if extras is not None:
+            parts[self.width] = self.render_json(extras)
+        return parts
+
+    def parts(self, _Element elem):
+        """One record element's parts, or None when it is not plain."""
+        return self._parts(elem._c_node)
+
+    def rows(self, _Element root, fallback):
+        """The parts of every record element among `root`'s children, in document order (other
+        children are not records); `fallback(element)` gives a record that is not plain."""
+        cdef tree.xmlNode* c = root._c_node.children
+        cdef const char* record = self.record
+        out = []
+        while c is not NULL:
+            if (
+                c.type == tree.XML_ELEMENT_NODE
+                and c.ns is NULL
+                and strcmp(<const char*>c.name, record) == 0
+            ):
+                parts = self._parts(c)
+                if parts is None:
+                    parts = fallback(elementFactory(root._doc, c))
+                out.append(parts)
+            c = c.next
+        return out

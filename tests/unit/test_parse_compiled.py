@@ -1,0 +1,103 @@
+"""The compiled walk (syncsvc/parse/_walk.pyx) gives the pure-Python walk's parts, record by record.
+
+The simulator's styles and the hand-written tricky records are in test_segments.py (both walks
+against the one-document parse); here: that the compiled walk is built where the README's
+install ran (so a lost build cannot pass silently), which records it reads itself and which it
+leaves to the Python walk, and generated records of every shape the grammar below makes.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from lxml import etree
+
+from syncsvc import catalog
+from syncsvc.parse.segments import CompiledWalk, SegmentCodec
+
+USERS = catalog.USERS
+SESSIONS = catalog.SESSIONS
+
+
+def _root(resource: catalog.Resource, records: str) -> etree._Element:
+    codec = SegmentCodec(resource)
+    return etree.fromstring(
+        f"<{resource.container}>{records}</{resource.container}>".encode(),
+        etree.XMLParser(**codec._options),
+    )
+
+
+def test_the_compiled_walk_is_built_by_the_install() -> None:
+    # scripts/test.sh installs with pip install -e, which compiles it (setup.py): CI runs it.
+    assert CompiledWalk is not None
+    assert SegmentCodec(USERS).compiled is not None
+
+
+def test_plain_records_are_read_by_the_compiled_walk_and_others_left_to_python() -> None:
+    codec = SegmentCodec(USERS)
+    root = _root(
+        USERS,
+        "<user><userRef>U1</userRef><eventGUID>E</eventGUID><title><![CDATA[x]]></title>"
+        "<customFields><a>1</a></customFields><lastModified>bad</lastModified><new>n</new></user>"
+        '<user><userRef>U2</userRef><x:city xmlns:x="urn:x">P</x:city></user>'
+        "<user><userRef>U3</userRef><title>a<b>b</b></title></user>",
+    )
+    plain, namespaced, markup = list(root)
+    assert codec.compiled.parts(plain) == codec.walk(plain)[1]
+    assert codec.compiled.parts(namespaced) is None
+    assert codec.compiled.parts(markup) is None
+    # rows() still gives every record, the two it leaves through the Python walk.
+    assert codec.compiled.rows(root, codec.row) == [codec.walk(e)[1] for e in root]
+
+
+_texts = st.one_of(
+    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=8),
+    st.sampled_from(["", "  ", " 12 ", "2026-05-01T10:00:00+02:00", "2026-02-30", "x\ty", "a\\b"]),
+)
+
+
+def _escaped(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _content(text: str, draw: st.DrawFn) -> str:
+    shape = draw(st.sampled_from(["text", "cdata", "split", "empty", "markup"]))
+    if shape == "cdata" and "]]>" not in text:
+        return f"<![CDATA[{text}]]>"
+    if shape == "split":
+        return f"{_escaped(text)}<![CDATA[ ]]>{_escaped(text)}"
+    if shape == "empty":
+        return ""
+    if shape == "markup":
+        return f"{_escaped(text)}<i>{_escaped(text)}</i>"
+    return _escaped(text)
+
+
+@st.composite
+def _records(draw: st.DrawFn, resource: catalog.Resource) -> str:
+    names = [f.api for f in resource.fields] + ["userKey", "newField", "other"]
+    children = []
+    for _ in range(draw(st.integers(0, 12))):
+        name = draw(st.sampled_from(names))
+        field = next((f for f in resource.fields if f.api == name), None)
+        if field is not None and field.kind in (catalog.FieldKind.REFS, catalog.FieldKind.CUSTOM):
+            inner = []
+            for _ in range(draw(st.integers(0, 3))):
+                sub = draw(st.sampled_from(["a", "b", "userRef", "userKey"]))
+                inner.append(f"<{sub}>{_content(draw(_texts), draw)}</{sub}>")
+            children.append(f"<{name}>{' '.join(inner)}</{name}>")
+        else:
+            children.append(f"<{name}>{_content(draw(_texts), draw)}</{name}>")
+        if draw(st.booleans()):
+            children.append(" \n")
+    return f"<{resource.record}>{''.join(children)}</{resource.record}>"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_generated_records_give_the_python_walks_parts(data: st.DataObject) -> None:
+    resource = data.draw(st.sampled_from([USERS, SESSIONS, catalog.EXHIBITORS]))
+    records = [data.draw(_records(resource)) for _ in range(data.draw(st.integers(1, 4)))]
+    codec = SegmentCodec(resource)
+    root = _root(resource, "".join(records))
+    assert codec.compiled.rows(root, codec.row) == [codec.walk(e)[1] for e in root]
