@@ -17,3 +17,13 @@ class CompiledWalk:
     def rows(
         self, root: etree._Element, fallback: Callable[[etree._Element], list[str]]
     ) -> list[list[str]]: ...
+
+def pack(
+    rows: list[list[str]],
+    ord_base: int,
+    only: str | None,
+    guid_at: int,
+    key_at: int,
+    null: str,
+    events: dict[str, int],
+) -> tuple[bytes, int, int, int]: ...

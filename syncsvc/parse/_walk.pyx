@@ -249,3 +249,51 @@ cdef class CompiledWalk:
                 out.append(parts)
             c = c.next
         return out
+
+
+
+from hashlib import md5 as _md5
+from zlib import crc32 as _crc32
+
+from syncsvc.records import _COPY_ESCAPES
+
+
+def pack(
+    list rows,
+    long long ord_base,
+    object only,
+    Py_ssize_t guid_at,
+    Py_ssize_t key_at,
+    str null,
+    dict events,
+):
+    """`SegmentCodec.pack`'s loop, compiled: (COPY bytes, staged, rejected, unidentified);
+    `events` counts rows per event GUID. Each line is `records.copy_text` of the parts, then
+    `segments.staging_line`'s columns (md5 of the data line, ordinal, key hash): the same
+    bytes, which tests/unit/test_parse_compiled.py checks against the Python loop."""
+    cdef long long ordinal = ord_base
+    cdef Py_ssize_t rejected = 0
+    cdef Py_ssize_t unidentified = 0
+    cdef list lines = []
+    cdef list parts
+    cdef str line
+    for parts in rows:
+        guid = parts[guid_at]
+        key = parts[key_at]
+        if guid is null or key is null:
+            rejected += 1
+            unidentified += 1
+            continue
+        if only is not None and guid != only:
+            rejected += 1
+            continue
+        events[guid] = events.get(guid, 0) + 1
+        line = "\x00".join(parts)
+        if "\\" in line or "\t" in line or "\n" in line or "\r" in line:
+            line = line.translate(_COPY_ESCAPES)
+        line = line.replace("\x00", "\t").replace(null, "\\N")
+        ordinal += 1
+        digest = _md5(line.encode(), usedforsecurity=False).hexdigest()
+        kh = (<object>_crc32((<str>guid).encode()) << 31) ^ _crc32((<str>key).encode())
+        lines.append(f"{line}\t\\\\x{digest}\t{ordinal}\t{kh}\n")
+    return "".join(lines).encode(), ordinal - ord_base, rejected, unidentified

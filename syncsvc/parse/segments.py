@@ -30,6 +30,7 @@ from syncsvc.records import NULL, RENDER, copy_text, render_json
 
 try:  # built from _walk.pyx at install time when the machine has a C compiler (setup.py)
     from syncsvc.parse._walk import CompiledWalk as _Compiled
+    from syncsvc.parse._walk import pack as _compiled_pack
 
     CompiledWalk: type[_Compiled] | None = _Compiled
 except ImportError:  # pragma: no cover - the pure-Python walk gives the same rows
@@ -157,6 +158,11 @@ class SegmentCodec:
         """Staging rows for records' COPY text (`row`, in document order; an unknown element
         between records is not one), `ord_base` ordering them among the dump's."""
         out = EncodedBatch(b"", only, records=len(rows))
+        if self.compiled is not None:
+            out.data, out.staged, out.rejected, out.unidentified = _compiled_pack(
+                list(rows), ord_base, only, self.guid_at, self.key_at, NULL, out.events
+            )
+            return out
         lines: list[str] = []
         guid_at, key_at = self.guid_at, self.key_at
         events = out.events
