@@ -32,10 +32,95 @@ cdef enum:
     K_CONVERT = 1  # int, date, datetime: a converter that may raise ValueError
     K_REFS = 2
     K_CUSTOM = 3
+    K_DATETIME = 4  # converted too, with the common spellings rendered here
     MAX_FIELDS = 64
     SEEN_MAX = 4096
 
 cdef object _PLAIN_FAILED = object()  # a node this module does not read
+
+cdef int _DAYS[13]
+_DAYS[:] = [0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+
+
+cdef inline int _digits(const char* s, int n) noexcept:
+    """The n ASCII digits at s as a number, -1 when one is not a digit."""
+    cdef int i, v = 0
+    for i in range(n):
+        if not (48 <= s[i] <= 57):
+            return -1
+        v = v * 10 + (s[i] - 48)
+    return v
+
+
+cdef inline int _month_days(int year, int month) noexcept:
+    if month == 2 and (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)):
+        return 29
+    return _DAYS[month]
+
+
+cdef object _utc_text(str text):
+    """`YYYY-MM-DDTHH:MM:SS` with no offset, `Z` or `+HH:MM`/`-HH:MM`, as
+    `records.RENDER[DATETIME](normalize.parse_datetime(text))` renders it (the instant in UTC,
+    `+00:00`); None for any other text (fractions, other ISO 8601 forms, an invalid date or
+    time): the Python functions judge those."""
+    cdef bytes raw
+    cdef const char* s
+    cdef Py_ssize_t n = len(text)
+    cdef int year, month, day, hour, minute, second, sign, oh, om, total
+    if n != 19 and n != 20 and n != 25:
+        return None
+    raw = text.encode("ascii", "replace")
+    s = raw
+    if s[4] != 45 or s[7] != 45 or s[10] != 84 or s[13] != 58 or s[16] != 58:  # - - T : :
+        return None
+    year, month, day = _digits(s, 4), _digits(s + 5, 2), _digits(s + 8, 2)
+    hour, minute, second = _digits(s + 11, 2), _digits(s + 14, 2), _digits(s + 17, 2)
+    if year < 1 or not 1 <= month <= 12 or day < 1 or day > _month_days(year, month):
+        return None
+    if not (0 <= hour <= 23 and 0 <= minute <= 59 and 0 <= second <= 59):
+        return None
+    if n == 20:
+        if s[19] != 90:  # Z
+            return None
+    elif n == 25:
+        if s[19] == 43:  # +
+            sign = 1
+        elif s[19] == 45:  # -
+            sign = -1
+        else:
+            return None
+        oh, om = _digits(s + 20, 2), _digits(s + 23, 2)
+        if s[22] != 58 or not (0 <= oh <= 23 and 0 <= om <= 59):
+            return None
+        # UTC = local - offset, carried through the day, month and year.
+        total = hour * 60 + minute - sign * (oh * 60 + om)
+        if total < 0:
+            total += 1440
+            day -= 1
+            if day == 0:
+                month -= 1
+                if month == 0:
+                    month = 12
+                    year -= 1
+                day = _month_days(year, month)
+        elif total >= 1440:
+            total -= 1440
+            day += 1
+            if day > _month_days(year, month):
+                day = 1
+                month += 1
+                if month == 13:
+                    month = 1
+                    year += 1
+        if not 1 <= year <= 9999:
+            return None
+        hour, minute = total // 60, total % 60
+    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}+00:00"
+
+
+def utc_text(str text):
+    """`_utc_text`, for the tests."""
+    return _utc_text(text)
 
 
 cdef inline bint _plain_ends(const char* s, Py_ssize_t n) noexcept:
@@ -163,7 +248,7 @@ cdef class CompiledWalk:
                     continue
                 guess = slot + 1
                 kind = self._kind[slot]
-                if kind == K_TEXT or kind == K_CONVERT:
+                if kind == K_TEXT or kind == K_CONVERT or kind == K_DATETIME:
                     text = _text_only(c)
                     if text is _PLAIN_FAILED:
                         return None
@@ -171,6 +256,8 @@ cdef class CompiledWalk:
                         parts[slot] = null
                     elif kind == K_TEXT:
                         parts[slot] = text
+                    elif kind == K_DATETIME and (rendered := _utc_text(text)) is not None:
+                        parts[slot] = rendered
                     else:
                         # Dumps repeat their timestamps (a record's registrationDate is often
                         # its lastModified): each slot remembers what its texts rendered as.

@@ -36,12 +36,12 @@ try:  # built from _walk.pyx at install time when the machine has a C compiler (
 except ImportError:  # pragma: no cover - the pure-Python walk gives the same rows
     CompiledWalk = None
 
-# The compiled walk's kind codes (_walk.pyx): text, converted, refs, customFields.
+# The compiled walk's kind codes (_walk.pyx): text, converted, refs, customFields, datetime.
 _KIND_CODES = {
     FieldKind.TEXT: 0,
     FieldKind.INT: 1,
     FieldKind.DATE: 1,
-    FieldKind.DATETIME: 1,
+    FieldKind.DATETIME: 4,
     FieldKind.REFS: 2,
     FieldKind.CUSTOM: 3,
 }

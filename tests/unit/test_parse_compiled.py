@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from syncsvc import catalog
+from syncsvc.normalize import parse_datetime
+from syncsvc.parse._walk import utc_text
 from syncsvc.parse.segments import CompiledWalk, SegmentCodec
-from syncsvc.records import NULL
+from syncsvc.records import NULL, RENDER
 
 USERS = catalog.USERS
 SESSIONS = catalog.SESSIONS
@@ -126,3 +128,52 @@ def test_the_compiled_pack_writes_the_python_packs_bytes(
             row[python.guid_at] = ("E1", "E2")[i % 2]
     got, want = compiled.pack(rows, ord_base, only), python.pack(rows, ord_base, only)
     assert got == want
+
+
+def _python_datetime(text: str) -> str | None:
+    try:
+        return RENDER[catalog.FieldKind.DATETIME](parse_datetime(text))
+    except (ValueError, OverflowError):
+        return None
+
+
+@st.composite
+def _datetime_texts(draw: st.DrawFn) -> str:
+    # Mostly the spellings the compiled path reads, at the edges of every range it checks.
+    y = draw(st.sampled_from([1, 2, 999, 1900, 2000, 2024, 2026, 2100, 9999, 0]))
+    mo, d = draw(st.integers(0, 13)), draw(st.sampled_from([0, 1, 15, 28, 29, 30, 31, 32]))
+    h, mi, s = draw(st.integers(0, 24)), draw(st.integers(0, 60)), draw(st.integers(0, 60))
+    text = f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}"
+    tail = draw(
+        st.one_of(
+            st.sampled_from(["", "Z", "z", "+00:00", "-00:00", ".5Z", " ", "+01", "+0100"]),
+            st.builds(
+                lambda sign, oh, om: f"{sign}{oh:02d}:{om:02d}",
+                st.sampled_from("+-"),
+                st.integers(0, 24),
+                st.integers(0, 60),
+            ),
+        )
+    )
+    return text + tail
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(_datetime_texts(), st.text(max_size=26)))
+def test_the_compiled_datetime_renders_what_python_renders_or_leaves_it(text: str) -> None:
+    got = utc_text(text)
+    if got is not None:
+        assert got == _python_datetime(text), text
+
+
+def test_the_compiled_datetime_reads_the_common_spellings() -> None:
+    for text, utc in [
+        ("2024-02-29T23:30:00-01:00", "2024-03-01T00:30:00+00:00"),
+        ("2026-12-31T23:59:59-00:30", "2027-01-01T00:29:59+00:00"),
+        ("2026-01-01T00:10:00+05:00", "2025-12-31T19:10:00+00:00"),
+        ("2026-03-01T10:00:00Z", "2026-03-01T10:00:00+00:00"),
+        ("2026-03-01T10:00:00", "2026-03-01T10:00:00+00:00"),
+    ]:
+        assert utc_text(text) == utc == _python_datetime(text)
+    for text in ["2023-02-29T00:00:00Z", "2026-03-01T10:00:00.5Z", "0001-01-01T00:00:00+01:00"]:
+        assert utc_text(text) is None  # the Python functions judge these
