@@ -19,7 +19,15 @@ every simulator style and on hostile documents.
 """
 
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object text)
+    void* PyUnicode_DATA(object text)
+    Py_ssize_t PyUnicode_GET_LENGTH(object text)
 from libc.string cimport strcmp, strlen
+
+from json.encoder import encode_basestring as _enc
 
 from lxml.includes cimport tree
 from lxml.includes.etreepublic cimport _Element, elementFactory, import_lxml__etree
@@ -123,6 +131,36 @@ def utc_text(str text):
     return _utc_text(text)
 
 
+def render_mapping(dict mapping):
+    """`_render_mapping`, for the tests."""
+    return _render_mapping(mapping)
+
+
+cdef str _json_text(str text):
+    """`records.render_json`'s string encoding (json's encode_basestring): a plain ASCII text
+    (no quote, backslash or control character) is only quoted; others go to json's own."""
+    cdef Py_ssize_t i, n
+    cdef const unsigned char* data
+    cdef unsigned char ch
+    if not PyUnicode_IS_ASCII(text):
+        return _enc(text)
+    data = <const unsigned char*>PyUnicode_DATA(text)
+    n = PyUnicode_GET_LENGTH(text)
+    for i in range(n):
+        ch = data[i]
+        if ch < 0x20 or ch == 0x22 or ch == 0x5C:
+            return _enc(text)
+    return f'"{text}"'
+
+
+cdef str _render_mapping(dict mapping):
+    """`records.render_json(mapping)`: keys sorted, compiled."""
+    pieces = []
+    for key in sorted(mapping):
+        pieces.append(_json_text(key) + ":" + _json_text(mapping[key]))
+    return "{" + ",".join(pieces) + "}"
+
+
 cdef inline bint _plain_ends(const char* s, Py_ssize_t n) noexcept:
     """Whether a non-empty UTF-8 text starts and ends with printable ASCII: str.strip() would
     not change it (every character it strips is a space, a control or not ASCII)."""
@@ -173,10 +211,9 @@ cdef class CompiledWalk:
     cdef list seen  # per field: text -> its rendering (converted kinds), at most SEEN_MAX
     cdef list forbidden  # element names (bytes) never kept
     cdef object null
-    cdef object render_json
     cdef object render_refs
 
-    def __init__(self, str record, list fields, forbidden, null, render_json, render_refs):
+    def __init__(self, str record, list fields, forbidden, null, render_refs):
         """`fields`: (api name, kind code, convert or None, render or None) in catalog order."""
         if len(fields) > MAX_FIELDS:
             raise ValueError("too many fields for the compiled walk")
@@ -192,7 +229,6 @@ cdef class CompiledWalk:
             self._kind[slot] = kind
         self.forbidden = [name.encode() for name in forbidden]
         self.null = null
-        self.render_json = render_json
         self.render_refs = render_refs
 
     cdef Py_ssize_t _slot(self, const char* name, Py_ssize_t guess) noexcept:
@@ -306,12 +342,12 @@ cdef class CompiledWalk:
                     elif kind == K_REFS:
                         parts[slot] = self.render_refs(values)
                     else:
-                        parts[slot] = self.render_json(values)
+                        parts[slot] = _render_mapping(values)
             elif c.type != tree.XML_TEXT_NODE and c.type != tree.XML_CDATA_SECTION_NODE:
                 return None
             c = c.next
         if extras is not None:
-            parts[self.width] = self.render_json(extras)
+            parts[self.width] = _render_mapping(extras)
         return parts
 
     def parts(self, _Element elem):

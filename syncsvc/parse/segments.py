@@ -26,7 +26,7 @@ from syncsvc.catalog import FORBIDDEN_ELEMENTS, FieldKind, Resource
 from syncsvc.errors import SegmentRefused, SyncError, UnsafeXmlError
 from syncsvc.normalize import CONVERT, Walk
 from syncsvc.parse.document import parser_options
-from syncsvc.records import NULL, RENDER, copy_text, render_json
+from syncsvc.records import NULL, RENDER, copy_text
 
 try:  # built from _walk.pyx at install time when the machine has a C compiler (setup.py)
     from syncsvc.parse._walk import CompiledWalk as _Compiled
@@ -60,9 +60,7 @@ def compiled_walk(resource: Resource) -> _Compiled | None:
         )
         for f in resource.fields
     ]
-    return CompiledWalk(
-        resource.record, fields, FORBIDDEN_ELEMENTS, NULL, render_json, RENDER[FieldKind.REFS]
-    )
+    return CompiledWalk(resource.record, fields, FORBIDDEN_ELEMENTS, NULL, RENDER[FieldKind.REFS])
 
 
 @dataclass(slots=True)

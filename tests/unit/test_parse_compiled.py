@@ -14,9 +14,9 @@ from lxml import etree
 
 from syncsvc import catalog
 from syncsvc.normalize import parse_datetime
-from syncsvc.parse._walk import utc_text
+from syncsvc.parse._walk import render_mapping, utc_text
 from syncsvc.parse.segments import CompiledWalk, SegmentCodec
-from syncsvc.records import NULL, RENDER
+from syncsvc.records import NULL, RENDER, render_json
 
 USERS = catalog.USERS
 SESSIONS = catalog.SESSIONS
@@ -177,3 +177,9 @@ def test_the_compiled_datetime_reads_the_common_spellings() -> None:
         assert utc_text(text) == utc == _python_datetime(text)
     for text in ["2023-02-29T00:00:00Z", "2026-03-01T10:00:00.5Z", "0001-01-01T00:00:00+01:00"]:
         assert utc_text(text) is None  # the Python functions judge these
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.text(max_size=5), st.text(max_size=8), max_size=5))
+def test_the_compiled_mapping_renders_what_render_json_renders(mapping: dict[str, str]) -> None:
+    assert render_mapping(mapping) == render_json(mapping)
