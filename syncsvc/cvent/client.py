@@ -246,7 +246,6 @@ def _check_base_url(base_url: str) -> str:
     return base_url if base_url.endswith("/") else base_url + "/"
 
 
-
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
     """The process's one client TLS context (certificate and host name verification on).
@@ -255,6 +254,7 @@ def _tls_context() -> ssl.SSLContext:
     20 accounts opening 20 clients at once spent half a second there before any request
     (benchmarks/scaleout.py, profiled)."""
     return ssl.create_default_context()
+
 
 class CventClient:
     """The Conference API for one run; see the module docstring."""

@@ -2,7 +2,7 @@
 
 PostgreSQL delivers a NOTIFY only when (and if) its transaction commits, so a listener is woken
 exactly when new change rows become visible, and a rolled-back unit wakes nobody. The store sends
-it (`store.queries.NOTIFY_CHANGES`); the feed listens on its channel.
+it (with the change rows, `store.queries.insert_changes`); the feed listens on its channel.
 """
 
 from __future__ import annotations

@@ -22,9 +22,10 @@ transaction (syncsvc.store.unit names the steps):
    `drop_held`: held events leave the diff: nothing of theirs is applied.
 7. `count_changes`, `soft_delete_state`, `upsert_state`: the current-state table, from the diff
    table only.
-8. `lock_seq` then `insert_changes`: seq numbers allocated under a transaction-level advisory
-   lock held until commit, so seq order is commit order; `NOTIFY_CHANGES` wakes the feed.
-9. `check_fence`, `record_fetch`: the run still owns the database; the unit's figures.
+8. `check_fence`: the run still owns the database (its row locked to commit); then `lock_seq`
+   and `insert_changes`: seq numbers allocated under a transaction-level advisory lock held
+   until commit, so seq order is commit order; the same statement queues the feed's NOTIFY.
+9. `record_fetch`: the unit's figures, then commit.
 
 A first load takes a shorter way after step 3: `scope_has_rows` (under the scope's locks, between
 `SEQSCAN_OFF` and `SEQSCAN_ON`) finds
@@ -383,6 +384,18 @@ ON CONFLICT (account, {", ".join(r.keys)}) DO UPDATE SET
 
 LOCK_SEQ = "SELECT pg_advisory_xact_lock($1)"
 
+# The change feed's wake-up, sent in the unit's transaction: PostgreSQL delivers a NOTIFY only
+# when (and if) its transaction commits, so a listener wakes exactly when new change rows become
+# visible. The payload is the unit's last seq, as text, never data. The feed listens on
+# CHANGES_CHANNEL. It is part of the statement that inserts the change rows: the seq lock is held
+# from that statement to commit, and every unit of every account waits for it, so the
+# statements under it are as few as they can be.
+CHANGES_CHANNEL = "syncsvc_changes"
+_SEQS_AND_NOTIFY = f"""SELECT first_seq, last_seq,
+       CASE WHEN last_seq IS NOT NULL THEN pg_notify('{CHANGES_CHANNEL}', last_seq::text) END
+           AS notified
+FROM (SELECT min(seq) AS first_seq, max(seq) AS last_seq FROM inserted) AS seqs"""
+
 
 def _insert_changes(r: _Shape) -> str:
     return f"""
@@ -397,7 +410,7 @@ WITH inserted AS (
     WHERE {_EMITTED}
     RETURNING seq
 )
-SELECT min(seq) AS first_seq, max(seq) AS last_seq FROM inserted
+{_SEQS_AND_NOTIFY}
 """
 
 
@@ -464,16 +477,8 @@ WITH inserted AS (
     WHERE ({_too_long(r, "s")}) IS NOT TRUE
     RETURNING seq
 )
-SELECT min(seq) AS first_seq, max(seq) AS last_seq FROM inserted
+{_SEQS_AND_NOTIFY}
 """
-
-
-# The change feed's wake-up, sent in the unit's transaction: PostgreSQL delivers a NOTIFY only
-# when (and if) its transaction commits, so a listener wakes exactly when new change rows become
-# visible. $1: the unit's last seq, as text, never data. pg_notify takes a bound channel name and
-# payload; NOTIFY itself takes neither. The feed listens on CHANGES_CHANNEL.
-CHANGES_CHANNEL = "syncsvc_changes"
-NOTIFY_CHANGES = f"SELECT pg_notify('{CHANGES_CHANNEL}', $1)"
 
 
 # The fence: the unit's run must still be `running`; FOR SHARE holds its row lock to commit.
@@ -522,7 +527,7 @@ class Statements:
     insert_changes: str  # $1 run_id, $2 fetch_id, $3 account -> (first_seq, last_seq)
     check_fence: str  # $1 run_id -> (status, newer)
     record_fetch: str  # $1 fetch_id, $2.. the unit's figures (see UnitWriter)
-    # The first load (after lock_scope; then lock_seq, load_changes, check_fence, record_fetch):
+    # The first load (after lock_scope; then check_fence, lock_seq, load_changes, record_fetch):
     scope_has_rows: str  # $1 scope event GUIDs, $2 account (event.do: $1 account) -> (found)
     load_state: str  # $1 run_id, $2 account -> status "INSERT 0 n"
     load_changes: str  # $1 run_id, $2 fetch_id, $3 account -> (first_seq, last_seq)

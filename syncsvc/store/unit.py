@@ -36,9 +36,10 @@ The scheduler's API::
   clientID moves into `rekey`s, `_decide_holds` holds the scopes that would delete more than the
   hold allows (nothing of theirs is applied; `override_hold=True` applies them; the decision
   itself is `store.hold.decide_holds`, pure), `_apply_state` updates the current-state table
-  (soft delete, upsert), `_emit_changes` numbers the change rows under a transaction-level
-  advisory lock held until commit, so seq order is commit order, and `_commit` checks the fence,
-  writes the fetch row's counts and commits. The SQL is `store.queries`, in this order.
+  (soft delete, upsert), `_emit_changes` checks the fence, then numbers the change rows under a
+  transaction-level advisory lock held until commit, so seq order is commit order (and the feed's
+  NOTIFY goes with them), and `_commit` writes the fetch row's counts and commits. The SQL is
+  `store.queries`, in this order.
 - A first load (the scope holds no row at all, checked under its locks, so exactly) skips the
   diff: `_load_state` writes the state rows and `_emit_changes` the change rows straight from
   the stage (`queries.load_state`, `load_changes`), the very rows the diff would have written
@@ -660,25 +661,23 @@ class UnitWriter:
     async def _emit_changes(self, insert_changes: str) -> Any:
         """The change rows (`insert_changes` or, on a first load, `load_changes`), numbered under
         the seq lock; (first_seq, last_seq)."""
+        # The fence first: its row locks are held to commit all the same, and the seq lock,
+        # which every unit of every account waits for, is then held for as few statements as
+        # can be (the insert with its NOTIFY, the fetch row, the commit).
+        await self._check_fence()
         # Only now take the seq lock: it is held until commit, so seq order is commit order.
         await self._execute(self._sql.lock_seq, queries.SEQ_LOCK_KEY)
         await self._step("seq_locked")
+        # The statement also wakes the change feed's followers and webhook deliveries when (and
+        # only if) this commits; the payload is the new high seq, never data (docs/change-feed.md).
         (seqs,) = await self._fetch(insert_changes, self.run_id, self.fetch_id, self.account)
         await self._step("changes_inserted")
-        # The change feed: wake followers and webhook deliveries when (and only if) this commits.
-        # The payload is the new high seq, never data (docs/change-feed.md).
-        if seqs["last_seq"] is not None:
-            await self._execute(queries.NOTIFY_CHANGES, str(seqs["last_seq"]))
         return seqs
 
     async def _commit(
         self, result: ApplyResult, hold: HoldPolicy, transport: dict[str, Any]
     ) -> None:
-        # The fence, last before commit (the transaction stayed open for the whole download):
-        # this run must still be `running`. The row lock is held to commit, so a newer run's
-        # UPDATE to `abandoned` waits for this commit, or this check sees `abandoned` and the
-        # unit rolls back. Before the fetch row's update: both take locks in the same order.
-        await self._check_fence()
+        # The fence was checked just before the seq lock (`_emit_changes`).
         if self.fetch_id is not None:
             await self._record_fetch(result, hold, transport)
         await self._step("before_commit")
@@ -690,6 +689,10 @@ class UnitWriter:
         await self._step("committed")
 
     async def _check_fence(self) -> None:
+        """The fence, after the whole download, diff and state writes, before the change rows:
+        this run must still be `running`. The run row's lock is held to commit, so a newer run's
+        UPDATE to `abandoned` waits for this commit, or this check sees `abandoned` and the unit
+        rolls back. The fetch row's lock comes next, as every writer takes them."""
         rows = await self._fetch(self._sql.check_fence, self.run_id)
         if not rows or rows[0]["status"] != "running":
             newer = rows[0]["newer"] if rows else None
