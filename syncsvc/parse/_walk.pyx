@@ -6,31 +6,34 @@ a record's parse went there (an element proxy, its tag and its text per child: 1
 against libxml2's own 3.5 us). This module reads the same tree libxml2 built (the document lxml
 parsed, with the same options) through lxml's public C API and gives, for the records it can
 read, the very list `Walk(resource)(elem)[1]` gives: the fields' COPY text in catalog order, then
-extras (records.NULL for no value). Conversions and renderings of the typed kinds (datetimes,
-dates, integers, refs, customFields, extras) are `syncsvc.normalize`'s and `syncsvc.records`'
-own Python functions, passed in, so the rules live in one place.
+extras (records.NULL for no value). Integers, dates and uncommon datetime spellings go through
+`syncsvc.normalize`'s and `syncsvc.records`' own Python functions (passed in); the common
+datetime spellings (`_utc_text`), the JSON of customFields and extras (`_render_mapping`) and
+the COPY line with its hashes (`pack`) are written here, each compared with its Python
+counterpart by generated tests.
 
 It reads only what is plain: a record in no namespace whose children are elements in no
 namespace holding text (refs and customFields: elements holding text), with text or CDATA
 between them. Anything else (an entity reference, a field with markup inside, a namespaced
 element) is left to the Python walk for that record (`rows` calls `fallback(element)`), so the
-output is the Python walk's on every input; tests/unit/test_parse_compiled.py compares both on
-every simulator style and on hostile documents.
+output is the Python walk's on every input; tests/unit/test_parse_compiled.py and
+test_segments.py compare both on every simulator style, on hostile records and on generated ones.
 """
 
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-
-
-cdef extern from "Python.h":
-    bint PyUnicode_IS_ASCII(object text)
-    void* PyUnicode_DATA(object text)
-    Py_ssize_t PyUnicode_GET_LENGTH(object text)
 from libc.string cimport strcmp, strlen
 
 from json.encoder import encode_basestring as _enc
 
 from lxml.includes cimport tree
 from lxml.includes.etreepublic cimport _Element, elementFactory, import_lxml__etree
+
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object text)
+    void* PyUnicode_DATA(object text)
+    Py_ssize_t PyUnicode_GET_LENGTH(object text)
+
 
 import_lxml__etree()
 
