@@ -139,11 +139,16 @@ class SegmentCodec:
     def rows(self, root: etree._Element) -> list[list[str]]:
         """The COPY text parts of every record element among `root`'s children."""
         if self.compiled is not None:
-            rows: list[list[str]] = self.compiled.rows(root, self.row)
+            # A record the compiled walk leaves goes straight to the Python walk (`row` would
+            # try the compiled one again first).
+            rows: list[list[str]] = self.compiled.rows(root, self._python_row)
             return rows
         record = self.resource.record
         walk = self.walk
         return [walk(e)[1] for e in root if e.tag == record]
+
+    def _python_row(self, elem: etree._Element) -> list[str]:
+        return self.walk(elem)[1]
 
     def row(self, elem: etree._Element) -> list[str]:
         """A record element's COPY text per field, then extras (the one-document parse's
