@@ -268,6 +268,8 @@ def _one(
         "bound": _bound(stats, args),
         "requests": sum(s["total_requests"] for s in stats),
         "rejections": sum(sum(s["rejections"].values()) for s in stats),
+        "by_starts": sum(s.get("rate_limited_by", {}).get("starts", 0) for s in stats),
+        "by_in_flight": sum(s.get("rate_limited_by", {}).get("in_flight", 0) for s in stats),
         "peak_in_flight": max(s["peak_concurrency"] for s in stats),
         "mb": sum(s["bytes_sent"] for s in stats) / 1e6,
         **phases,
@@ -310,7 +312,8 @@ def _print(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     print(
         "| workers | places (workers x concurrency) vs accounts x in-flight | wall s |"
         " runs' span s (planning, units) | bound s | span / bound | requests | MB |"
-        " rate-limit rejections | peak in flight (one token) | exit |"
+        " rate-limit rejections (over starts, over in flight) | peak in flight (one token) |"
+        " exit |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -319,7 +322,8 @@ def _print(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
             f"| {r['workers']} | {places} vs {demand} | {r['wall']:.1f} |"
             f" {r['span']:.1f} ({r['plan']:.1f}, {r['units']:.1f}) | {r['bound']:.1f} |"
             f" {r['span'] / r['bound']:.2f}x | {r['requests']} | {r['mb']:.1f} |"
-            f" {r['rejections']} | {r['peak_in_flight']} | {r['exit']} |"
+            f" {r['rejections']} ({r['by_starts']}, {r['by_in_flight']}) |"
+            f" {r['peak_in_flight']} | {r['exit']} |"
         )
 
 

@@ -143,6 +143,7 @@ class Stats:
     def reset(self) -> None:
         self.requests: collections.Counter[str] = collections.Counter()
         self.rejections: collections.Counter[str] = collections.Counter()
+        self.limited: collections.Counter[str] = collections.Counter()  # by rate limit
         # Requests still being served stay counted, so finishing them never goes negative.
         self.in_flight: int = getattr(self, "in_flight", 0)
         self.peak_concurrency = self.in_flight
@@ -187,6 +188,7 @@ class Stats:
             "peak_concurrency": self.peak_concurrency,
             "peak_starts_per_second": self.peak_starts,
             "rejections": dict(self.rejections),
+            "rate_limited_by": dict(self.limited),
             "bytes_sent": self.bytes_sent,
         }
 
@@ -418,6 +420,12 @@ class Simulator:
         if not over:
             starts.append(now)
             return None
+        # Which limit refused it: a client over its start rate or over its requests in flight.
+        self.stats.limited[
+            "in_flight"
+            if rl.max_concurrent is not None and use.in_flight >= rl.max_concurrent
+            else "starts"
+        ] += 1
         if rl.mode == "http429":
             return self._error(
                 catalog.RATE_LIMITED, status=429, headers={"Retry-After": str(rl.retry_after)}

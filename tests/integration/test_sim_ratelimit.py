@@ -22,6 +22,7 @@ async def test_starts_over_the_limit_get_code_301_per_token(simulator: Any) -> N
     assert [(a.status, a.code) for a in answers] == [(200, 0), (200, 0), (200, 301)]
     assert other_token.code == 0  # limits are per token
     assert stats["rejections"] == {"301": 1}
+    assert stats["rate_limited_by"] == {"starts": 1}
 
 
 async def test_http429_mode_sends_429_with_retry_after(simulator: Any) -> None:
@@ -59,7 +60,9 @@ async def test_requests_beyond_max_concurrent_are_refused_while_others_are_in_fl
         await sim.control({"release": True})
         first_answer = await first
         third = await post(sim.base_url, "userData.do")
+        stats = await sim.stats()
     assert second.code == 301
+    assert stats["rate_limited_by"] == {"in_flight": 1}
     assert first_answer.code == 0
     assert third.code == 0
 
