@@ -8,7 +8,8 @@ Every statement is set-based and takes bound parameters only ($1, $2, ...); iden
 the catalog, never from data. This module defines them in the order they run inside one unit's
 transaction (syncsvc.store.unit names the steps):
 
-1. `create_stage` / `truncate_stage`, then COPY into the staging table; `SESSION` settings.
+1. `BEGUN` (the run's account, the transaction's settings); `create_stage` / `truncate_stage`,
+   then COPY into the staging table.
 2. `dedupe_stage`: duplicate keys in the dump, last one wins; returns counts per event.
 3. `lock_scope`: the scope's advisory locks, held to commit.
 4. `diff_keys`, `take_rejects`, `diff`: ONE pass, staged rows FULL JOIN the scope's current
@@ -59,12 +60,14 @@ STAGE = "syncsvc_stage"
 KEYS = "syncsvc_diff_keys"
 DIFF = "syncsvc_diff"
 
-# Each unit's transaction: JSON images render timestamps in the session zone, so UTC; the diff's
-# hash join holds one side in memory; JIT compiles for longer than these set-based statements run.
-SESSION = (
-    "SET LOCAL TimeZone = 'UTC'",
-    "SET LOCAL work_mem = '256MB'",
-    "SET LOCAL jit = off",
+# A unit's first statement: its run's account (no caller can write one account's unit into
+# another's), and its transaction's settings. JSON images render timestamps in the session zone,
+# so UTC; the diff's hash join holds one side in memory; JIT compiles for longer than these
+# set-based statements run. One round trip (set_config(..., true) is SET LOCAL): four were felt
+# when many small units run at once.
+BEGUN = (
+    "SELECT account, set_config('TimeZone', 'UTC', true), set_config('work_mem', '256MB', true),"
+    " set_config('jit', 'off', true) FROM runs WHERE id = $1"
 )
 
 _SQL_TYPES = {

@@ -378,7 +378,7 @@ async def _connections(dsn: str) -> AsyncIterator[tuple[Any, _Listener]]:
     key = (dsn, id(asyncio.get_running_loop()))
     entry = _SHARED.get(key)
     if entry is None:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=POOL_SIZE)
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=POOL_SIZE, reset=_reset)
         try:
             listener = await asyncpg.connect(dsn)
         except BaseException:
@@ -401,6 +401,17 @@ async def _connections(dsn: str) -> AsyncIterator[tuple[Any, _Listener]]:
                 await entry[1].conn.close()
             with contextlib.suppress(*DB_ERRORS):
                 await entry[0].close()
+
+
+async def _reset(conn: Any) -> None:
+    """What a budget's pooled connection needs on its way back: only a transaction ended.
+
+    asyncpg's own reset (unlock advisory locks, close cursors, UNLISTEN, RESET ALL) is one more
+    round trip per call (measured: 1,112 of the 12,878 statements of a 20-account, 260-unit
+    run on 4 workers), for state the budget's calls never leave: they are single statements, and
+    its LISTEN is on the listener's own connection."""
+    if conn.is_in_transaction():  # a call cancelled in flight
+        await conn.execute("ROLLBACK")
 
 
 async def _quietly(awaitable: Any) -> None:

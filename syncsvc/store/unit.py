@@ -85,7 +85,6 @@ from syncsvc.store.hold import HoldPolicy as HoldPolicy  # part of this module's
 
 log = get_logger(__name__)
 
-RUN_ACCOUNT = "SELECT account FROM runs WHERE id = $1"
 
 DEFAULT_BATCH_ROWS = 10_000
 
@@ -245,8 +244,7 @@ class UnitWriter:
                     await self._conn.close()
                     self._conn = None
                     raise
-        # The unit's account is its run's: no caller can write one account's unit into another's.
-        account = await self._fetch(RUN_ACCOUNT, self.run_id)
+        account = await self._fetch(queries.BEGUN, self.run_id)
         if not account:
             raise StoreError(f"run {self.run_id} does not exist", resource=self.resource.path)
         self.account = str(account[0]["account"])
@@ -450,8 +448,6 @@ class UnitWriter:
         if not self._staged:
             await self._prepare_staging()  # an empty dump: everything in scope is gone
         scope_events = self._scope_events(covered_events)
-        for setting in queries.SESSION:
-            await self._execute(setting)
         dups = await self._dedupe()
         await self._lock_scope(scope_events)
         first_load = not await self._scope_has_rows(scope_events)
