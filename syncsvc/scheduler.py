@@ -398,42 +398,57 @@ class Runner:
             self.engine, self.run_id, [u.queued() for u in units], self.budget.max_in_flight
         )
         log.info("units_queued", units=len(units))
-        seen: set[int] = set()
-        while True:
-            rows = await jobs.unit_rows(self.engine, self.run_id)
-            for row in rows:
-                if row.id not in seen and UnitStatus(row.status).final:
-                    seen.add(row.id)
-                    self._done(
-                        UnitOutcome(
-                            Unit.from_queued(row.unit),
-                            UnitStatus(row.status),
-                            fetch_id=row.id,
-                            records=row.records,
-                            bytes=row.bytes,
-                            error=SyncError(row.error_message) if row.error_message else None,
-                        )
+        watch = jobs.watch(self.engine, QUEUE_POLL_SECONDS)
+        changed = watch.changed(self.run_id)
+        try:
+            seen: set[int] = set()
+            while True:
+                changed.clear()
+                now = await jobs.progress(self.engine, self.run_id, seen)
+                unseen = [] if now is None else now.units
+                self._report_queued(unseen, seen)
+                if now is not None and now.status != RunStatus.RUNNING:
+                    # Closed by its last unit's worker (or a unit that met 101/102: it stops all).
+                    return RunResult(
+                        self.run_id,
+                        RunStatus(now.status),
+                        list(self.outcomes),
+                        now.error_message,
+                        self.account,
+                        closed=True,
                     )
-            run = await jobs.run_row(self.engine, self.run_id)
-            if run is not None and run[0] != RunStatus.RUNNING:
-                # Closed by its last unit's worker (or a unit that met 101/102, which stops all).
-                return RunResult(
-                    self.run_id,
-                    RunStatus(run[0]),
-                    list(self.outcomes),
-                    run[1],
-                    self.account,
-                    closed=True,
+                if all(row.id in seen for row in unseen):
+                    await close_if_done(self.engine, self.run_id)
+                    continue
+                if self.stopping:
+                    for row in unseen:
+                        if row.id not in seen:
+                            self._done(UnitOutcome(Unit.from_queued(row.unit), UnitStatus.SKIPPED))
+                    return self._result(None)
+                # Until the watch sees the run move; every poll interval, a look at whether
+                # this run was told to stop.
+                while not self.stopping:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), QUEUE_POLL_SECONDS)
+                        break
+        finally:
+            watch.forget(self.run_id)
+
+    def _report_queued(self, rows: list[jobs.UnitRow], seen: set[int]) -> None:
+        """Report the queued units that have ended since the last look, once each."""
+        for row in rows:
+            if UnitStatus(row.status).final and row.id not in seen:
+                seen.add(row.id)
+                self._done(
+                    UnitOutcome(
+                        Unit.from_queued(row.unit),
+                        UnitStatus(row.status),
+                        fetch_id=row.id,
+                        records=row.records,
+                        bytes=row.bytes,
+                        error=SyncError(row.error_message) if row.error_message else None,
+                    )
                 )
-            if all(UnitStatus(r.status).final for r in rows):
-                await close_if_done(self.engine, self.run_id)
-                continue
-            if self.stopping:
-                for row in rows:
-                    if row.id not in seen:
-                        self._done(UnitOutcome(Unit.from_queued(row.unit), UnitStatus.SKIPPED))
-                return self._result(None)
-            await asyncio.sleep(QUEUE_POLL_SECONDS)
 
     async def execute(self, run_id: int, unit: Unit, fetch_id: int) -> UnitOutcome:
         """One queued unit of run `run_id`, on its existing fetch row (`syncsvc worker`)."""
