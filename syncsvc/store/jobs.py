@@ -90,6 +90,11 @@ MARKS = sa.text(
 )
 OPEN_UNITS = tuple(s for s in UnitStatus if not s.final)
 
+ANY_OPEN = sa.text(
+    "SELECT EXISTS (SELECT FROM fetches WHERE run_id = :run_id"
+    " AND status = ANY(CAST(:open AS text[])))"
+)
+
 # The run and its units not yet reported, in one statement (`progress`).
 PROGRESS = sa.text(
     "SELECT r.status AS run_status, r.error_message AS run_error, f.id, f.resource, f.entity,"
@@ -239,7 +244,9 @@ async def supersede(
 async def claim(engine: AsyncEngine, fetch_id: int, worker: str) -> Claim | None:
     """Mark the unit `running` for `worker` (recorded on the row, with the attempt's number);
     None when it is already closed (an earlier attempt committed it, or its run closed it)."""
-    async with engine.begin() as conn:
+    async with engine.connect() as conn:
+        # One statement, atomic alone: no BEGIN and COMMIT around it (two round trips a unit).
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
         row = (await conn.execute(sa.text(CLAIM), {"fetch_id": fetch_id, "worker": worker})).first()
         if row is None:
             return None
@@ -373,6 +380,16 @@ class RunClose(list[UnitRow]):
 
     async def close(self, status: str, error_message: str | None) -> None:
         await runs.finish_in(self.conn, self.run_id, status=status, error_message=error_message)
+
+
+@guarded("could not read the run's units")
+async def any_open(engine: AsyncEngine, run_id: int) -> bool:
+    """Whether a unit of the run is still open: one statement, no lock."""
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        return bool(
+            await conn.scalar(ANY_OPEN, {"run_id": run_id, "open": [s.value for s in OPEN_UNITS]})
+        )
 
 
 @contextlib.asynccontextmanager
