@@ -110,6 +110,7 @@ class Row:
     tree_mb: float = 0.0  # peak of the summed RSS of the process and its parse workers
     pss_mb: float = 0.0  # peak of the summed PSS of the tree (a shared page counts once)
     cgroup_mb: float | None = None  # the tree's own memory cgroup's peak, as a container limit
+    cgroup_note: str = ""  # that peak's make-up, and the limit's events with --memory-limit
     cpu: float = 0.0  # CPU seconds of syncsvc and its parse workers (not the database's)
     pg_cpu: float = 0.0  # CPU seconds PostgreSQL spent meanwhile
     main_cpu: float = 0.0  # CPU seconds of syncsvc's own process (the rest: its workers)
@@ -355,9 +356,12 @@ class MemoryCgroup:
     buffers), each page once. Needs a writable cgroup hierarchy (v1 `memory` or v2 with the
     memory controller); elsewhere `peak_mb()` is None and the PSS figure stands alone."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit_mb: float | None = None) -> None:
         self.path: Path | None = None
         self.peak_file = ""
+        self.v2 = False
+        self.highest = 0  # the highest memory.current sampled, and memory.stat then (v2)
+        self.at_highest: dict[str, int] = {}
         v2 = Path("/sys/fs/cgroup")
         v1 = Path("/sys/fs/cgroup/memory")
         mine = Path("/proc/self/cgroup").read_text().splitlines()
@@ -368,13 +372,76 @@ class MemoryCgroup:
             ).read_text().split():
                 own = next(line.split(":", 2)[2] for line in mine if line.startswith("0::"))
                 self.path, self.peak_file = v2 / own.lstrip("/") / name, "memory.peak"
+                self.v2 = True
             elif v1.is_dir():
                 own = next(line.split(":", 2)[2] for line in mine if ":memory:" in line)
                 self.path, self.peak_file = v1 / own.lstrip("/") / name, "memory.max_usage_in_bytes"
             if self.path is not None:
                 self.path.mkdir()
+                if limit_mb is not None:
+                    # A container's limit: past it the kernel reclaims the tree's page cache,
+                    # and kills a process only when what is left does not fit.
+                    limit_file = "memory.max" if self.v2 else "memory.limit_in_bytes"
+                    (self.path / limit_file).write_text(str(int(limit_mb * 2**20)))
         except (OSError, StopIteration):
             self.path = None
+
+    def _read(self, name: str) -> str:
+        assert self.path is not None
+        return (self.path / name).read_text()
+
+    def sample(self) -> None:
+        """Note what the charge is made of when it is the highest seen: anonymous memory, page
+        cache, kernel, socket buffers (to the sampling's resolution)."""
+        if self.path is None:
+            return
+        try:
+            current = int(self._read("memory.current" if self.v2 else "memory.usage_in_bytes"))
+            if current <= self.highest:
+                return
+            words = self._read("memory.stat").split()
+            stat = {k: int(v) for k, v in zip(words[::2], words[1::2], strict=True)}
+            if self.v2:
+                parts = {k: stat.get(k, 0) for k in ("anon", "file", "kernel", "sock")}
+            else:  # v1 names; kernel and TCP buffers have files of their own
+                parts = {
+                    "anon": stat.get("total_rss", stat.get("rss", 0)),
+                    "file": stat.get("total_cache", stat.get("cache", 0)),
+                    "kernel": int(self._read("memory.kmem.usage_in_bytes")),
+                    "sock": int(self._read("memory.kmem.tcp.usage_in_bytes")),
+                }
+            self.highest, self.at_highest = current, parts
+        except (OSError, ValueError):
+            return
+
+    def note(self) -> str:
+        """The make-up of the highest sample, and the limit's events."""
+        if self.path is None or not self.at_highest:
+            return ""
+        mb = {k: v / 2**20 for k, v in self.at_highest.items()}
+        out = (
+            f"highest sample {self.highest / 2**20:.0f} MB: anon {mb['anon']:.0f}, page cache"
+            f" {mb['file']:.0f}, kernel {mb['kernel']:.0f}, sockets {mb['sock']:.0f}"
+        )
+        try:
+            if self.v2:
+                limit = self._read("memory.max").strip()
+                words = self._read("memory.events").split()
+                ev = dict(zip(words[::2], words[1::2], strict=True))
+                hits, kills = ev.get("max", "?"), ev.get("oom_kill", "?")
+            else:
+                limit = self._read("memory.limit_in_bytes").strip()
+                words = self._read("memory.oom_control").split()
+                hits = self._read("memory.failcnt").strip()
+                kills = dict(zip(words[::2], words[1::2], strict=True)).get("oom_kill", "?")
+            if limit != "max" and int(limit) < 2**50:
+                out += (
+                    f"; under a {int(limit) / 2**20:.0f} MB limit: reclaimed at the limit"
+                    f" {hits} times, OOM kills {kills}"
+                )
+        except (OSError, ValueError):
+            pass
+        return out
 
     def wrap(self, cmd: list[str]) -> list[str]:
         """cmd, started by a shell that first moves itself (and so all it will exec and start)
@@ -400,6 +467,8 @@ class MemoryCgroup:
 
 LAST_PSS = 0.0  # the last run_measured's peak summed PSS, MB
 LAST_CGROUP: float | None = None  # and its cgroup's peak, MB (None: no cgroup could be made)
+LAST_CGROUP_NOTE = ""  # and that peak's make-up (MemoryCgroup.note)
+MEMORY_LIMIT_MB: float | None = None  # --memory-limit: the measured tree's cgroup memory.max
 
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float, float, str]:
@@ -411,7 +480,7 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float
     child of a large harness would report the harness's peak.
     """
     with tempfile.TemporaryFile() as err:
-        group = MemoryCgroup()
+        group = MemoryCgroup(MEMORY_LIMIT_MB)
         started = time.perf_counter()
         proc = subprocess.Popen(group.wrap(cmd), env=env, stdout=subprocess.DEVNULL, stderr=err)
         peak = tree = pss = 0.0
@@ -424,10 +493,11 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float
             peak = max(peak, vm_hwm_mb(proc.pid) or 0.0)
             rss_now, pss_now = tree_sample(proc.pid, cpu)
             tree, pss = max(tree, rss_now), max(pss, pss_now)
+            group.sample()
             time.sleep(0.05)
         wall = time.perf_counter() - started
-        global LAST_PSS, LAST_CGROUP
-        LAST_PSS, LAST_CGROUP = pss, group.peak_mb()
+        global LAST_PSS, LAST_CGROUP, LAST_CGROUP_NOTE
+        LAST_PSS, LAST_CGROUP, LAST_CGROUP_NOTE = pss, group.peak_mb(), group.note()
         group.remove()
         # CPU of the tree: wait4's, which counts the process and the descendants it and they
         # reaped (the parse workers: the first is its child and reaps the ones it forked);
@@ -484,7 +554,7 @@ async def sync_day(scenario: Scenario, base_url: str, db_url: str, label: str) -
     pg_before = postgres_cpu()
     code, wall, rss, tree, tail = await asyncio.to_thread(run_measured, cmd, env)
     row = Row(label, wall=wall, rss_mb=rss, tree_mb=tree, cpu=LAST_CPU, main_cpu=LAST_MAIN_CPU)
-    row.pss_mb, row.cgroup_mb = LAST_PSS, LAST_CGROUP
+    row.pss_mb, row.cgroup_mb, row.cgroup_note = LAST_PSS, LAST_CGROUP, LAST_CGROUP_NOTE
     row.pg_cpu = postgres_cpu() - pg_before
     if code != 0:
         row.status = f"exit {code}"
@@ -592,6 +662,8 @@ def fmt_table(rows: list[Row]) -> str:
                 f"{'':<12} the whole tree as a container sees it: its memory cgroup's peak"
                 f" {group}; peak summed PSS {r.pss_mb:.0f} MB"
             )
+            if r.cgroup_note:
+                out.append(f"{'':<12} {r.cgroup_note}")
         if r.tree_mb:
             out.append(
                 f"{'':<12} peak RSS with the parse workers (summed): {r.tree_mb:.0f} MB;"
@@ -619,7 +691,15 @@ async def main() -> int:
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--profile", metavar="DIR", help="run syncsvc under py-spy into DIR")
     ap.add_argument("--parse-in-worker", default="always", choices=("event_all", "always", "never"))
+    ap.add_argument(
+        "--memory-limit",
+        type=float,
+        metavar="MB",
+        help="run syncsvc's tree under this memory.max, as a container limit would",
+    )
     args = ap.parse_args()
+    global MEMORY_LIMIT_MB
+    MEMORY_LIMIT_MB = args.memory_limit
     ap_parse = args.parse_in_worker
     global PROFILE, PARSE_IN_WORKER
     PROFILE, PARSE_IN_WORKER = args.profile, ap_parse
