@@ -405,9 +405,10 @@ class Runner:
             while True:
                 changed.clear()
                 now = await jobs.progress(self.engine, self.run_id, seen)
-                unseen = [] if now is None else now.units
-                self._report_queued(unseen, seen)
-                if now is not None and now.status != RunStatus.RUNNING:
+                if now is None:  # never deleted while running; were it, say so, do not spin
+                    raise SyncError(f"run {self.run_id} is no longer in the database")
+                self._report_queued(now.units, seen)
+                if now.status != RunStatus.RUNNING:
                     # Closed by its last unit's worker (or a unit that met 101/102: it stops all).
                     return RunResult(
                         self.run_id,
@@ -417,12 +418,16 @@ class Runner:
                         self.account,
                         closed=True,
                     )
-                if all(row.id in seen for row in unseen):
+                if now.still_open == 0:
                     await close_if_done(self.engine, self.run_id)
                     continue
                 if self.stopping:
-                    for row in unseen:
-                        if row.id not in seen:
+                    # One snapshot: the units ended since are reported so, the rest skipped.
+                    last = await jobs.progress(self.engine, self.run_id, seen, with_open=True)
+                    for row in [] if last is None else last.units:
+                        if UnitStatus(row.status).final:
+                            self._report_queued([row], seen)
+                        else:
                             self._done(UnitOutcome(Unit.from_queued(row.unit), UnitStatus.SKIPPED))
                     return self._result(None)
                 # Until the watch sees the run move; every poll interval, a look at whether
@@ -437,7 +442,7 @@ class Runner:
     def _report_queued(self, rows: list[jobs.UnitRow], seen: set[int]) -> None:
         """Report the queued units that have ended since the last look, once each."""
         for row in rows:
-            if UnitStatus(row.status).final and row.id not in seen:
+            if row.id not in seen:
                 seen.add(row.id)
                 self._done(
                     UnitOutcome(
@@ -691,7 +696,10 @@ async def close_if_done(engine: AsyncEngine, run_id: int) -> bool:
 
     Every unit's worker calls it after its unit's row is final, so a look without the lock
     that finds a unit open may stop there: that unit's worker calls it later and sees this one
-    final. It spares the lock and three round trips for every unit but a run's last."""
+    final. It spares the lock and three round trips for every unit but a run's last. Should
+    that worker die between its commit and this call, its job is run again after the stall
+    (the claim finds the row closed and only calls this), and the planner closes a run whose
+    units it finds all final."""
     if await jobs.any_open(engine, run_id):
         return False
     async with jobs.closing(engine, run_id) as units:

@@ -97,9 +97,15 @@ ANY_OPEN = sa.text(
 
 # The run and its units not yet reported, in one statement (`progress`).
 PROGRESS = sa.text(
-    "SELECT r.status AS run_status, r.error_message AS run_error, f.id, f.resource, f.entity,"
-    " f.scope, f.status, f.error_message, f.details, f.records, f.bytes"
-    " FROM runs r LEFT JOIN fetches f ON f.run_id = r.id AND f.id <> ALL(CAST(:seen AS bigint[]))"
+    "SELECT r.status AS run_status, r.error_message AS run_error,"
+    " (SELECT count(*) FROM fetches o WHERE o.run_id = r.id"
+    "  AND o.status = ANY(CAST(:open AS text[]))) AS still_open,"
+    " f.id, f.resource, f.entity, f.scope, f.status, f.error_message, f.details, f.records, f.bytes"
+    " FROM runs r LEFT JOIN fetches f ON f.run_id = r.id"
+    " AND (CAST(:with_open AS boolean) OR f.status <> ALL(CAST(:open AS text[])))"
+    # NOT IN a subquery, hashed once, not <> ALL(array): a run of 6,000 units polled whole
+    # would compare each row with every reported id.
+    " AND f.id NOT IN (SELECT unnest(CAST(:seen AS bigint[])))"
     " WHERE r.id = :run_id ORDER BY f.id"
 )
 
@@ -262,27 +268,40 @@ async def claim(engine: AsyncEngine, fetch_id: int, worker: str) -> Claim | None
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """A queued run as its planner polls it: the run's status and the units it has not yet
-    reported (ids not in `seen`), in id order."""
+    """A queued run as its planner watches it: its status, how many of its units are still
+    open, and its units not yet reported (ids not in `seen`; the final ones only, unless asked
+    for the open ones too), in id order."""
 
     status: str
     error_message: str | None
+    still_open: int
     units: list[UnitRow]
 
 
+def _open_statuses() -> list[str]:
+    return [s.value for s in OPEN_UNITS]
+
+
 @guarded("could not read the run's units")
-async def progress(engine: AsyncEngine, run_id: int, seen: Collection[int]) -> Progress | None:
-    """One statement and no transaction per poll: a planner polls every account's run twice a
-    second, and on a busy machine BEGIN, two reads and ROLLBACK per poll kept 20 accounts'
-    planner on the CPU for a quarter of their runs (docs/task-queue.md)."""
+async def progress(
+    engine: AsyncEngine, run_id: int, seen: Collection[int], *, with_open: bool = False
+) -> Progress | None:
+    """One statement, no transaction: read when the run's watch saw it move."""
+    params = {
+        "run_id": run_id,
+        "seen": list(seen),
+        "open": _open_statuses(),
+        "with_open": with_open,
+    }
     async with engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        rows = (await conn.execute(PROGRESS, {"run_id": run_id, "seen": list(seen)})).all()
+        rows = (await conn.execute(PROGRESS, params)).all()
     if not rows:
         return None
     return Progress(
         str(rows[0].run_status),
         rows[0].run_error,
+        int(rows[0].still_open),
         _unit_rows(r for r in rows if r.id is not None),
     )
 
@@ -311,7 +330,8 @@ class RunWatch:
     mark moved has its event set, and only its waiter reads its units."""
 
     def __init__(self, engine: AsyncEngine, interval: float) -> None:
-        self.engine = engine
+        # Weakly: the process's watches are kept per engine, and must not keep theirs alive.
+        self._engine = weakref.ref(engine)
         self.interval = interval
         self._events: dict[int, asyncio.Event] = {}
         self._marks: dict[int, tuple[str, int] | None] = {}
@@ -340,22 +360,31 @@ class RunWatch:
         while self._events:
             await asyncio.sleep(self.interval)
             ids = list(self._events)
-            marks: dict[int, tuple[str, int]] | None
             try:
-                async with self.engine.connect() as conn:
-                    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    rows = await conn.execute(
-                        MARKS, {"ids": ids, "open": [s.value for s in OPEN_UNITS]}
-                    )
-                    marks = {int(r.id): (str(r.status), int(r.final)) for r in rows}
-            except Exception:  # told to the waiters: their own read meets it and reports it
-                marks = None
+                marks = await self._look(ids)
+            except LookupError:  # the engine is gone
+                return
             for run_id in ids:
+                if run_id not in self._events:  # forgotten while the look was out
+                    continue
                 mark = None if marks is None else marks.get(run_id)
                 if marks is None or mark != self._marks.get(run_id, ()):
                     self._marks[run_id] = mark
                     if (event := self._events.get(run_id)) is not None:
                         event.set()
+
+    async def _look(self, ids: list[int]) -> dict[int, tuple[str, int]] | None:
+        """run id -> (status, final units); None when the read failed."""
+        engine = self._engine()
+        if engine is None:
+            raise LookupError("engine")
+        try:
+            async with engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                rows = await conn.execute(MARKS, {"ids": ids, "open": _open_statuses()})
+                return {int(r.id): (str(r.status), int(r.final)) for r in rows}
+        except Exception:  # told to the waiters: their own read meets it and reports it
+            return None
 
 
 _WATCHES: weakref.WeakKeyDictionary[AsyncEngine, RunWatch] = weakref.WeakKeyDictionary()
@@ -387,9 +416,7 @@ async def any_open(engine: AsyncEngine, run_id: int) -> bool:
     """Whether a unit of the run is still open: one statement, no lock."""
     async with engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        return bool(
-            await conn.scalar(ANY_OPEN, {"run_id": run_id, "open": [s.value for s in OPEN_UNITS]})
-        )
+        return bool(await conn.scalar(ANY_OPEN, {"run_id": run_id, "open": _open_statuses()}))
 
 
 @contextlib.asynccontextmanager

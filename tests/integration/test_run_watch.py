@@ -56,12 +56,27 @@ async def test_a_runs_event_is_set_by_its_own_moves_only(engine: AsyncEngine) ->
         watch.forget(run_b)
 
 
-async def test_a_run_without_a_row_wakes_its_waiter(engine: AsyncEngine) -> None:
-    """A run id the database does not have: its waiter is woken to read for itself (and meet
-    whatever it finds) rather than wait for ever."""
-    watch = jobs.RunWatch(engine, interval=0.01)
-    moved = watch.changed(2**62)
-    try:
-        await asyncio.wait_for(moved.wait(), WAIT)
-    finally:
-        watch.forget(2**62)
+async def test_progress_reads_the_ended_units_not_yet_reported_and_counts_the_open(
+    engine: AsyncEngine,
+) -> None:
+    run_id = await run_rows.create_run(engine, account="watch-c")
+    units = [
+        await run_rows.create_fetch(
+            engine, run_id=run_id, resource=USERS, scope=f"E{i}", status="pending"
+        )
+        for i in range(3)
+    ]
+    await run_rows.finish_fetch(engine, units[1], status=UnitStatus.FAILED, error_message="x")
+
+    first = await jobs.progress(engine, run_id, set())
+    assert first is not None
+    assert (first.status, first.still_open) == ("running", 2)
+    assert [(u.id, u.status) for u in first.units] == [(units[1], "failed")]
+
+    # Reported once: the next read leaves it out; with the open ones, those come instead.
+    again = await jobs.progress(engine, run_id, {units[1]})
+    assert again is not None
+    assert (again.units, again.still_open) == ([], 2)
+    last = await jobs.progress(engine, run_id, {units[1]}, with_open=True)
+    assert last is not None
+    assert [(u.id, u.status) for u in last.units] == [(units[0], "pending"), (units[2], "pending")]
