@@ -390,6 +390,11 @@ class MemoryCgroup:
         assert self.path is not None
         return (self.path / name).read_text()
 
+    def _pairs(self, name: str) -> dict[str, str]:
+        """A cgroup file of `key value` lines (memory.stat, memory.events, ...)."""
+        words = self._read(name).split()
+        return dict(zip(words[::2], words[1::2], strict=True))
+
     def sample(self) -> None:
         """Note what the charge is made of when it is the highest seen: anonymous memory, page
         cache, kernel, socket buffers (to the sampling's resolution)."""
@@ -399,8 +404,7 @@ class MemoryCgroup:
             current = int(self._read("memory.current" if self.v2 else "memory.usage_in_bytes"))
             if current <= self.highest:
                 return
-            words = self._read("memory.stat").split()
-            stat = {k: int(v) for k, v in zip(words[::2], words[1::2], strict=True)}
+            stat = {k: int(v) for k, v in self._pairs("memory.stat").items()}
             if self.v2:
                 parts = {k: stat.get(k, 0) for k in ("anon", "file", "kernel", "sock")}
             else:  # v1 names; kernel and TCP buffers have files of their own
@@ -426,14 +430,12 @@ class MemoryCgroup:
         try:
             if self.v2:
                 limit = self._read("memory.max").strip()
-                words = self._read("memory.events").split()
-                ev = dict(zip(words[::2], words[1::2], strict=True))
-                hits, kills = ev.get("max", "?"), ev.get("oom_kill", "?")
+                events = self._pairs("memory.events")
+                hits, kills = events.get("max", "?"), events.get("oom_kill", "?")
             else:
                 limit = self._read("memory.limit_in_bytes").strip()
-                words = self._read("memory.oom_control").split()
                 hits = self._read("memory.failcnt").strip()
-                kills = dict(zip(words[::2], words[1::2], strict=True)).get("oom_kill", "?")
+                kills = self._pairs("memory.oom_control").get("oom_kill", "?")
             if limit != "max" and int(limit) < 2**50:
                 out += (
                     f"; under a {int(limit) / 2**20:.0f} MB limit: reclaimed at the limit"

@@ -424,10 +424,10 @@ class Runner:
                 if self.stopping:
                     # One snapshot: the units ended since are reported so, the rest skipped.
                     last = await jobs.progress(self.engine, self.run_id, seen, with_open=True)
-                    for row in [] if last is None else last.units:
-                        if UnitStatus(row.status).final:
-                            self._report_queued([row], seen)
-                        else:
+                    rows = [] if last is None else last.units
+                    self._report_queued([r for r in rows if UnitStatus(r.status).final], seen)
+                    for row in rows:
+                        if row.id not in seen:
                             self._done(UnitOutcome(Unit.from_queued(row.unit), UnitStatus.SKIPPED))
                     return self._result(None)
                 # Until the watch sees the run move; every poll interval, a look at whether

@@ -88,7 +88,7 @@ MARKS = sa.text(
     " FROM runs r LEFT JOIN fetches f ON f.run_id = r.id"
     " WHERE r.id = ANY(CAST(:ids AS bigint[])) GROUP BY r.id"
 )
-OPEN_UNITS = tuple(s for s in UnitStatus if not s.final)
+OPEN = [s.value for s in UnitStatus if not s.final]  # a unit's statuses before it ends
 
 ANY_OPEN = sa.text(
     "SELECT EXISTS (SELECT FROM fetches WHERE run_id = :run_id"
@@ -250,9 +250,7 @@ async def supersede(
 async def claim(engine: AsyncEngine, fetch_id: int, worker: str) -> Claim | None:
     """Mark the unit `running` for `worker` (recorded on the row, with the attempt's number);
     None when it is already closed (an earlier attempt committed it, or its run closed it)."""
-    async with engine.connect() as conn:
-        # One statement, atomic alone: no BEGIN and COMMIT around it (two round trips a unit).
-        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+    async with _autocommit(engine) as conn:
         row = (await conn.execute(sa.text(CLAIM), {"fetch_id": fetch_id, "worker": worker})).first()
         if row is None:
             return None
@@ -278,8 +276,12 @@ class Progress:
     units: list[UnitRow]
 
 
-def _open_statuses() -> list[str]:
-    return [s.value for s in OPEN_UNITS]
+@contextlib.asynccontextmanager
+async def _autocommit(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection without a transaction, for one statement atomic alone: BEGIN and COMMIT
+    around it would be two more round trips."""
+    async with engine.connect() as conn:
+        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 @guarded("could not read the run's units")
@@ -290,11 +292,10 @@ async def progress(
     params = {
         "run_id": run_id,
         "seen": list(seen),
-        "open": _open_statuses(),
+        "open": OPEN,
         "with_open": with_open,
     }
-    async with engine.connect() as conn:
-        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+    async with _autocommit(engine) as conn:
         rows = (await conn.execute(PROGRESS, params)).all()
     if not rows:
         return None
@@ -379,9 +380,8 @@ class RunWatch:
         if engine is None:
             raise LookupError("engine")
         try:
-            async with engine.connect() as conn:
-                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                rows = await conn.execute(MARKS, {"ids": ids, "open": _open_statuses()})
+            async with _autocommit(engine) as conn:
+                rows = await conn.execute(MARKS, {"ids": ids, "open": OPEN})
                 return {int(r.id): (str(r.status), int(r.final)) for r in rows}
         except Exception:  # told to the waiters: their own read meets it and reports it
             return None
@@ -414,9 +414,8 @@ class RunClose(list[UnitRow]):
 @guarded("could not read the run's units")
 async def any_open(engine: AsyncEngine, run_id: int) -> bool:
     """Whether a unit of the run is still open: one statement, no lock."""
-    async with engine.connect() as conn:
-        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        return bool(await conn.scalar(ANY_OPEN, {"run_id": run_id, "open": _open_statuses()}))
+    async with _autocommit(engine) as conn:
+        return bool(await conn.scalar(ANY_OPEN, {"run_id": run_id, "open": OPEN}))
 
 
 @contextlib.asynccontextmanager
