@@ -143,6 +143,14 @@ def _bound(stats: list[dict[str, Any]], args: argparse.Namespace) -> float:
     return worst
 
 
+def _machine_cpu() -> tuple[float, float]:
+    """The whole machine's (busy, total) CPU seconds since boot, every core (/proc/stat)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks[:8]) - idle) / hz, sum(ticks[:8]) / hz
+
+
 def _start(cmd: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
     out = log.open("ab") if log else subprocess.DEVNULL
     return subprocess.Popen(
@@ -248,11 +256,11 @@ def _one(
         for _ in range(workers)
     ]
     try:
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), _machine_cpu()
         run = subprocess.run(
             [sys.executable, "-m", "syncsvc", "run"], env=env, capture_output=True, text=True
         )
-        wall = time.monotonic() - t0
+        wall, cpu1 = time.monotonic() - t0, _machine_cpu()
     finally:
         for proc in procs:
             _stop(proc)
@@ -272,6 +280,10 @@ def _one(
         "workers": workers,
         "exit": run.returncode,
         "wall": wall,
+        # Busy CPU seconds of every process on the machine while the run ran, and their share
+        # of what its cores could give: near 100% the run waits for CPU, not for the servers.
+        "cpu": cpu1[0] - cpu0[0],
+        "busy": (cpu1[0] - cpu0[0]) / max(cpu1[1] - cpu0[1], 1e-9),
         "bound": _bound(stats, args),
         "requests": sum(s["total_requests"] for s in stats),
         "rejections": sum(sum(s["rejections"].values()) for s in stats),
@@ -320,9 +332,9 @@ def _print(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
         "| workers | places (workers x concurrency) vs accounts x in-flight | wall s |"
         " runs' span s (planning, units) | bound s | span / bound | requests | MB |"
         " rate-limit rejections (over starts, over in flight) | peak in flight (one token) |"
-        " exit |"
+        " machine CPU s (busy) | exit |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         places = r["workers"] * args.concurrency
         print(
@@ -330,7 +342,7 @@ def _print(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
             f" {r['span']:.1f} ({r['plan']:.1f}, {r['units']:.1f}) | {r['bound']:.1f} |"
             f" {r['span'] / r['bound']:.2f}x | {r['requests']} | {r['mb']:.1f} |"
             f" {r['rejections']} ({r['by_starts']}, {r['by_in_flight']}) |"
-            f" {r['peak_in_flight']} | {r['exit']} |"
+            f" {r['peak_in_flight']} | {r['cpu']:.1f} ({r['busy']:.0%}) | {r['exit']} |"
         )
 
 
