@@ -495,13 +495,16 @@ CHECK_FENCE = (
 # FOR UPDATE holds it to commit, after the run row's lock (the order every writer takes them in).
 CHECK_UNIT_OPEN = "SELECT status FROM fetches WHERE id = $1 FOR UPDATE"
 
+# finished_at is the clock's, not now(): now() is the transaction's start, which a unit's
+# transaction takes at its dump's first bytes, so a million-record unit "finished" minutes before
+# it committed.
 RECORD_FETCH = """
 UPDATE fetches SET status = $2, records = $3, rejected = $4, duplicates = $5,
        inserted = $6, updated = $7, deleted = $8, rekeyed = $9,
        stage_seconds = $10, apply_seconds = $11, details = details || $12::jsonb,
        attempts = coalesce($13, attempts), http_status = coalesce($14, http_status),
        bytes = coalesce($15, bytes), fetch_seconds = coalesce($16, fetch_seconds),
-       error_message = coalesce($17, error_message), finished_at = now()
+       error_message = coalesce($17, error_message), finished_at = clock_timestamp()
 WHERE id = $1
 """
 

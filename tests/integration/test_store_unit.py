@@ -517,3 +517,22 @@ async def test_a_units_diff_deletes_rekeys_holds_and_cascades_stay_in_its_accoun
     assert {c.op for c in a_changes} == {"insert"}
     b_ops = [c.op for c in await read_changes(engine, account="b") if c.run_id == run_b]
     assert sorted(set(b_ops)) == ["delete", "rekey"]
+
+
+async def test_a_units_finished_at_is_its_end_not_its_transactions_start(
+    engine: AsyncEngine,
+) -> None:
+    run_id = await create_run(engine)
+    fetch_id = await create_fetch(engine, run_id=run_id, resource="user", scope="E1")
+    async with UnitWriter(
+        engine, run_id=run_id, fetch_id=fetch_id, resource="user", scope="E1"
+    ) as unit:
+        await unit.stage_records([user("U1"), user("U2")])
+        # The unit's transaction began before this instant; its apply comes after it.
+        async with engine.connect() as conn:
+            between = (await conn.execute(sa.select(sa.func.clock_timestamp()))).scalar_one()
+        await unit.apply(complete=True, hold=NO_HOLD)
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(fetches).where(fetches.c.id == fetch_id))).one()
+    assert row.status == "applied"
+    assert row.finished_at > between
