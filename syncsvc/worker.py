@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncsvc import logs
 from syncsvc.cvent.client import CventClient
-from syncsvc.errors import ConfigError, RunFencedError, RunStoppingError
+from syncsvc.errors import ConfigError, RunFencedError, RunStoppingError, StoreError
 from syncsvc.metrics import Metrics
 from syncsvc.parse.stream import ParseStage
 from syncsvc.scheduler import Runner, close_if_done
@@ -102,7 +102,8 @@ class Worker:
                 self.clients[account] = client
         return settings, client
 
-    async def run_job(self, run_id: int, fetch_id: int) -> None:
+    async def run_job(self, run_id: int, fetch_id: int, lane: str | None = None) -> None:
+        """Run one queued unit; `lane` is its job's lock (store/jobs.py, `job_lock`)."""
         claim = await jobs.claim(self.engine, fetch_id, self.name)
         if claim is None or not claim.run_running:
             # Committed by an earlier attempt, or its run has ended: only the close is left.
@@ -164,6 +165,10 @@ class Worker:
                 reason=str(outcome.error),
                 units=len(replacements),
             )
+        try:
+            await jobs.rebalance(self.engine, run_id, lane)
+        except StoreError as exc:  # only an evener spread lost; the lanes run on as queued
+            log.warning("lanes_not_rebalanced", run_id=run_id, error=str(exc))
         await close_if_done(self.engine, run_id)
 
 
@@ -239,13 +244,14 @@ async def serve_worker(settings: Settings, *, concurrency: int | None = None) ->
                 worker = Worker(settings, engine, parse, Metrics(), name, stack)
                 app = make_app(engine.url)
 
-                async def unit(run_id: int, fetch_id: int) -> None:
-                    await worker.run_job(run_id, fetch_id)
+                async def unit(context: Any, run_id: int, fetch_id: int) -> None:
+                    await worker.run_job(run_id, fetch_id, context.job.lock)
 
                 app.task(
                     name=jobs.TASK,
                     queue=jobs.QUEUE,
                     retry=pc.RetryStrategy(max_attempts=JOB_ATTEMPTS, wait=JOB_RETRY_SECONDS),
+                    pass_context=True,
                 )(unit)
                 log.info("worker_started", name=name, concurrency=places)
                 async with app.open_async():
