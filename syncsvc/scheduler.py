@@ -340,7 +340,7 @@ class Runner:
             )
         if events_outcome.status != UnitStatus.APPLIED:
             return self._result(f"event.do failed: {events_outcome.error}")
-        guids = await read.live_event_guids(self.engine, self.account)
+        guids, orphaned = await read.plan_inputs(self.engine, self.account)
         by_table = {r.table: r for r in DATA_RESOURCES}
         resources = [by_table[name] for name in self.settings.resources]
         # An event=all dump carries every event: with an include/exclude list, per-event units
@@ -351,7 +351,7 @@ class Runner:
             select_events(self.settings, guids),
             use_event_all=self.settings.use_event_all and not filtered,
         )
-        vanished = await cascade.plan(self.engine, self.account)
+        vanished = cascade.units(orphaned)
         if self.on_plan is not None:
             self.on_plan(len(units) + len(vanished))
         await self._apply_vanished(vanished)

@@ -536,3 +536,75 @@ async def test_a_units_finished_at_is_its_end_not_its_transactions_start(
         row = (await conn.execute(sa.select(fetches).where(fetches.c.id == fetch_id))).one()
     assert row.status == "applied"
     assert row.finished_at > between
+
+
+async def test_plan_inputs_read_what_the_live_events_and_orphaned_scopes_read(
+    engine: AsyncEngine,
+) -> None:
+    from syncsvc.store import read
+
+    def event(guid: str) -> Record:
+        return from_typed("event", {"eventGUID": guid, "eventName": f"Event {guid}"})
+
+    def session(key: str, guid: str) -> Record:
+        return from_typed("session", {"sessionID": key, "eventGUID": guid, "title": key})
+
+    for account in ("a", "b"):
+        run_id = await create_run(engine, account=account)
+        guids = ["E3", "E1", "E4", "E2"]
+        await apply_records(
+            engine,
+            run_id=run_id,
+            resource="event",
+            scope="all",
+            records=[event(g) for g in guids],
+        )
+        for g in guids:
+            await apply_records(
+                engine,
+                run_id=run_id,
+                resource="user",
+                scope=g,
+                records=[user(f"U{g}", event=g)],
+            )
+        for g in ("E4", "E2"):
+            await apply_records(
+                engine,
+                run_id=run_id,
+                resource="session",
+                scope=g,
+                records=[session(f"S{g}", g)],
+            )
+    # b's E2 and E4 vanish (their users and sessions are left live), a's E1.
+    run_b = await create_run(engine, account="b")
+    await apply_records(
+        engine,
+        run_id=run_b,
+        resource="event",
+        scope="all",
+        records=[event("E1"), event("E3")],
+        hold=NO_HOLD,
+    )
+    run_a = await create_run(engine, account="a")
+    await apply_records(
+        engine,
+        run_id=run_a,
+        resource="event",
+        scope="all",
+        records=[event(g) for g in ("E2", "E3", "E4")],
+        hold=NO_HOLD,
+    )
+    for account in ("a", "b"):
+        both = await read.plan_inputs(engine, account)
+        assert both == (
+            await read.live_event_guids(engine, account),
+            await read.orphaned_scopes(engine, account),
+        )
+    guids, orphaned = await read.plan_inputs(engine, "b")
+    assert guids == ["E1", "E3"]
+    assert [(r.entity, g) for r, g in orphaned] == [
+        ("user", "E2"),
+        ("user", "E4"),
+        ("session", "E2"),
+        ("session", "E4"),
+    ]
