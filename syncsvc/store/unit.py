@@ -38,8 +38,8 @@ The scheduler's API::
   itself is `store.hold.decide_holds`, pure), `_apply_state` updates the current-state table
   (soft delete, upsert), `_emit_changes` checks the fence, then numbers the change rows under a
   transaction-level advisory lock held until commit, so seq order is commit order (and the feed's
-  NOTIFY goes with them), and `_commit` writes the fetch row's counts and commits. The SQL is
-  `store.queries`, in this order.
+  NOTIFY goes with them; a unit with no change row takes no seq and not the lock), and `_commit`
+  writes the fetch row's counts and commits. The SQL is `store.queries`, in this order.
 - A first load (the scope holds no row at all, checked under its locks, so exactly) skips the
   diff: `_load_state` writes the state rows and `_emit_changes` the change rows straight from
   the stage (`queries.load_state`, `load_changes`), the very rows the diff would have written
@@ -454,14 +454,14 @@ class UnitWriter:
         if first_load:
             n_oversized, counts = await self._load_state(sum(dups.values()))
             decision, suppressed = HoldDecision(), 0  # nothing to delete
-            seqs = await self._emit_changes(self._sql.load_changes)
+            seqs = await self._emit_changes(self._sql.load_changes, sum(counts.values()))
         else:
             oversized, suppressed = await self._diff(scope_events)
             if self.resource.has_client_id:
                 await self._pair_rekeys()
             decision = await self._decide_holds(hold, override_hold, dups, oversized)
             counts = await self._apply_state()
-            seqs = await self._emit_changes(self._sql.insert_changes)
+            seqs = await self._emit_changes(self._sql.insert_changes, sum(counts.values()))
             n_oversized = sum(oversized.values())
         duplicates = sum(dups.values())
         result = ApplyResult(
@@ -654,13 +654,20 @@ class UnitWriter:
         await self._step("state_upserted")
         return counts
 
-    async def _emit_changes(self, insert_changes: str) -> Any:
-        """The change rows (`insert_changes` or, on a first load, `load_changes`), numbered under
-        the seq lock; (first_seq, last_seq)."""
+    async def _emit_changes(self, insert_changes: str, changes: int) -> Any:
+        """The `changes` change rows (`insert_changes` or, on a first load, `load_changes`),
+        numbered under the seq lock; (first_seq, last_seq)."""
         # The fence first: its row locks are held to commit all the same, and the seq lock,
         # which every unit of every account waits for, is then held for as few statements as
         # can be (the insert with its NOTIFY, the fetch row, the commit).
         await self._check_fence()
+        if not changes:
+            # No seq to number, so no order to keep: a unit that found nothing changed (most
+            # units of a quiet night) commits without queueing behind every other unit's commit.
+            # The counts are the insert's own rows (the same filter, after the holds).
+            await self._step("seq_locked")
+            await self._step("changes_inserted")
+            return {"first_seq": None, "last_seq": None}
         # Only now take the seq lock: it is held until commit, so seq order is commit order.
         await self._execute(self._sql.lock_seq, queries.SEQ_LOCK_KEY)
         await self._step("seq_locked")

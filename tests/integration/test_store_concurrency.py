@@ -153,3 +153,40 @@ async def test_two_units_over_one_event_apply_one_after_the_other(engine: AsyncE
     release.set()
     a_changes, b_changes = await asyncio.gather(task_a, task_b)
     assert (a_changes, b_changes) == (40, 0)
+
+
+async def test_a_unit_without_changes_commits_while_another_holds_the_seq_lock(
+    engine: AsyncEngine, db_url: URL
+) -> None:
+    """Nothing to number, nothing to order: a unit that found no change does not wait for the
+    seq lock (held here by A, paused after numbering its rows), and A's seqs stay contiguous."""
+    await _apply(engine, "E1", users("E1", 0))
+    await _apply(engine, "E2", users("E2", 0))
+    a_numbered = asyncio.Event()
+    release_a = asyncio.Event()
+
+    async def pause_a(step: str) -> None:
+        if step == "changes_inserted":
+            a_numbered.set()
+            await release_a.wait()
+
+    task_a = asyncio.create_task(_apply(engine, "E1", users("E1", 1), checkpoint=pause_a))
+    try:
+        await asyncio.wait_for(a_numbered.wait(), 60)
+        async with engine.connect() as conn:
+            max_run_of_a = (await conn.exec_driver_sql("SELECT max(id) FROM runs")).scalar_one()
+        # E2 again, as it is: no change. It commits now, A still holding the lock.
+        assert await asyncio.wait_for(_apply(engine, "E2", users("E2", 0)), 60) == 0
+        assert not task_a.done()
+    finally:
+        release_a.set()
+    a_changes = await task_a
+    reader = await asyncpg.connect(db.libpq_url(db_url))
+    try:
+        seqs = [r["seq"] for r in await reader.fetch("SELECT seq FROM changes ORDER BY seq")]
+        last_run = await reader.fetchval("SELECT max(run_id) FROM changes")
+    finally:
+        await reader.close()
+    assert a_changes > 0
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert last_run == max_run_of_a  # the last rows are A's: the E2 unit wrote none
