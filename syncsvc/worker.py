@@ -178,11 +178,11 @@ def prompt_worker(app: procrastinate.App, **options: Any) -> Any:
     A run's units wait on its lanes (store/jobs.py, `job_lock`): the next unit of a lane can be
     taken only once the previous one is finished, and procrastinate sends no notification then,
     so every worker would find it at its next poll, up to JOB_POLL_SECONDS later, once per unit
-    of the lane (measured: 1-2 s of a 13-unit account's 18 s). The worker whose job just ended
-    has a place free and the lane's next job is now ready: it looks at once, with the one fetch
-    its next poll would have made. (procrastinate 3's worker wakes its fetch loop on
-    `_new_job_event`, as a notification of a new job does; without that attribute, as in
-    another version, the worker polls as before.)"""
+    of the lane. The worker whose job just ended has a place free and the lane's next job is now
+    ready: it looks at once, with the one fetch its next poll would have made. (A fetch already
+    under way that comes back empty clears the wake; the poll then finds the job, as before.)
+    procrastinate 3's worker wakes its fetch loop on `_new_job_event`, as a notification of a
+    new job does; without that attribute, as in another version, the worker polls as before."""
     _procrastinate()  # the extra's message when it is missing
     from procrastinate.worker import Worker
 

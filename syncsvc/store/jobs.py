@@ -255,7 +255,8 @@ async def supersede(
 # units' sizes: one lane can draw an account's big events and the other its small ones (measured:
 # an account's second lane ending 2 s after its first, in an 18 s run). The lane stays
 # exclusive, so at most `lanes` units of the run still run at once; SKIP LOCKED leaves a job that
-# a worker is taking, or another lane is moving, where it is.
+# a worker is taking, or another lane is moving, where it is. (It reads the queue's waiting jobs,
+# which no index narrows to one run: fine for the thousands a plan queues, not for millions.)
 REBALANCE = """
 WITH busiest AS (
     SELECT lock FROM procrastinate_jobs
@@ -263,6 +264,11 @@ WITH busiest AS (
       AND (scheduled_at IS NULL OR scheduled_at <= now())
       AND NOT EXISTS (SELECT FROM procrastinate_jobs m WHERE m.lock = :lane AND m.status = 'todo')
     GROUP BY lock
+    -- A lane's only waiting job with nothing running before it starts as soon as a worker
+    -- looks: moved behind this lane's own job, it would wait for that one (or, were this worker
+    -- to die first, for the stall).
+    HAVING count(*) > 1 OR EXISTS (SELECT FROM procrastinate_jobs d
+                                   WHERE d.lock = procrastinate_jobs.lock AND d.status = 'doing')
     ORDER BY count(*) DESC, lock
     LIMIT 1
 ), last AS (

@@ -31,48 +31,85 @@ async def _jobs(engine: AsyncEngine) -> dict[int, tuple[str, str]]:
         return {int(r.f): (r.lock, r.status) for r in rows}
 
 
-async def _finish(engine: AsyncEngine, fetch_ids: list[int]) -> None:
-    """The jobs of these units as procrastinate leaves a job it ran (succeeded)."""
+async def _set(engine: AsyncEngine, fetch_ids: list[int], status: str) -> None:
+    """These units' jobs as procrastinate leaves them: succeeded (ran) or doing (running)."""
     async with engine.begin() as conn:
         await conn.execute(
             sa.text(
-                "UPDATE procrastinate_jobs SET status = 'succeeded'"
+                "UPDATE procrastinate_jobs SET status = CAST(:status AS procrastinate_job_status)"
                 " WHERE (args->>'fetch_id')::bigint = ANY(:ids)"
             ),
-            {"ids": fetch_ids},
+            {"ids": fetch_ids, "status": status},
         )
 
 
-async def test_an_idle_lane_takes_the_last_unit_of_the_busiest_lane(engine: AsyncEngine) -> None:
-    await jobs.apply_queue_schema(engine)
-    run_id = await run_rows.create_run(engine, account="a")
-    other = await run_rows.create_run(engine, account="b")
-    ids = await jobs.enqueue_units(engine, run_id, _units(8), 2)
-    others = await jobs.enqueue_units(engine, other, _units(4), 2)
-    before = await _jobs(engine)
-    lanes = sorted({before[i][0] for i in ids})
-    assert len(lanes) == 2
-    first, second = ([i for i in ids if before[i][0] == lane] for lane in lanes)
+def _lanes(ids: list[int], jobs_: dict[int, tuple[str, str]]) -> list[list[int]]:
+    """The units of each lane, lanes in lock order, units in id order."""
+    locks = sorted({jobs_[i][0] for i in ids})
+    return [sorted(i for i in ids if jobs_[i][0] == lock) for lock in locks]
 
-    # The first lane still has units waiting: it takes nothing.
-    assert await jobs.rebalance(engine, run_id, lanes[0]) is None
+
+async def test_an_idle_lane_takes_the_last_unit_of_its_runs_busiest_lane(
+    engine: AsyncEngine,
+) -> None:
+    await jobs.apply_queue_schema(engine)
+    # Another account's run first, with more units waiting in each lane than this run has.
+    other = await run_rows.create_run(engine, account="b")
+    others = await jobs.enqueue_units(engine, other, _units(16), 2)
+    run_id = await run_rows.create_run(engine, account="a")
+    ids = await jobs.enqueue_units(engine, run_id, _units(9), 3)
+    before = await _jobs(engine)
+    idle, smaller, busiest = _lanes(ids, before)
+    lane = before[idle[0]][0]
+    assert [len(x) for x in (idle, smaller, busiest)] == [3, 3, 3]
+
+    # The lane still has units waiting: it takes nothing.
+    assert await jobs.rebalance(engine, run_id, lane) is None
     assert await _jobs(engine) == before
 
-    # The first lane's units are all done; the second's four wait. The first takes the last.
-    await _finish(engine, first)
-    moved = await jobs.rebalance(engine, run_id, lanes[0])
+    # Its units are done; one of the second lane's ran, none of the third's.
+    await _set(engine, idle + smaller[:1], "succeeded")
+    done = await _jobs(engine)
+    moved = await jobs.rebalance(engine, run_id, lane)
     assert moved is not None
     after = await _jobs(engine)
-    moved_unit = int(
-        next(f for f, (lock, status) in after.items() if lock == lanes[0] and status == "todo")
-    )
-    assert moved_unit == max(second)
-    assert {f: lock for f, (lock, _) in after.items() if f != moved_unit} == {
-        f: lock for f, (lock, _) in before.items() if f != moved_unit
+    taken = [f for f, (lock, status) in after.items() if lock == lane and status == "todo"]
+    assert taken == [max(busiest)]
+    assert {f: v for f, v in after.items() if f != taken[0]} == {
+        f: v for f, v in done.items() if f != taken[0]
     }
-    # The other run's jobs are untouched, and the lane now has a unit waiting: nothing more.
     assert all(after[f] == before[f] for f in others)
-    assert await jobs.rebalance(engine, run_id, lanes[0]) is None
+    # Now the lane has a unit waiting: nothing more.
+    assert await jobs.rebalance(engine, run_id, lane) is None
+
+
+async def test_a_unit_that_can_start_now_stays_in_its_lane(engine: AsyncEngine) -> None:
+    """A lane's one waiting unit with nothing running before it is taken by the next worker
+    that looks; moved, it would wait behind the idle lane's own running job."""
+    await jobs.apply_queue_schema(engine)
+    run_id = await run_rows.create_run(engine, account="a")
+    ids = await jobs.enqueue_units(engine, run_id, _units(4), 2)
+    before = await _jobs(engine)
+    idle, other = _lanes(ids, before)
+    lane = before[idle[0]][0]
+    await _set(engine, idle + other[:1], "succeeded")
+    assert await jobs.rebalance(engine, run_id, lane) is None
+    # With the other lane's first unit still running, its second would wait: it is taken.
+    await _set(engine, other[:1], "doing")
+    assert await jobs.rebalance(engine, run_id, lane) == (await _job_ids(engine, other[1:]))[0]
+    assert (await _jobs(engine))[other[1]] == (lane, "todo")
+
+
+async def _job_ids(engine: AsyncEngine, fetch_ids: list[int]) -> list[int]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT id FROM procrastinate_jobs WHERE (args->>'fetch_id')::bigint = ANY(:ids)"
+                " ORDER BY id"
+            ),
+            {"ids": fetch_ids},
+        )
+        return [int(r.id) for r in rows]
 
 
 async def test_a_lane_never_takes_a_unit_scheduled_for_later_or_from_outside_the_run(
@@ -80,12 +117,11 @@ async def test_a_lane_never_takes_a_unit_scheduled_for_later_or_from_outside_the
 ) -> None:
     await jobs.apply_queue_schema(engine)
     run_id = await run_rows.create_run(engine, account="a")
-    ids = await jobs.enqueue_units(engine, run_id, _units(4), 2)
+    ids = await jobs.enqueue_units(engine, run_id, _units(6), 2)
     before = await _jobs(engine)
-    lanes = sorted({before[i][0] for i in ids})
-    first = [i for i in ids if before[i][0] == lanes[0]]
-    second = [i for i in ids if before[i][0] == lanes[1]]
-    await _finish(engine, first)
+    idle, other = _lanes(ids, before)
+    lane = before[idle[0]][0]
+    await _set(engine, idle, "succeeded")
     # A retry waits for its time: it is not a unit ready to take.
     async with engine.begin() as conn:
         await conn.execute(
@@ -93,10 +129,10 @@ async def test_a_lane_never_takes_a_unit_scheduled_for_later_or_from_outside_the
                 "UPDATE procrastinate_jobs SET scheduled_at = now() + interval '1 hour'"
                 " WHERE (args->>'fetch_id')::bigint = ANY(:ids)"
             ),
-            {"ids": second},
+            {"ids": other},
         )
-    assert await jobs.rebalance(engine, run_id, lanes[0]) is None
+    assert await jobs.rebalance(engine, run_id, lane) is None
     # A lock of another run, or none at all, is never a lane of this run.
-    assert await jobs.rebalance(engine, run_id + 1000, lanes[0]) is None
+    assert await jobs.rebalance(engine, run_id + 1000, lane) is None
     assert await jobs.rebalance(engine, run_id, None) is None
-    assert await _jobs(engine) == {**before, **{f: (before[f][0], "succeeded") for f in first}}
+    assert await _jobs(engine) == {**before, **{f: (before[f][0], "succeeded") for f in idle}}
