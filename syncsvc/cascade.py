@@ -11,21 +11,13 @@ with --override-hold).
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from syncsvc.catalog import Resource
-from syncsvc.settings import DEFAULT_ACCOUNT
-from syncsvc.store import read
 from syncsvc.units import Unit
 
 REASON = "the event was deleted: its records go with it"
 
 
-async def plan(engine: AsyncEngine, account: str = DEFAULT_ACCOUNT) -> list[Unit]:
-    """One unit per (resource, deleted event of `account`) that still has live records."""
-    return units(await read.orphaned_scopes(engine, account))
-
-
 def units(orphaned: list[tuple[Resource, str]]) -> list[Unit]:
-    """The units for `read.orphaned_scopes` (or `read.plan_inputs`): one per scope."""
+    """One unit per (resource, deleted event) that still has live records: the scopes
+    `read.plan_inputs` finds."""
     return [Unit(resource, guid) for resource, guid in orphaned]

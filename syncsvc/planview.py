@@ -14,7 +14,8 @@ from syncsvc import cascade
 from syncsvc.catalog import DATA_RESOURCES, EVENT_ALL
 from syncsvc.settings import Settings
 from syncsvc.status import previous_bytes
-from syncsvc.store.schema import events, fetches
+from syncsvc.store import read
+from syncsvc.store.schema import fetches
 from syncsvc.units import plan, select_events
 
 
@@ -22,15 +23,8 @@ async def describe(settings: Settings, engine: AsyncEngine) -> list[str]:
     """One line per unit of `settings.account`, in run order, and a closing line saying what the
     plan rests on."""
     account = settings.account
+    guids, orphaned = await read.plan_inputs(engine, account)
     async with engine.connect() as conn:
-        guids = [
-            str(g)
-            for (g,) in await conn.execute(
-                sa.select(events.c.event_guid)
-                .where(events.c.deleted_at.is_(None), events.c.account == account)
-                .order_by(events.c.event_guid)
-            )
-        ]
         listed = (
             await conn.execute(
                 sa.select(fetches.c.run_id, fetches.c.finished_at)
@@ -61,7 +55,7 @@ async def describe(settings: Settings, engine: AsyncEngine) -> list[str]:
         if last:
             what += f" (last time {last / 1e6:.1f} MB)"
         lines.append(f"{unit.name:<48} {what}")
-    vanished = await cascade.plan(engine, account)
+    vanished = cascade.units(orphaned)
     for unit in vanished:
         lines.append(f"{unit.name:<48} delete every live record: {cascade.REASON}")
     if listed is None:

@@ -255,6 +255,14 @@ async def connect(settings: Settings, **pool: int) -> AsyncIterator[AsyncEngine]
         await engine.dispose()
 
 
+@contextlib.asynccontextmanager
+async def autocommit(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection without a transaction, for one statement atomic alone: BEGIN and COMMIT
+    around it would be two more round trips."""
+    async with engine.connect() as conn:
+        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
 async def raw_connection(conn: AsyncConnection) -> Any:
     """The asyncpg connection under a SQLAlchemy one (for COPY)."""
     raw = await conn.get_raw_connection()

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncsvc.store import runs
 from syncsvc.store.boundary import boundary, guarded
-from syncsvc.store.db import raw_connection
+from syncsvc.store.db import autocommit, raw_connection
 from syncsvc.vocab import UnitStatus
 
 QUEUE = "syncsvc"
@@ -291,7 +291,7 @@ async def rebalance(engine: AsyncEngine, run_id: int, lane: str | None) -> int |
     prefix = _lane_prefix(run_id)
     if lane is None or not lane.startswith(prefix):
         return None  # not one of this run's lanes (a job queued another way)
-    async with _autocommit(engine) as conn:
+    async with autocommit(engine) as conn:
         moved = await conn.scalar(
             sa.text(REBALANCE), {"queue": QUEUE, "run_lanes": prefix + "%", "lane": lane}
         )
@@ -302,7 +302,7 @@ async def rebalance(engine: AsyncEngine, run_id: int, lane: str | None) -> int |
 async def claim(engine: AsyncEngine, fetch_id: int, worker: str) -> Claim | None:
     """Mark the unit `running` for `worker` (recorded on the row, with the attempt's number);
     None when it is already closed (an earlier attempt committed it, or its run closed it)."""
-    async with _autocommit(engine) as conn:
+    async with autocommit(engine) as conn:
         row = (await conn.execute(sa.text(CLAIM), {"fetch_id": fetch_id, "worker": worker})).first()
         if row is None:
             return None
@@ -328,14 +328,6 @@ class Progress:
     units: list[UnitRow]
 
 
-@contextlib.asynccontextmanager
-async def _autocommit(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection without a transaction, for one statement atomic alone: BEGIN and COMMIT
-    around it would be two more round trips."""
-    async with engine.connect() as conn:
-        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
-
-
 @guarded("could not read the run's units")
 async def progress(
     engine: AsyncEngine, run_id: int, seen: Collection[int], *, with_open: bool = False
@@ -347,7 +339,7 @@ async def progress(
         "open": OPEN,
         "with_open": with_open,
     }
-    async with _autocommit(engine) as conn:
+    async with autocommit(engine) as conn:
         rows = (await conn.execute(PROGRESS, params)).all()
     if not rows:
         return None
@@ -432,7 +424,7 @@ class RunWatch:
         if engine is None:
             raise LookupError("engine")
         try:
-            async with _autocommit(engine) as conn:
+            async with autocommit(engine) as conn:
                 rows = await conn.execute(MARKS, {"ids": ids, "open": OPEN})
                 return {int(r.id): (str(r.status), int(r.final)) for r in rows}
         except Exception:  # told to the waiters: their own read meets it and reports it
@@ -466,7 +458,7 @@ class RunClose(list[UnitRow]):
 @guarded("could not read the run's units")
 async def any_open(engine: AsyncEngine, run_id: int) -> bool:
     """Whether a unit of the run is still open: one statement, no lock."""
-    async with _autocommit(engine) as conn:
+    async with autocommit(engine) as conn:
         return bool(await conn.scalar(ANY_OPEN, {"run_id": run_id, "open": OPEN}))
 
 

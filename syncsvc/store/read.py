@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -14,6 +14,7 @@ from syncsvc.catalog import BY_ENTITY, DATA_RESOURCES, FieldKind, Resource
 from syncsvc.records import EXTRAS
 from syncsvc.settings import DEFAULT_ACCOUNT
 from syncsvc.store.boundary import guarded
+from syncsvc.store.db import autocommit
 from syncsvc.store.schema import changes, events, metadata, state_tables
 
 Key = tuple[str, str]
@@ -162,52 +163,26 @@ def _orphans(resource: Resource, account: str) -> sa.Select[Any]:
     )
 
 
-@guarded("could not read the live events")
-async def live_event_guids(engine: AsyncEngine, account: str = DEFAULT_ACCOUNT) -> list[str]:
-    """`account`'s events not deleted, in order (a run plans its units over them)."""
-    async with engine.connect() as conn:
-        rows = await conn.execute(_live_events(account).order_by(events.c.event_guid))
-        return [r[0] for r in rows]
-
-
-@guarded("could not read the deleted events' live records")
-async def orphaned_scopes(
-    engine: AsyncEngine, account: str = DEFAULT_ACCOUNT
-) -> list[tuple[Resource, str]]:
-    """(resource, event GUID) for every deleted event of `account` that still has live records
-    of it (another account's event of the same GUID is another event)."""
-    found: list[tuple[Resource, str]] = []
-    async with engine.connect() as conn:
-        for resource in DATA_RESOURCES:
-            table = metadata.tables[resource.table]
-            rows = await conn.execute(_orphans(resource, account).order_by(table.c.event_guid))
-            found.extend((resource, str(guid)) for (guid,) in rows)
-    return found
-
-
 @guarded("could not read the account's events")
 async def plan_inputs(
     engine: AsyncEngine, account: str = DEFAULT_ACCOUNT
 ) -> tuple[list[str], list[tuple[Resource, str]]]:
-    """`live_event_guids` and `orphaned_scopes` in one statement and no transaction: a run reads
-    them between its event.do and its plan, while every other account's run of the process
-    does the same (one round trip where the two took seven)."""
-    parts = [_live_events(account).add_columns(sa.literal("").label("res"))]
+    """`account`'s live events, and (resource, event GUID) for every deleted event of `account`
+    that still has live records of it (another account's event of the same GUID is another
+    event), each in the database's order of the GUIDs, the resources in catalog order.
+
+    One statement and no transaction: a run reads them between its event.do and its plan, while
+    every other account's run of the process does the same."""
+    # `part`: -1 for the live events, else the resource's place in DATA_RESOURCES.
+    parts = [_live_events(account).add_columns(sa.literal(-1).label("part"))]
     parts += [
-        _orphans(r, account).add_columns(sa.literal(r.table).label("res")) for r in DATA_RESOURCES
+        _orphans(r, account).add_columns(sa.literal(i).label("part"))
+        for i, r in enumerate(DATA_RESOURCES)
     ]
-    async with engine.connect() as conn:
-        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        # In the database's order of the GUIDs (its collation), as the two reads give them.
-        union = sa.union_all(*parts).subquery()
-        rows = (
-            await conn.execute(sa.select(union).order_by(union.c.res, union.c.event_guid))
-        ).all()
-    by_table = {r.table: r for r in DATA_RESOURCES}
-    guids = [str(g) for g, res in rows if not res]
-    # Stable: each resource's GUIDs keep the database's order.
-    orphaned = sorted(
-        ((by_table[str(res)], str(g)) for g, res in rows if res),
-        key=lambda x: DATA_RESOURCES.index(x[0]),
-    )
+    union = sa.union_all(*parts).subquery()
+    async with autocommit(engine) as conn:
+        result = await conn.execute(sa.select(union).order_by(union.c.part, union.c.event_guid))
+        rows = [(str(g), cast(int, part)) for g, part in result]
+    guids = [g for g, part in rows if part < 0]
+    orphaned = [(DATA_RESOURCES[part], g) for g, part in rows if part >= 0]
     return guids, orphaned
