@@ -31,22 +31,33 @@ async def _jobs(engine: AsyncEngine) -> dict[int, tuple[str, str]]:
         return {int(r.f): (r.lock, r.status) for r in rows}
 
 
-async def _set(engine: AsyncEngine, fetch_ids: list[int], status: str) -> None:
-    """These units' jobs as procrastinate leaves them: succeeded (ran) or doing (running)."""
+async def _update(engine: AsyncEngine, fetch_ids: list[int], assignment: str) -> None:
+    """SET `assignment` on these units' jobs (a test's own SQL, constants only)."""
     async with engine.begin() as conn:
         await conn.execute(
             sa.text(
-                "UPDATE procrastinate_jobs SET status = CAST(:status AS procrastinate_job_status)"
+                f"UPDATE procrastinate_jobs SET {assignment}"
                 " WHERE (args->>'fetch_id')::bigint = ANY(:ids)"
             ),
-            {"ids": fetch_ids, "status": status},
+            {"ids": fetch_ids},
         )
 
 
-def _lanes(ids: list[int], jobs_: dict[int, tuple[str, str]]) -> list[list[int]]:
-    """The units of each lane, lanes in lock order, units in id order."""
-    locks = sorted({jobs_[i][0] for i in ids})
-    return [sorted(i for i in ids if jobs_[i][0] == lock) for lock in locks]
+async def _set(engine: AsyncEngine, fetch_ids: list[int], status: str) -> None:
+    """These units' jobs as procrastinate leaves them: succeeded (ran) or doing (running)."""
+    await _update(engine, fetch_ids, f"status = '{status}'")
+
+
+async def _queued(
+    engine: AsyncEngine, account: str, units: int, lanes: int
+) -> tuple[int, list[list[int]], dict[int, tuple[str, str]]]:
+    """A run with `units` units queued on `lanes` lanes: its id, the units of each lane (lanes in
+    lock order, units in id order), and every job as it stands."""
+    run_id = await run_rows.create_run(engine, account=account)
+    ids = await jobs.enqueue_units(engine, run_id, _units(units), lanes)
+    now = await _jobs(engine)
+    locks = sorted({now[i][0] for i in ids})
+    return run_id, [sorted(i for i in ids if now[i][0] == lock) for lock in locks], now
 
 
 async def test_an_idle_lane_takes_the_last_unit_of_its_runs_busiest_lane(
@@ -54,12 +65,9 @@ async def test_an_idle_lane_takes_the_last_unit_of_its_runs_busiest_lane(
 ) -> None:
     await jobs.apply_queue_schema(engine)
     # Another account's run first, with more units waiting in each lane than this run has.
-    other = await run_rows.create_run(engine, account="b")
-    others = await jobs.enqueue_units(engine, other, _units(16), 2)
-    run_id = await run_rows.create_run(engine, account="a")
-    ids = await jobs.enqueue_units(engine, run_id, _units(9), 3)
-    before = await _jobs(engine)
-    idle, smaller, busiest = _lanes(ids, before)
+    _, other_lanes, _ = await _queued(engine, "b", 16, 2)
+    others = [f for lane in other_lanes for f in lane]
+    run_id, (idle, smaller, busiest), before = await _queued(engine, "a", 9, 3)
     lane = before[idle[0]][0]
     assert [len(x) for x in (idle, smaller, busiest)] == [3, 3, 3]
 
@@ -87,10 +95,7 @@ async def test_a_unit_that_can_start_now_stays_in_its_lane(engine: AsyncEngine) 
     """A lane's one waiting unit with nothing running before it is taken by the next worker
     that looks; moved, it would wait behind the idle lane's own running job."""
     await jobs.apply_queue_schema(engine)
-    run_id = await run_rows.create_run(engine, account="a")
-    ids = await jobs.enqueue_units(engine, run_id, _units(4), 2)
-    before = await _jobs(engine)
-    idle, other = _lanes(ids, before)
+    run_id, (idle, other), before = await _queued(engine, "a", 4, 2)
     lane = before[idle[0]][0]
     await _set(engine, idle + other[:1], "succeeded")
     assert await jobs.rebalance(engine, run_id, lane) is None
@@ -116,21 +121,11 @@ async def test_a_lane_never_takes_a_unit_scheduled_for_later_or_from_outside_the
     engine: AsyncEngine,
 ) -> None:
     await jobs.apply_queue_schema(engine)
-    run_id = await run_rows.create_run(engine, account="a")
-    ids = await jobs.enqueue_units(engine, run_id, _units(6), 2)
-    before = await _jobs(engine)
-    idle, other = _lanes(ids, before)
+    run_id, (idle, other), before = await _queued(engine, "a", 6, 2)
     lane = before[idle[0]][0]
     await _set(engine, idle, "succeeded")
     # A retry waits for its time: it is not a unit ready to take.
-    async with engine.begin() as conn:
-        await conn.execute(
-            sa.text(
-                "UPDATE procrastinate_jobs SET scheduled_at = now() + interval '1 hour'"
-                " WHERE (args->>'fetch_id')::bigint = ANY(:ids)"
-            ),
-            {"ids": other},
-        )
+    await _update(engine, other, "scheduled_at = now() + interval '1 hour'")
     assert await jobs.rebalance(engine, run_id, lane) is None
     # A lock of another run, or none at all, is never a lane of this run.
     assert await jobs.rebalance(engine, run_id + 1000, lane) is None

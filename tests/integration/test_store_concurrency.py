@@ -69,6 +69,20 @@ async def _apply(engine: AsyncEngine, event: str, records: list[Record], **kw: A
     return result.changes
 
 
+class PauseAt:
+    """A unit's checkpoint: the unit stops at `step` (`reached` is set) until `release`."""
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+        self.reached = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, step: str) -> None:
+        if step == self.step:
+            self.reached.set()
+            await self.release.wait()
+
+
 async def test_a_poller_never_skips_a_seq_while_units_commit_concurrently(
     engine: AsyncEngine, db_url: URL
 ) -> None:
@@ -98,16 +112,9 @@ async def test_a_unit_committing_late_holds_back_the_next_seq(
     await poller.poll_once(reader)
     start = poller.cursor
 
-    a_numbered = asyncio.Event()
-    release_a = asyncio.Event()
-
-    async def pause_a(step: str) -> None:
-        if step == "changes_inserted":
-            a_numbered.set()
-            await release_a.wait()
-
+    pause_a = PauseAt("changes_inserted")
     task_a = asyncio.create_task(_apply(engine, "E1", users("E1", 1), checkpoint=pause_a))
-    await a_numbered.wait()
+    await pause_a.reached.wait()
     task_b = asyncio.create_task(_apply(engine, "E2", users("E2", 1)))
     # B reaches the seq lock and waits on it (observed in pg_locks, not assumed from a sleep).
     while not await reader.fetchval(
@@ -117,7 +124,7 @@ async def test_a_unit_committing_late_holds_back_the_next_seq(
         await asyncio.sleep(0.01)
     await poller.poll_once(reader)
     assert poller.cursor == start  # nothing of A (uncommitted) nor B (blocked) is visible
-    release_a.set()
+    pause_a.release.set()
     a_changes, b_changes = await asyncio.gather(task_a, task_b)
     await poller.poll_once(reader)
     await reader.close()
@@ -128,16 +135,9 @@ async def test_a_unit_committing_late_holds_back_the_next_seq(
 async def test_two_units_over_one_event_apply_one_after_the_other(engine: AsyncEngine) -> None:
     """An event=all unit and a per-event unit for the same event, at once: the second diffs
     against the first's committed result, so no change is emitted twice."""
-    first_diffed = asyncio.Event()
-    release = asyncio.Event()
-
-    async def pause(step: str) -> None:
-        if step == "diffed":
-            first_diffed.set()
-            await release.wait()
-
+    pause = PauseAt("diffed")
     task_a = asyncio.create_task(_apply(engine, "all", users("E1", 0), checkpoint=pause))
-    await first_diffed.wait()
+    await pause.reached.wait()
     task_b = asyncio.create_task(_apply(engine, "E1", users("E1", 0)))
     for _ in range(500):  # B reaches the scope lock and waits (observed, not assumed)
         async with engine.connect() as conn:
@@ -150,7 +150,7 @@ async def test_two_units_over_one_event_apply_one_after_the_other(engine: AsyncE
             break
         await asyncio.sleep(0.01)
     assert waiting == 1
-    release.set()
+    pause.release.set()
     a_changes, b_changes = await asyncio.gather(task_a, task_b)
     assert (a_changes, b_changes) == (40, 0)
 
@@ -162,24 +162,17 @@ async def test_a_unit_without_changes_commits_while_another_holds_the_seq_lock(
     seq lock (held here by A, paused after numbering its rows), and A's seqs stay contiguous."""
     await _apply(engine, "E1", users("E1", 0))
     await _apply(engine, "E2", users("E2", 0))
-    a_numbered = asyncio.Event()
-    release_a = asyncio.Event()
-
-    async def pause_a(step: str) -> None:
-        if step == "changes_inserted":
-            a_numbered.set()
-            await release_a.wait()
-
+    pause_a = PauseAt("changes_inserted")
     task_a = asyncio.create_task(_apply(engine, "E1", users("E1", 1), checkpoint=pause_a))
     try:
-        await asyncio.wait_for(a_numbered.wait(), 60)
+        await asyncio.wait_for(pause_a.reached.wait(), 60)
         async with engine.connect() as conn:
             max_run_of_a = (await conn.exec_driver_sql("SELECT max(id) FROM runs")).scalar_one()
         # E2 again, as it is: no change. It commits now, A still holding the lock.
         assert await asyncio.wait_for(_apply(engine, "E2", users("E2", 0)), 60) == 0
         assert not task_a.done()
     finally:
-        release_a.set()
+        pause_a.release.set()
     a_changes = await task_a
     reader = await asyncpg.connect(db.libpq_url(db_url))
     try:
