@@ -16,7 +16,9 @@ transaction (syncsvc.store.unit names the steps):
    rows; only rows that differ (hash first, typed per-field comparison only for those) land in
    the small diff table, with their op, changed_fields, before/after images and the staged
    values; keys too long to store are counted and dropped; `suppress_deletes` when some records
-   came without their key; `analyze_diff`.
+   came without their key; `analyze_diff`. When `diff_keys` finds no row (nothing staged
+   differs from the scope's rows, as in most units of a quiet night), every statement from
+   `take_rejects` to `upsert_state` would find nothing: the unit sends none of them.
 5. `pair_rekeys`: a clientID that left exactly one vanished key for exactly one new key turns
    that delete + insert into one `rekey`.
 6. `diff_counts`: per event inserts/deletes (the hold's input; live rows are derived from them);

@@ -455,14 +455,25 @@ class UnitWriter:
             n_oversized, counts = await self._load_state(sum(dups.values()))
             decision, suppressed = HoldDecision(), 0  # nothing to delete
             seqs = await self._emit_changes(self._sql.load_changes, sum(counts.values()))
-        else:
-            oversized, suppressed = await self._diff(scope_events)
+        elif await self._diff_keys(scope_events):
+            oversized, suppressed = await self._diff()
             if self.resource.has_client_id:
                 await self._pair_rekeys()
             decision = await self._decide_holds(hold, override_hold, dups, oversized)
             counts = await self._apply_state()
             seqs = await self._emit_changes(self._sql.insert_changes, sum(counts.values()))
             n_oversized = sum(oversized.values())
+        else:
+            # Not one staged or current row differs (most units of a quiet night): the diff
+            # table, the rekeys, the hold's counts and the state's writes would all be empty,
+            # so their statements are not sent; their steps pass, in the usual order.
+            for step in ("diffed", "rekeys_paired", "hold_checked", "state_deleted"):
+                if step != "rekeys_paired" or self.resource.has_client_id:
+                    await self._step(step)
+            await self._step("state_upserted")
+            n_oversized, suppressed, counts = 0, 0, {}
+            decision = decide_holds(hold, [], override=override_hold)
+            seqs = await self._emit_changes(self._sql.insert_changes, 0)
         duplicates = sum(dups.values())
         result = ApplyResult(
             status="held" if decision.held else "applied",
@@ -576,12 +587,16 @@ class UnitWriter:
                 f" than {queries.MAX_KEY_BYTES} bytes cannot be stored",
             )
 
-    async def _diff(self, scope_events: list[str]) -> tuple[dict[str, int], int]:
+    async def _diff_keys(self, scope_events: list[str]) -> bool:
+        """The keys of the rows that differ (or are too long to store); whether there is one."""
+        args = (scope_events, self.account) if self.resource.per_event else (self.account,)
+        status = await self._execute(self._sql.diff_keys, *args)
+        self._mark("diff_keys")
+        return int(status.split()[-1]) > 0
+
+    async def _diff(self) -> tuple[dict[str, int], int]:
         """Fill the diff table; (keys too long to store, per event; deletes suppressed)."""
         sql = self._sql
-        args = (scope_events, self.account) if self.resource.per_event else (self.account,)
-        await self._execute(sql.diff_keys, *args)
-        self._mark("diff_keys")
         oversized = {
             r["event_guid"]: int(r["rejected"]) for r in await self._fetch(sql.take_rejects)
         }

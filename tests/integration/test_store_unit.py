@@ -633,3 +633,48 @@ async def _plan_inputs_by_plain_sql(
             )
             orphaned += [(resource, str(g)) for (g,) in rows]
     return guids, orphaned
+
+
+async def test_a_unit_that_finds_nothing_changed_sends_none_of_the_diffs_later_statements(
+    engine: AsyncEngine,
+) -> None:
+    """Most units of a quiet night: the diff's keys come back empty, so the diff table, rekeys,
+    hold counts and state writes are not sent (the fetch row's step timings, which the status
+    pages show, name the statements that ran), and nothing in the store moves."""
+
+    async def unit(records: list[Record]) -> tuple[Any, dict[str, float]]:
+        run_id = await create_run(engine)
+        fetch_id = await create_fetch(engine, run_id=run_id, resource="user", scope="E1")
+        result = await apply_records(
+            engine,
+            run_id=run_id,
+            resource="user",
+            scope="E1",
+            records=records,
+            fetch_id=fetch_id,
+            hold=NO_HOLD,
+        )
+        async with engine.connect() as conn:
+            details = await conn.scalar(
+                sa.select(fetches.c.details).where(fetches.c.id == fetch_id)
+            )
+        return result, details["step_seconds"]
+
+    async def store() -> tuple[list[Any], int]:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(sa.text("SELECT * FROM users ORDER BY user_ref"))).all()
+            seq = await conn.scalar(sa.text("SELECT coalesce(max(seq), 0) FROM changes"))
+        return [tuple(r) for r in rows], int(seq)
+
+    await sync(engine, [user("U1", client_id="C1"), user("U2")])
+    night = [user("U1", client_id="C1", firstName="New"), user("U2")]
+    changed, steps = await unit(night)
+    assert (changed.updated, changed.first_seq is not None) == (1, True)
+    assert {"diff_keys", "diff_rows", "counted"} <= steps.keys()
+    before = await store()
+    same, steps = await unit(night)
+    assert (same.inserted, same.updated, same.deleted, same.rekeyed) == (0, 0, 0, 0)
+    assert (same.status, same.first_seq, same.records) == ("applied", None, 2)
+    assert "diff_keys" in steps
+    assert not {"diff_rows", "counted"} & steps.keys()
+    assert await store() == before
