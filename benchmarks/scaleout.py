@@ -261,6 +261,7 @@ def _one(
     ]
     rows = []
     try:
+        asyncio.run(_workers_ready(url, procs))
         # The first run loads every account; with --again a second one finds nothing changed
         # upstream (the simulators stay on their day), as most units of a quiet night do.
         for again in range(2 if args.again else 1):
@@ -318,6 +319,19 @@ def _timed_run(
         "mb": sum(s["bytes_sent"] for s in stats) / 1e6,
         **phases,
     }
+
+
+async def _workers_ready(url: str, procs: list[subprocess.Popen[bytes]]) -> None:
+    """Until every worker has registered with procrastinate (before its first fetch): the run
+    is timed from its start, and a worker still starting would leave it the others' places."""
+    conn = await asyncpg.connect(url)
+    try:
+        while await conn.fetchval("SELECT count(*) FROM procrastinate_workers") < len(procs):
+            if any(p.poll() is not None for p in procs):
+                raise SystemExit("a worker exited before it started; see its log")
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
 
 
 async def _last_run(url: str) -> int:
