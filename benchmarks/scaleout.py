@@ -291,10 +291,15 @@ def _timed_run(
     )
     wall, cpu1 = time.monotonic() - t0, _machine_cpu()
     if run.returncode:
-        # What the run said about the accounts that did not succeed (stdout), then its log.
+        # What the run said about the accounts that did not succeed (stdout), then its log;
+        # both whole in files too, as the terminal may keep only the table.
         said = [ln for ln in run.stdout.splitlines() if "acct-" in ln or "exit codes" in ln]
         print("\n".join(said[-40:]), file=sys.stderr)
         print(run.stderr[-3000:], file=sys.stderr)
+        kept = Path(tempfile.mkdtemp(prefix=f"scaleout-failed-{workers}-"))
+        (kept / "run.out").write_text(run.stdout)
+        (kept / "run.log").write_text(run.stderr)
+        print(f"the run exited {run.returncode}; its output and log: {kept}", file=sys.stderr)
     if os.environ.get("SCALEOUT_KEEP"):  # the run's log too, for a look at its timeline
         suffix = "-again" if again else ""
         Path(f"/tmp/scaleout-run-{workers}{suffix}.log").write_text(run.stderr)
